@@ -1,0 +1,71 @@
+"""Decoding image files and bytes into 8-bit RGB arrays, with clear errors for bad input.
+
+Handles JPEG, PNG, BMP and TIFF in grayscale, RGB, RGBA and 16-bit forms; a truncated or corrupt
+file raises `ImageReadError` naming the file and saying what to do.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+MAX_PIXELS = 40_000_000  # refuse larger images (decompression bombs, mistaken scans)
+
+
+class ImageReadError(ValueError):
+    """An image that cannot be used; the message names it and says what to do."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _jpeg_is_truncated(data: bytes) -> bool:
+    # A complete JPEG ends with the End-Of-Image marker FFD9 (some writers pad with zeros).
+    return data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes into an HxWx3 uint8 RGB array.
+
+    Grayscale is repeated into three channels, alpha is dropped, 16-bit is scaled to 8-bit.
+    Raises ImageReadError for empty, truncated, oversized or undecodable data.
+    """
+    if not data:
+        raise ImageReadError(f"{name}: the file is empty; re-export or re-capture the image.")
+    if _jpeg_is_truncated(data):
+        raise ImageReadError(f"{name}: the JPEG is truncated (no end marker); copy the file again.")
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    if image is None:
+        raise ImageReadError(
+            f"{name}: not a readable image (supported: JPEG, PNG, BMP, TIFF); check the file.")
+    if image.shape[0] * image.shape[1] > MAX_PIXELS:
+        raise ImageReadError(f"{name}: {image.shape[1]}x{image.shape[0]} pixels is larger than "
+                             f"the {MAX_PIXELS:,}-pixel limit; resize it first.")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageReadError(f"{name}: pixel type {image.dtype} is not supported; save as 8 or 16 bit.")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    channels = image.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    raise ImageReadError(f"{name}: {channels} colour channels are not supported; save as RGB.")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file into an HxWx3 uint8 RGB array (see `decode_image`)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot be read ({error.strerror}).") from error
+    return decode_image(data, str(path))

@@ -1,0 +1,108 @@
+"""The preprocessing every model input goes through, on the device and in training (thesis 3.4).
+
+Resize to 256x256, 3x3 median filter, 3x3 sharpen, resize to the model input size, optionally mask the
+bottom-right corner (where all-aria carries a scale-bar label) and take colour away (per-image colour
+standardisation or grayscale). Input and output are HxWx3 uint8 RGB arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import cv2
+import numpy as np
+
+COLOUR_MODES = ("rgb", "standardize", "grayscale")
+SHARPEN_KERNEL = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], dtype=np.float32)
+# Target of per-image colour standardisation: every channel gets this mean and standard deviation.
+STANDARD_MEAN = 128.0
+STANDARD_STD = 48.0
+# all-aria's scale-bar label sits in about the bottom-right 34x34 pixels of its 224x224 fields.
+SCALE_BAR_CORNER = 34 / 224
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Parameters of `preprocess`; stored in run folders and model bundles.
+
+    resize: side of the intermediate square image (0 = skip the step).
+    median: median filter aperture in pixels (0 = off; odd numbers >= 3).
+    sharpen: apply the 3x3 sharpening kernel.
+    input_size: side of the square model input in pixels.
+    mask_corner: side of the bottom-right square to fill, as a fraction of the image side (0 = off).
+    colour: "rgb", "standardize" (each channel to a fixed mean/std) or "grayscale" (3 equal channels).
+    """
+    resize: int = 256
+    median: int = 3
+    sharpen: bool = True
+    input_size: int = 128
+    mask_corner: float = 0.0
+    colour: str = "rgb"
+
+    def __post_init__(self):
+        if self.colour not in COLOUR_MODES:
+            raise ValueError(f"preprocess.colour = {self.colour!r}: use one of {', '.join(COLOUR_MODES)}")
+        if self.median and (self.median < 3 or self.median % 2 == 0):
+            raise ValueError(f"preprocess.median = {self.median}: use 0 (off) or an odd number >= 3")
+        if self.input_size < 8 or self.resize < 0:
+            raise ValueError(f"preprocess.input_size = {self.input_size}, resize = {self.resize}: "
+                             "input_size must be >= 8 and resize >= 0")
+        if not 0.0 <= self.mask_corner < 0.5:
+            raise ValueError(f"preprocess.mask_corner = {self.mask_corner}: use a fraction in [0, 0.5)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PreprocessConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def mask_corner(rgb: np.ndarray, fraction: float) -> np.ndarray:
+    """Fill the bottom-right square (side = fraction of the image side) with the image's median colour."""
+    side = int(round(fraction * min(rgb.shape[:2])))
+    if side == 0:
+        return rgb
+    out = rgb.copy()
+    fill = np.median(rgb.reshape(-1, 3), axis=0).astype(np.uint8)
+    out[-side:, -side:] = fill
+    return out
+
+
+def standardize_colour(rgb: np.ndarray) -> np.ndarray:
+    """Shift and scale each channel to STANDARD_MEAN / STANDARD_STD, removing per-image colour cast."""
+    pixels = rgb.astype(np.float32)
+    mean = pixels.mean(axis=(0, 1))
+    std = pixels.std(axis=(0, 1)) + 1e-6
+    out = (pixels - mean) / std * STANDARD_STD + STANDARD_MEAN
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def to_grayscale(rgb: np.ndarray) -> np.ndarray:
+    """Luminance repeated into three channels, so the model input shape stays HxWx3."""
+    return cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+
+
+def preprocess(rgb: np.ndarray, config: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
+    """Apply the configured steps to an HxWx3 uint8 RGB image; returns input_size x input_size x 3 uint8."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"preprocess expects an HxWx3 uint8 RGB image, got shape {rgb.shape} "
+                         f"and type {rgb.dtype}")
+    image = rgb
+    if config.resize:
+        image = cv2.resize(image, (config.resize, config.resize), interpolation=cv2.INTER_AREA)
+    if config.median:
+        image = cv2.medianBlur(image, config.median)
+    if config.sharpen:
+        image = cv2.filter2D(image, -1, SHARPEN_KERNEL, borderType=cv2.BORDER_REFLECT)
+    image = cv2.resize(image, (config.input_size, config.input_size), interpolation=cv2.INTER_AREA)
+    if config.mask_corner:
+        image = mask_corner(image, config.mask_corner)
+    if config.colour == "standardize":
+        image = standardize_colour(image)
+    elif config.colour == "grayscale":
+        image = to_grayscale(image)
+    return np.ascontiguousarray(image)

@@ -1,0 +1,5 @@
+import sys
+
+from leukoscreen.cli import main
+
+sys.exit(main())

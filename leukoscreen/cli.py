@@ -1,0 +1,137 @@
+"""The `leukoscreen` command. Each sub-command imports what it needs only when it runs."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "all-aria"
+
+
+def _data_default() -> str | None:
+    return str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None
+
+
+def _train(args) -> None:
+    from leukoscreen.edge.preprocessing import SCALE_BAR_CORNER, PreprocessConfig
+    from leukoscreen.training.runs import TrainConfig
+    from leukoscreen.training.train import train
+    if not args.data:
+        raise SystemExit("error: --data is required (no default data folder found at "
+                         f"{DEFAULT_DATA})")
+    preprocess = PreprocessConfig(mask_corner=0.0 if args.no_mask_corner else SCALE_BAR_CORNER,
+                                  colour=args.colour)
+    config = TrainConfig(data=args.data, model=args.model, task=args.task, kind=args.kind,
+                         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         patience=args.patience, augment=not args.no_augment, seed=args.seed,
+                         block_size=args.block_size, split_file=args.split, precision=args.precision,
+                         preprocess=preprocess)
+    out = args.out or f"runs/{args.model}-{Path(args.data).name}-{args.task or 'default'}"
+    train(config, Path(out), n_boot=args.bootstrap)
+
+
+def _evaluate(args) -> None:
+    from leukoscreen.training.evaluation import evaluate_run
+    evaluate_run(Path(args.run), Path(args.data) if args.data else None, args.split,
+                 Path(args.out) if args.out else None, n_boot=args.bootstrap)
+
+
+def _audit(args) -> None:
+    from leukoscreen.training.audit import audit
+    audit(Path(args.dir), Path(args.out), near_distance=args.near_distance)
+
+
+def _shortcuts(args) -> None:
+    from leukoscreen.training.shortcuts import shortcut_probes
+    shortcut_probes(Path(args.dir), Path(args.out), task=args.task, block_size=args.block_size,
+                    seed=args.seed)
+
+
+def _report(args) -> None:
+    from leukoscreen.training.report import write_report
+    write_report([Path(r) for r in args.runs], Path(args.out),
+                 [Path(p) for p in args.probes] if args.probes else [])
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="leukoscreen", description=(
+        "Leukemia screening aid for blood smears: training, evaluation and the edge device. "
+        "Research use only; not for use in diagnostic procedures."))
+    main.add_argument("--version", action="version", version=_version())
+    commands = main.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="look at a data folder before training")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    audit = data_commands.add_parser("audit", help="counts, sizes, modes, unreadable files, duplicates")
+    audit.add_argument("dir")
+    audit.add_argument("--out", default="audit", help="folder for audit.json and audit.md")
+    audit.add_argument("--near-distance", type=int, default=6,
+                       help="perceptual-hash bits that may differ for a near duplicate (default 6)")
+    audit.set_defaults(handler=_audit)
+    probes = data_commands.add_parser("shortcuts", help="probes that see only colour or a corner patch")
+    probes.add_argument("dir")
+    probes.add_argument("--out", default="shortcuts")
+    probes.add_argument("--task", default=None)
+    probes.add_argument("--block-size", type=int, default=20)
+    probes.add_argument("--seed", type=int, default=0)
+    probes.set_defaults(handler=_shortcuts)
+
+    train = commands.add_parser("train", help="train a model on a leak-free split")
+    train.add_argument("--data", default=_data_default(), help=f"data folder (default {DEFAULT_DATA})")
+    train.add_argument("--model", default="basic-cnn")
+    train.add_argument("--task", default=None, help="binary, subtype or classes (default: the data "
+                                                     "set's first task)")
+    train.add_argument("--kind", default="auto", choices=["auto", "aria", "cnmc", "folders"])
+    train.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATA-TASK)")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--patience", type=int, default=6, help="early-stopping patience in epochs")
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--no-mask-corner", action="store_true",
+                       help="keep the bottom-right corner (all-aria's scale-bar label) in training")
+    train.add_argument("--colour", default="rgb", choices=["rgb", "standardize", "grayscale"])
+    train.add_argument("--block-size", type=int, default=20)
+    train.add_argument("--split", default=None, help="re-use the split.csv of an earlier run")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"],
+                       help="auto: bfloat16 mixed precision where the CPU computes it natively")
+    train.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a run on a split or another data folder")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--data", default=None, help="another data folder (every image is evaluated)")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    evaluate.add_argument("--out", default=None)
+    evaluate.add_argument("--bootstrap", type=int, default=1000)
+    evaluate.set_defaults(handler=_evaluate)
+
+    report = commands.add_parser("report", help="one page comparing runs with the thesis figures")
+    report.add_argument("runs", nargs="+")
+    report.add_argument("--out", default="report")
+    report.add_argument("--probes", nargs="*", help="shortcut-probe folders to show beside the runs")
+    report.set_defaults(handler=_report)
+    return main
+
+
+def _version() -> str:
+    from leukoscreen import __version__
+    return f"leukoscreen {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (ValueError, OSError) as error:  # user-facing errors carry a message that says what to do
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

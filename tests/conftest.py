@@ -1,0 +1,60 @@
+"""Shared fixtures: the real data folder when it is there, and small generated images otherwise."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def smear_image(rng: np.random.Generator, blast: bool, size: int = 96) -> np.ndarray:
+    """A crude smear field (RGB uint8): pink background, red cells, one purple white cell whose nucleus
+    is large and round for a blast-like cell and small and lobed otherwise."""
+    image = np.full((size, size, 3), (230, 200, 205), np.uint8)
+    for _ in range(8):
+        centre = tuple(int(v) for v in rng.integers(8, size - 8, 2))
+        cv2.circle(image, centre, int(rng.integers(5, 8)), (205, 120, 130), -1)
+    centre = tuple(int(v) for v in rng.integers(size // 3, 2 * size // 3, 2))
+    if blast:
+        cv2.circle(image, centre, size // 5, (120, 60, 150), -1)
+    else:
+        for dx, dy in ((-6, 0), (6, 2), (0, -6)):
+            cv2.circle(image, (centre[0] + dx, centre[1] + dy), size // 14, (90, 40, 120), -1)
+    noise = rng.normal(0, 6, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def write_rgb(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
+    return path
+
+
+@pytest.fixture
+def aria_like(tmp_path) -> Path:
+    """A tiny data folder with all-aria file names: Benign (normal-looking) and Early (blast-like)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "aria"
+    for cls, name, blast in (("Benign", "WBC-Benign-{:03d}.jpg", False),
+                             ("Early", "WBC-Malignant-Early-{:03d}.jpg", True)):
+        for number in range(1, 31):
+            write_rgb(root / cls / name.format(number), smear_image(rng, blast))
+    return root
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own cache folder, so no test depends on another's cached files."""
+    monkeypatch.setenv("LEUKOSCREEN_CACHE", str(tmp_path / "cache"))

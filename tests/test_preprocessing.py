@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from leukoscreen.edge.preprocessing import (SCALE_BAR_CORNER, STANDARD_MEAN, STANDARD_STD, PreprocessConfig,
+                                            preprocess)
+
+from conftest import smear_image
+
+
+def test_default_steps_give_model_input():
+    image = smear_image(np.random.default_rng(1), blast=True, size=224)
+    out = preprocess(image)
+    assert out.shape == (128, 128, 3) and out.dtype == np.uint8
+
+
+def test_each_step_can_be_turned_off():
+    image = smear_image(np.random.default_rng(2), blast=False, size=64)
+    plain = preprocess(image, PreprocessConfig(resize=0, median=0, sharpen=False, input_size=64))
+    assert (plain == image).all()
+    filtered = preprocess(image, PreprocessConfig(resize=0, median=3, sharpen=False, input_size=64))
+    assert not (filtered == image).all()
+
+
+def test_corner_mask_fills_bottom_right_only():
+    image = smear_image(np.random.default_rng(3), blast=False, size=224)
+    image[-30:, -30:] = 0  # a dark "label"
+    config = PreprocessConfig(resize=0, median=0, sharpen=False, input_size=224, mask_corner=SCALE_BAR_CORNER)
+    out = preprocess(image, config)
+    side = round(SCALE_BAR_CORNER * 224)
+    corner = out[-side:, -side:].reshape(-1, 3)
+    assert (corner == corner[0]).all() and corner[0].min() > 100  # one background-like colour
+    assert (out[:-side] == image[:-side]).all()
+
+
+def test_colour_standardisation_removes_colour_cast():
+    image = smear_image(np.random.default_rng(4), blast=True, size=128)
+    tinted = np.clip(image.astype(int) + (30, -20, 10), 0, 255).astype(np.uint8)
+    config = PreprocessConfig(resize=0, median=0, sharpen=False, input_size=128, colour="standardize")
+    a, b = preprocess(image, config), preprocess(tinted, config)
+    assert np.allclose(a.reshape(-1, 3).mean(axis=0), STANDARD_MEAN, atol=2)
+    assert np.allclose(a.reshape(-1, 3).std(axis=0), STANDARD_STD, atol=2)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2
+
+
+def test_grayscale_has_three_equal_channels():
+    out = preprocess(smear_image(np.random.default_rng(5), True), PreprocessConfig(colour="grayscale"))
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+@pytest.mark.parametrize("values, key", [({"colour": "sepia"}, "colour"), ({"median": 4}, "median"),
+                                         ({"mask_corner": 0.7}, "mask_corner")])
+def test_bad_config_names_key(values, key):
+    with pytest.raises(ValueError, match=key):
+        PreprocessConfig(**values)
+    with pytest.raises(ValueError, match="unknown"):
+        PreprocessConfig.from_dict({"sharpness": 2})
+
+
+def test_rejects_non_rgb_arrays():
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        preprocess(np.zeros((10, 10), np.uint8))

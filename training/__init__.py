@@ -1,0 +1,1 @@
+"""Desktop side: data sets, leak-free splits, models, training, evaluation and reports."""

@@ -1,0 +1,98 @@
+"""Evaluation of a trained model on a split or a whole data folder, under input variants.
+
+Variants show what a model leans on: the scale-bar corner masked and unmasked, and colour taken away
+(per-image colour standardisation, grayscale), where colour shortcuts stop working.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from leukoscreen.edge.preprocessing import SCALE_BAR_CORNER, PreprocessConfig
+from leukoscreen.training import plots
+from leukoscreen.training.metrics import classification_metrics, format_table
+from leukoscreen.training.prepared_data import PreparedData, prepare, preprocessed_images
+from leukoscreen.training.runs import RunError, RunFolder
+
+
+def variants(config: PreprocessConfig) -> dict[str, PreprocessConfig]:
+    """Input variants evaluated beside the trained configuration."""
+    return {
+        "corner_masked": replace(config, mask_corner=config.mask_corner or SCALE_BAR_CORNER),
+        "corner_unmasked": replace(config, mask_corner=0.0),
+        "colour_standardized": replace(config, colour="standardize"),
+        "grayscale": replace(config, colour="grayscale"),
+    }
+
+
+def predict_probabilities(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """N x K class probabilities of a Keras model for uint8 images (a sigmoid output becomes [1-p, p])."""
+    from leukoscreen.training.input_pipeline import image_dataset
+    output = model.predict(image_dataset(images, batch_size=batch_size), verbose=0)
+    output = np.asarray(output, dtype=float)
+    return np.hstack([1 - output, output]) if output.shape[1] == 1 else output
+
+
+def evaluate_part(model, prepared: PreparedData, part: str, config: PreprocessConfig,
+                  n_boot: int = 1000) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Metrics, probabilities and row indices of one part of the prepared data under a preprocessing."""
+    index = prepared.part(part)
+    if len(index) == 0:
+        raise RunError(f"the {part!r} part of the split is empty")
+    images = preprocessed_images([prepared.paths[i] for i in index],
+                                 [prepared.sha256s[i] for i in index], config)
+    probabilities = predict_probabilities(model, images)
+    groups = [prepared.rows[i].group for i in index]
+    metrics = classification_metrics(prepared.labels[index], probabilities, prepared.class_names,
+                                     groups=groups, n_boot=n_boot)
+    return metrics, probabilities, index
+
+
+def evaluate_with_variants(model, prepared: PreparedData, part: str, config: PreprocessConfig,
+                           out_dir: Path, n_boot: int = 1000) -> dict:
+    """Evaluate a part as trained and under every variant; write metrics.json, predictions.csv, plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics, probabilities, index = evaluate_part(model, prepared, part, config, n_boot)
+    print(format_table(metrics, f"{part} split ({prepared.dataset.root.name}, {prepared.task}), as trained"))
+    metrics["variants"] = {}
+    for name, variant in variants(config).items():
+        result, _, _ = evaluate_part(model, prepared, part, variant, n_boot)
+        metrics["variants"][name] = result
+        print(f"  {name:<20} accuracy {result['accuracy']:.3f}  macro-F1 {result['macro_f1']:.3f} "
+              f"[{result['ci95']['macro_f1'][0]:.3f}-{result['ci95']['macro_f1'][1]:.3f}]")
+    metrics.update(part=part, data=str(prepared.dataset.root), task=prepared.task)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with open(out_dir / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "true", "predicted"] + [f"p_{c}" for c in prepared.class_names])
+        for row_index, p in zip(index, probabilities):
+            writer.writerow([prepared.paths[row_index], prepared.class_names[prepared.labels[row_index]],
+                             prepared.class_names[int(p.argmax())]] + [f"{v:.5f}" for v in p])
+    title = f"{part}: {prepared.dataset.root.name} {prepared.task}"
+    plots.confusion(metrics["confusion_matrix"], prepared.class_names, out_dir / "confusion.png", title)
+    plots.roc_curves(prepared.labels[index], probabilities, prepared.class_names, out_dir / "roc.png", title)
+    return metrics
+
+
+def evaluate_run(run_path: Path, data_dir: Path | None = None, part: str = "test",
+                 out_dir: Path | None = None, n_boot: int = 1000) -> dict:
+    """`leukoscreen evaluate RUN`: the run's own data set on a split, or every image of another folder."""
+    run = RunFolder(Path(run_path))
+    config = run.config()
+    own_data = data_dir is None or Path(data_dir).resolve() == Path(config.data).resolve()
+    if own_data:
+        prepared = prepare(config.data, config.task, config.kind, config.block_size, config.near_distance,
+                           config.seed, split_file=run.split_file)
+    else:
+        prepared = prepare(data_dir, config.task, block_size=config.block_size, all_test=True)
+        trained_classes = run.extra()["class_names"]
+        if prepared.class_names != trained_classes:
+            raise RunError(f"{data_dir} has the classes {prepared.class_names} for task {config.task!r}, "
+                           f"the model was trained on {trained_classes}; evaluate on data with the same classes")
+        part = "test"
+    return evaluate_with_variants(run.load_model(), prepared, part, config.preprocess,
+                                  Path(out_dir) if out_dir else run.path / f"evaluation-{part}", n_boot)

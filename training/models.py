@@ -1,0 +1,66 @@
+"""Model builders by name. Every model takes float32 pixel values 0-255 (HxWx3) and rescales inside,
+so the device feeds it the uint8 output of `edge.preprocessing.preprocess` as it is."""
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+def _output(x, num_classes: int):
+    # float32 output keeps probabilities exact when the rest trains in mixed precision
+    if num_classes == 2:
+        return layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+
+
+def basic_cnn(num_classes: int, input_size: int = 128) -> keras.Model:
+    """The thesis' Basic CNN (section 3.5): three 3x3 convolutions of 128 filters, stride 1, each with
+    ReLU and 2x2 max pooling, then a dense head; sigmoid for two classes, softmax for more."""
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+    for block in range(1, 4):
+        x = layers.Conv2D(128, 3, strides=1, name=f"conv{block}")(x)
+        x = layers.ReLU(name=f"relu{block}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(0.5, name="dropout1")(x)
+    x = layers.Dense(64, activation="relu", name="dense")(x)
+    x = layers.Dropout(0.3, name="dropout2")(x)
+    return keras.Model(inputs, _output(x, num_classes), name="basic_cnn")
+
+
+MODELS = {"basic-cnn": (basic_cnn, 128)}
+
+
+def build_model(name: str, num_classes: int, input_size: int | None = None) -> keras.Model:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    builder, default_size = MODELS[name]
+    return builder(num_classes, input_size or default_size)
+
+
+def float32_copy(model: keras.Model, name: str, num_classes: int, input_size: int) -> keras.Model:
+    """The same network with float32 layers and the trained weights (for saving and conversion)."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = build_model(name, num_classes, input_size)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def cpu_has_bfloat16() -> bool:
+    """True where the CPU computes bfloat16 natively (AMX or AVX-512 BF16), making mixed precision fast."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def default_input_size(name: str) -> int:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name][1]

@@ -1,0 +1,124 @@
+"""`leukoscreen report`: one page (Markdown and HTML) comparing runs, shortcut probes and the thesis.
+
+Rows come from each run's metrics.json; the thesis' own figures stand beside them with how they were
+measured, because they were measured differently (augmentation before a random split).
+"""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+from leukoscreen import RESEARCH_USE_NOTICE
+from leukoscreen.training.runs import RunFolder
+
+# Figures reported by the reference thesis, on its own data and split (see the note under the table).
+THESIS_ROWS = [
+    {"model": "Basic CNN (thesis 3.5)", "task": "ALL vs healthy", "train": "90.99%", "val": "~85%",
+     "test": "80.91%", "how": "thesis data; augmentation before a random image-level split"},
+]
+
+RUN_COLUMNS = ["run", "model", "task", "train acc", "val acc", "test acc [95% CI]", "test macro-F1 [95% CI]",
+               "corner masked F1", "corner unmasked F1", "colour-standardised F1", "grayscale F1",
+               "epochs", "training time"]
+
+
+def _interval(metrics: dict, key: str) -> str:
+    low, high = metrics["ci95"].get(key, (float("nan"), float("nan")))
+    return f"{metrics[key]:.3f} [{low:.3f}-{high:.3f}]"
+
+
+def run_row(run: RunFolder) -> dict:
+    config, metrics = run.config(), run.metrics()
+    variant = metrics.get("variants", {})
+
+    def f1(name):
+        return f"{variant[name]['macro_f1']:.3f}" if name in variant else "-"
+
+    return {"run": run.path.name, "model": config.model, "task": f"{config.task} ({Path(config.data).name})",
+            "train acc": f"{metrics.get('train_accuracy', float('nan')):.3f}",
+            "val acc": f"{metrics.get('val_accuracy', float('nan')):.3f}",
+            "test acc [95% CI]": _interval(metrics, "accuracy"),
+            "test macro-F1 [95% CI]": _interval(metrics, "macro_f1"),
+            "corner masked F1": f1("corner_masked"), "corner unmasked F1": f1("corner_unmasked"),
+            "colour-standardised F1": f1("colour_standardized"), "grayscale F1": f1("grayscale"),
+            "epochs": str(metrics.get("epochs_run", "-")),
+            "training time": f"{metrics['timing_seconds']['fit'] / 60:.1f} min"
+            if "timing_seconds" in metrics else "-"}
+
+
+def _markdown_table(columns: list[str], rows: list[dict]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+
+
+def _html_table(columns: list[str], rows: list[dict]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(row.get(c, '')))}</td>" for c in columns)
+                   + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | None = None) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = [RunFolder(p) for p in run_paths if (p / "metrics.json").exists()]
+    if not runs:
+        raise ValueError(f"none of {', '.join(map(str, run_paths))} is a finished run folder "
+                         "(with metrics.json); train first")
+    rows = [run_row(run) for run in runs]
+    probe_rows = []
+    for folder in probe_dirs or []:
+        summary = json.loads((folder / "shortcuts.json").read_text())
+        for name, result in summary["probes"].items():
+            probe_rows.append({"probe": name, "data / task": f"{Path(summary['data']).name} / {summary['task']}",
+                               "features": result["features"],
+                               "test accuracy": f"{result['accuracy']:.3f}",
+                               "test macro-F1 [95% CI]": f"{result['macro_f1']:.3f} "
+                               f"[{result['ci95']['macro_f1'][0]:.3f}-{result['ci95']['macro_f1'][1]:.3f}]"})
+    figures = []
+    for run in runs:
+        for picture in ("training_curves.png", "confusion.png", "roc.png"):
+            if (run.path / picture).exists():
+                target = f"{run.path.name}-{picture}"
+                shutil.copyfile(run.path / picture, out_dir / target)
+                figures.append((run.path.name, picture.removesuffix(".png").replace("_", " "), target))
+    probe_columns = ["probe", "data / task", "features", "test accuracy", "test macro-F1 [95% CI]"]
+    thesis_columns = ["model", "task", "train", "val", "test", "how"]
+    notes = [
+        "Test figures are on a stratified group split (60/20/20): exact and near duplicates, patients and "
+        "blocks of neighbouring file numbers (one smear) never cross splits. Intervals are 95% bootstrap "
+        "intervals over groups.",
+        "Augmentation (flips, rotation, shift, zoom, shear) is applied to the training part only, after "
+        "splitting. The thesis augmented before splitting, so its test images had near-copies in training; "
+        "its figures are not comparable with ours.",
+        "Colour alone separates all-aria's classes (see the shortcut probes): only the colour-standardised and "
+        "grayscale columns show whether a model reads the cells.",
+    ]
+    markdown = ["# LeukoScreen report", "", f"**{RESEARCH_USE_NOTICE}**", "", "## Runs", ""]
+    markdown += _markdown_table(RUN_COLUMNS, rows)
+    if probe_rows:
+        markdown += ["", "## Shortcut probes (what a model should not rely on)", ""]
+        markdown += _markdown_table(probe_columns, probe_rows)
+    markdown += ["", "## Figures reported by the thesis", ""] + _markdown_table(thesis_columns, THESIS_ROWS)
+    markdown += ["", "## How these figures were measured", ""] + [f"- {n}" for n in notes] + ["", "## Plots", ""]
+    markdown += [f"![{run} {title}]({target})" for run, title, target in figures]
+    (out_dir / "report.md").write_text("\n".join(markdown) + "\n")
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>LeukoScreen report</title>",
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+            "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:90%}"
+            "td,th{border:1px solid #bbb;padding:3px 6px}img{max-width:48%;margin:4px}</style></head><body>",
+            "<h1>LeukoScreen report</h1>", f"<p><strong>{html.escape(RESEARCH_USE_NOTICE)}</strong></p>",
+            "<h2>Runs</h2>", _html_table(RUN_COLUMNS, rows)]
+    if probe_rows:
+        page += ["<h2>Shortcut probes (what a model should not rely on)</h2>",
+                 _html_table(probe_columns, probe_rows)]
+    page += ["<h2>Figures reported by the thesis</h2>", _html_table(thesis_columns, THESIS_ROWS),
+             "<h2>How these figures were measured</h2><ul>"]
+    page += [f"<li>{html.escape(n)}</li>" for n in notes] + ["</ul><h2>Plots</h2>"]
+    page += [f"<figure><img src='{html.escape(t)}' alt='{html.escape(r + ' ' + title)}'>"
+             f"<figcaption>{html.escape(r)}: {html.escape(title)}</figcaption></figure>" for r, title, t in figures]
+    page.append("</body></html>")
+    (out_dir / "report.html").write_text("\n".join(page))
+    print(f"report: {out_dir / 'report.md'} and {out_dir / 'report.html'}")
+    return out_dir / "report.md"

@@ -1,0 +1,123 @@
+"""`leukoscreen train`: train a model on a leak-free split and leave a complete run folder."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from leukoscreen import __version__
+from leukoscreen.training.prepared_data import prepare, preprocessed_images
+from leukoscreen.training.runs import RunFolder, TrainConfig
+from leukoscreen.training.splits import save_split
+
+
+def targets_for(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Keras targets: 0/1 floats for a sigmoid output, integer labels for softmax."""
+    return labels.astype("float32")[:, None] if num_classes == 2 else labels.astype("int32")
+
+
+def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
+    """Train, evaluate on the test split and write the run folder; returns the test metrics."""
+    import keras
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from leukoscreen.training import plots
+    from leukoscreen.training.evaluation import evaluate_part, evaluate_with_variants
+    from leukoscreen.training.input_pipeline import image_dataset
+    from leukoscreen.training.models import build_model, cpu_has_bfloat16, default_input_size, float32_copy
+
+    started = time.perf_counter()
+    run = RunFolder(Path(out))
+    run.path.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    precision = config.precision
+    if precision == "auto":
+        precision = "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
+    if precision not in ("float32", "mixed_bfloat16"):
+        raise ValueError(f"precision {precision!r}: use auto, float32 or mixed_bfloat16")
+    keras.mixed_precision.set_global_policy(precision)
+    print(f"training precision: {precision}")
+    input_size = default_input_size(config.model)
+    if config.preprocess.input_size != input_size:
+        config = replace(config, preprocess=replace(config.preprocess, input_size=input_size))
+
+    prepared = prepare(config.data, config.task, config.kind, config.block_size, config.near_distance,
+                       config.seed, split_file=Path(config.split_file) if config.split_file else None)
+    config = replace(config, task=prepared.task, data=str(prepared.dataset.root))
+    save_split(run.split_file, prepared.rows)
+    classes = prepared.class_names
+    parts = {name: prepared.part(name) for name in ("train", "val", "test")}
+    print(f"data: {prepared.dataset.root} ({prepared.dataset.kind}), task {prepared.task}: "
+          + ", ".join(f"{name} {len(index)}" for name, index in parts.items())
+          + f" images; {len(prepared.skipped)} unreadable skipped")
+
+    t0 = time.perf_counter()
+    images = preprocessed_images(prepared.paths, prepared.sha256s, config.preprocess)
+    preprocess_seconds = time.perf_counter() - t0
+    train_index, val_index = parts["train"], parts["val"]
+    weights = compute_class_weight("balanced", classes=np.arange(len(classes)),
+                                   y=prepared.labels[train_index])
+    model = build_model(config.model, len(classes), input_size)
+    loss = "binary_crossentropy" if len(classes) == 2 else "sparse_categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=["accuracy"])
+    train_data = image_dataset(images[train_index], targets_for(prepared.labels[train_index], len(classes)),
+                               config.batch_size, training=True, augment=config.augment, seed=config.seed)
+    val_data = image_dataset(images[val_index], targets_for(prepared.labels[val_index], len(classes)),
+                             config.batch_size)
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                               restore_best_weights=True),
+                 keras.callbacks.CSVLogger(str(run.history_file))]
+    t0 = time.perf_counter()
+    history = model.fit(train_data, validation_data=val_data, epochs=config.epochs, verbose=2, callbacks=callbacks,
+              class_weight=dict(enumerate(weights.tolist())))
+    fit_seconds = time.perf_counter() - t0
+    keras.mixed_precision.set_global_policy("float32")
+    model = float32_copy(model, config.model, len(classes), input_size)
+    model.save(run.model_file)
+
+    accuracy = {}
+    for name in ("train", "val"):
+        part_metrics, _, _ = evaluate_part(model, prepared, name, config.preprocess, n_boot=0)
+        accuracy[name] = part_metrics["accuracy"]
+    metrics = evaluate_with_variants(model, prepared, "test", config.preprocess, run.path, n_boot)
+    metrics["train_accuracy"], metrics["val_accuracy"] = accuracy["train"], accuracy["val"]
+    total_seconds = time.perf_counter() - started
+    metrics["timing_seconds"] = {"preprocess": round(preprocess_seconds, 1), "fit": round(fit_seconds, 1),
+                                 "total": round(total_seconds, 1)}
+    metrics["epochs_run"] = len(history.epoch)
+    run.metrics_file.write_text(json.dumps(metrics, indent=2))
+    run.config_file.write_text(json.dumps({
+        "train": config.to_dict(), "class_names": classes, "trained_precision": precision, "software_version": __version__,
+        "parameters": int(model.count_params()), "split_method": split_description(config),
+        "skipped_files": [info.error for info in prepared.skipped]}, indent=2))
+    plots.training_curves(run.history_file, run.path / "training_curves.png")
+    run.summary_file.write_text(summary(config, metrics, classes))
+    print(f"run folder: {run.path}  (training {fit_seconds:.0f} s, total {total_seconds:.0f} s)")
+    return metrics
+
+
+def split_description(config: TrainConfig) -> str:
+    return (f"stratified group split 60/20/20 (seed {config.seed}); groups = patient id, or blocks of "
+            f"{config.block_size} neighbouring file numbers, merged across exact and near duplicates "
+            f"(perceptual-hash distance <= {config.near_distance})"
+            + (f"; re-used from {config.split_file}" if config.split_file else ""))
+
+
+def summary(config: TrainConfig, metrics: dict, classes: list[str]) -> str:
+    ci = metrics["ci95"]
+    lines = [f"# {config.model} on {Path(config.data).name} ({config.task})", "",
+             "Research use only. Not for use in diagnostic procedures.", "",
+             f"- classes: {', '.join(classes)}",
+             f"- split: {split_description(config)}",
+             f"- accuracy: train {metrics['train_accuracy']:.3f}, validation {metrics['val_accuracy']:.3f}, "
+             f"test {metrics['accuracy']:.3f} [{ci['accuracy'][0]:.3f}-{ci['accuracy'][1]:.3f}]",
+             f"- test macro-F1 {metrics['macro_f1']:.3f} [{ci['macro_f1'][0]:.3f}-{ci['macro_f1'][1]:.3f}]",
+             f"- training wall time {metrics['timing_seconds']['fit']:.0f} s "
+             f"({metrics['epochs_run']} epochs), whole run {metrics['timing_seconds']['total']:.0f} s", ""]
+    for name, result in metrics["variants"].items():
+        lines.append(f"- {name}: accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
+    lines += ["", "Augmentation was applied to the training part only, after splitting.", ""]
+    return "\n".join(lines)
