@@ -17,7 +17,7 @@ def _train(args) -> None:
     from leukoscreen.training.runs import TrainConfig
     from leukoscreen.training.train import train
     if not args.data:
-        raise SystemExit("error: --data is required (no default data folder found at "
+        raise ValueError("--data is required (no default data folder found at "
                          f"{DEFAULT_DATA})")
     preprocess = PreprocessConfig(mask_corner=0.0 if args.no_mask_corner else SCALE_BAR_CORNER,
                                   colour=args.colour)
@@ -31,9 +31,52 @@ def _train(args) -> None:
 
 
 def _evaluate(args) -> None:
+    if (Path(args.run) / "manifest.json").exists():
+        from leukoscreen.training.evaluation import evaluate_bundle
+        evaluate_bundle(Path(args.run), Path(args.data) if args.data else None,
+                        Path(args.out) if args.out else None, args.format, args.runtime, args.bootstrap)
+        return
     from leukoscreen.training.evaluation import evaluate_run
     evaluate_run(Path(args.run), Path(args.data) if args.data else None, args.split,
                  Path(args.out) if args.out else None, n_boot=args.bootstrap)
+
+
+def _convert(args) -> None:
+    from leukoscreen.convert.bundle_builder import convert_run, parse_formats
+    convert_run(Path(args.run), Path(args.out), parse_formats(args.formats), representative=args.representative,
+                max_accuracy_drop=args.max_accuracy_drop / 100, allow_drop=args.allow_accuracy_drop,
+                target_sensitivity=args.target_sensitivity,
+                negative_classes=args.negative_classes.split(",") if args.negative_classes else None,
+                name=args.name, version=args.bundle_version, io_type=args.int8_io)
+
+
+def _bench(args) -> None:
+    from leukoscreen.edge.benchmark import REFERENCE, benchmark_bundle
+    benchmark_bundle(Path(args.bundle), args.runtime, tuple(args.threads), args.runs,
+                     Path(args.reference) if args.reference else REFERENCE, Path(args.out) if args.out else None)
+
+
+def _classify(args) -> int:
+    import json
+
+    from leukoscreen.edge.image_io import ImageReadError, read_image
+    from leukoscreen.edge.screening import DEFAULT_BUNDLE, Screener
+    screener = Screener(args.bundle or DEFAULT_BUNDLE, args.format, args.runtime)
+    results = []
+    for path in args.images:
+        try:
+            result = screener.screen(read_image(path)).to_dict()
+        except (ImageReadError, ValueError) as error:
+            result = {"message": f"Cannot classify: {error}", "decision": "error"}
+        result["image"] = path
+        results.append(result)
+        if not args.json:
+            print(f"{path}: {result['message']}"
+                  + (f" (blast score {result['blast_score']:.2f}, {result['cells_found']} cells found, "
+                     f"model {result['bundle']})" if result.get("blast_score") is not None else ""))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 2 if any(r["decision"] == "error" for r in results) else 0
 
 
 def _audit(args) -> None:
@@ -83,10 +126,10 @@ def parser() -> argparse.ArgumentParser:
                                                      "set's first task)")
     train.add_argument("--kind", default="auto", choices=["auto", "aria", "cnmc", "folders"])
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATA-TASK)")
-    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--epochs", type=int, default=40)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--patience", type=int, default=6, help="early-stopping patience in epochs")
+    train.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--no-mask-corner", action="store_true",
                        help="keep the bottom-right corner (all-aria's scale-bar label) in training")
@@ -105,7 +148,43 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     evaluate.add_argument("--out", default=None)
     evaluate.add_argument("--bootstrap", type=int, default=1000)
+    evaluate.add_argument("--format", default=None, help="bundle model format (default: the bundle's)")
+    evaluate.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "onnx"])
     evaluate.set_defaults(handler=_evaluate)
+
+    convert = commands.add_parser("convert", help="turn a run into a TFLite/ONNX model bundle for the device")
+    convert.add_argument("run")
+    convert.add_argument("--out", required=True, help="bundle folder to write")
+    convert.add_argument("--formats", default="tflite-int8,tflite-dynamic,tflite-fp32,onnx-fp32,onnx-int8",
+                         help="comma-separated; the first is the bundle's default")
+    convert.add_argument("--representative", type=int, default=200,
+                         help="training images used to calibrate int8 quantization")
+    convert.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                         help="points of accuracy an int8 file may lose against the float model")
+    convert.add_argument("--allow-accuracy-drop", action="store_true")
+    convert.add_argument("--target-sensitivity", type=float, default=0.99)
+    convert.add_argument("--negative-classes", default=None, help="comma-separated non-blast classes")
+    convert.add_argument("--int8-io", default="int8", choices=["int8", "uint8"])
+    convert.add_argument("--name", default=None)
+    convert.add_argument("--bundle-version", default="1")
+    convert.set_defaults(handler=_convert)
+
+    bench = commands.add_parser("bench", help="latency and memory of a bundle on this machine's runtimes")
+    bench.add_argument("bundle")
+    bench.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "onnx"])
+    bench.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    bench.add_argument("--runs", type=int, default=200)
+    bench.add_argument("--reference", default=None, help="reference .tflite (default: shared MobileNetV2)")
+    bench.add_argument("--out", default=None, help="folder for bench.json")
+    bench.set_defaults(handler=_bench)
+
+    classify = commands.add_parser("classify", help="screen image files with a model bundle (research use only)")
+    classify.add_argument("images", nargs="+")
+    classify.add_argument("--bundle", default=None, help="bundle folder (default: the shipped default)")
+    classify.add_argument("--format", default=None)
+    classify.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "onnx"])
+    classify.add_argument("--json", action="store_true", help="print JSON")
+    classify.set_defaults(handler=_classify)
 
     report = commands.add_parser("report", help="one page comparing runs with the thesis figures")
     report.add_argument("runs", nargs="+")
@@ -123,14 +202,13 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.handler(args)
+        return args.handler(args) or 0
     except (ValueError, OSError) as error:  # user-facing errors carry a message that says what to do
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

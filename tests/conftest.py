@@ -58,3 +58,24 @@ def shared_data() -> Path:
 def isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own cache folder, so no test depends on another's cached files."""
     monkeypatch.setenv("LEUKOSCREEN_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory):
+    """Train 2 epochs on generated images and convert to all five formats (once per test session)."""
+    from leukoscreen.convert.bundle_builder import convert_run
+    from leukoscreen.training.runs import TrainConfig
+    from leukoscreen.training.train import train
+    root = tmp_path_factory.mktemp("convert")
+    rng = np.random.default_rng(0)
+    for cls, pattern, blast in (("Benign", "WBC-Benign-{:03d}.jpg", False),
+                                ("Early", "WBC-Malignant-Early-{:03d}.jpg", True)):
+        for number in range(1, 31):
+            write_rgb(root / "data" / cls / pattern.format(number), smear_image(rng, blast))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEUKOSCREEN_CACHE", str(root / "cache"))
+        train(TrainConfig(data=str(root / "data"), task="binary", epochs=2, batch_size=8, block_size=3),
+              root / "run", n_boot=10)
+        convert_run(root / "run", root / "bundle", ["tflite-int8", "tflite-dynamic", "tflite-fp32", "onnx-fp32",
+                                                    "onnx-int8"], representative=20, allow_drop=True)
+    return root / "bundle"

@@ -3,7 +3,6 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 
 from leukoscreen.cli import main
 from leukoscreen.edge.image_io import read_image

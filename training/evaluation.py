@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from leukoscreen.edge.preprocessing import SCALE_BAR_CORNER, PreprocessConfig
+from leukoscreen.edge.runtimes import to_probabilities
 from leukoscreen.training import plots
 from leukoscreen.training.metrics import classification_metrics, format_table
 from leukoscreen.training.prepared_data import PreparedData, prepare, preprocessed_images
 from leukoscreen.training.runs import RunError, RunFolder
+from leukoscreen.training.splits import SplitError
 
 
 def variants(config: PreprocessConfig) -> dict[str, PreprocessConfig]:
@@ -32,35 +34,34 @@ def variants(config: PreprocessConfig) -> dict[str, PreprocessConfig]:
 def predict_probabilities(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """N x K class probabilities of a Keras model for uint8 images (a sigmoid output becomes [1-p, p])."""
     from leukoscreen.training.input_pipeline import image_dataset
-    output = model.predict(image_dataset(images, batch_size=batch_size), verbose=0)
-    output = np.asarray(output, dtype=float)
-    return np.hstack([1 - output, output]) if output.shape[1] == 1 else output
+    return to_probabilities(model.predict(image_dataset(images, batch_size=batch_size), verbose=0))
 
 
-def evaluate_part(model, prepared: PreparedData, part: str, config: PreprocessConfig,
+def evaluate_part(predict, prepared: PreparedData, part: str, config: PreprocessConfig,
                   n_boot: int = 1000) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Metrics, probabilities and row indices of one part of the prepared data under a preprocessing."""
+    """Metrics, probabilities and row indices of one part of the prepared data under a preprocessing.
+    predict: uint8 images (N x S x S x 3) -> N x K class probabilities."""
     index = prepared.part(part)
     if len(index) == 0:
         raise RunError(f"the {part!r} part of the split is empty")
     images = preprocessed_images([prepared.paths[i] for i in index],
                                  [prepared.sha256s[i] for i in index], config)
-    probabilities = predict_probabilities(model, images)
+    probabilities = predict(images)
     groups = [prepared.rows[i].group for i in index]
     metrics = classification_metrics(prepared.labels[index], probabilities, prepared.class_names,
                                      groups=groups, n_boot=n_boot)
     return metrics, probabilities, index
 
 
-def evaluate_with_variants(model, prepared: PreparedData, part: str, config: PreprocessConfig,
+def evaluate_with_variants(predict, prepared: PreparedData, part: str, config: PreprocessConfig,
                            out_dir: Path, n_boot: int = 1000) -> dict:
     """Evaluate a part as trained and under every variant; write metrics.json, predictions.csv, plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics, probabilities, index = evaluate_part(model, prepared, part, config, n_boot)
+    metrics, probabilities, index = evaluate_part(predict, prepared, part, config, n_boot)
     print(format_table(metrics, f"{part} split ({prepared.dataset.root.name}, {prepared.task}), as trained"))
     metrics["variants"] = {}
     for name, variant in variants(config).items():
-        result, _, _ = evaluate_part(model, prepared, part, variant, n_boot)
+        result, _, _ = evaluate_part(predict, prepared, part, variant, n_boot)
         metrics["variants"][name] = result
         print(f"  {name:<20} accuracy {result['accuracy']:.3f}  macro-F1 {result['macro_f1']:.3f} "
               f"[{result['ci95']['macro_f1'][0]:.3f}-{result['ci95']['macro_f1'][1]:.3f}]")
@@ -94,5 +95,33 @@ def evaluate_run(run_path: Path, data_dir: Path | None = None, part: str = "test
             raise RunError(f"{data_dir} has the classes {prepared.class_names} for task {config.task!r}, "
                            f"the model was trained on {trained_classes}; evaluate on data with the same classes")
         part = "test"
-    return evaluate_with_variants(run.load_model(), prepared, part, config.preprocess,
+    model = run.load_model()
+    return evaluate_with_variants(lambda images: predict_probabilities(model, images), prepared, part, config.preprocess,
                                   Path(out_dir) if out_dir else run.path / f"evaluation-{part}", n_boot)
+
+
+def evaluate_bundle(bundle_path: Path, data_dir: Path | None, out_dir: Path | None = None,
+                    fmt: str | None = None, runtime: str = "auto", n_boot: int = 1000) -> dict:
+    """`leukoscreen evaluate BUNDLE`: metrics through the device runtime (not TensorFlow). Images that
+    are in the bundle's saved split are evaluated on its test part only; other folders in full."""
+    from leukoscreen.edge.bundle import load_bundle
+    from leukoscreen.edge.runtimes import open_runner
+    bundle = load_bundle(bundle_path)
+    if data_dir is None:
+        raise RunError("evaluating a bundle needs --data FOLDER")
+    task = bundle.manifest["task"]
+    split_file = bundle.path / "split.csv"
+    try:
+        prepared = prepare(data_dir, task, split_file=split_file if split_file.exists() else None)
+    except SplitError:  # not the training data set: every image is unseen
+        prepared = prepare(data_dir, task, all_test=True)
+    if prepared.class_names != bundle.class_names:
+        raise RunError(f"{data_dir} has the classes {prepared.class_names} for task {task!r}; the bundle "
+                       f"was trained on {bundle.class_names}")
+    fmt = fmt or bundle.default_format
+    runner = open_runner(bundle.file(fmt), runtime)
+    out = Path(out_dir) if out_dir else bundle.path.parent / f"{bundle.path.name}-evaluation-{fmt}"
+    metrics = evaluate_with_variants(runner.predict, prepared, "test", bundle.preprocess, out, n_boot)
+    metrics.update(bundle=str(bundle.path), format=fmt, runtime=runner.name)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

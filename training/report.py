@@ -104,7 +104,7 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
     markdown += ["", "## How these figures were measured", ""] + [f"- {n}" for n in notes] + ["", "## Plots", ""]
     markdown += [f"![{run} {title}]({target})" for run, title, target in figures]
     (out_dir / "report.md").write_text("\n".join(markdown) + "\n")
-    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>LeukoScreen report</title>",
+    page = ["<!doctype html><html><head><meta charset='utf-8'><title>LeukoScreen report</title>",
             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
             "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:90%}"
             "td,th{border:1px solid #bbb;padding:3px 6px}img{max-width:48%;margin:4px}</style></head><body>",

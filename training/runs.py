@@ -19,10 +19,10 @@ class TrainConfig:
     model: str = "basic-cnn"
     task: str | None = None          # None: the data set's first task (all-aria: subtype)
     kind: str = "auto"
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 32
     learning_rate: float = 1e-3
-    patience: int = 6
+    patience: int = 8
     augment: bool = True
     seed: int = 0
     block_size: int = 20

@@ -25,7 +25,7 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
     from sklearn.utils.class_weight import compute_class_weight
 
     from leukoscreen.training import plots
-    from leukoscreen.training.evaluation import evaluate_part, evaluate_with_variants
+    from leukoscreen.training.evaluation import evaluate_part, evaluate_with_variants, predict_probabilities
     from leukoscreen.training.input_pipeline import image_dataset
     from leukoscreen.training.models import build_model, cpu_has_bfloat16, default_input_size, float32_copy
 
@@ -78,11 +78,14 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
     model = float32_copy(model, config.model, len(classes), input_size)
     model.save(run.model_file)
 
+    def predict(batch):
+        return predict_probabilities(model, batch)
+
     accuracy = {}
     for name in ("train", "val"):
-        part_metrics, _, _ = evaluate_part(model, prepared, name, config.preprocess, n_boot=0)
+        part_metrics, _, _ = evaluate_part(predict, prepared, name, config.preprocess, n_boot=0)
         accuracy[name] = part_metrics["accuracy"]
-    metrics = evaluate_with_variants(model, prepared, "test", config.preprocess, run.path, n_boot)
+    metrics = evaluate_with_variants(predict, prepared, "test", config.preprocess, run.path, n_boot)
     metrics["train_accuracy"], metrics["val_accuracy"] = accuracy["train"], accuracy["val"]
     total_seconds = time.perf_counter() - started
     metrics["timing_seconds"] = {"preprocess": round(preprocess_seconds, 1), "fit": round(fit_seconds, 1),

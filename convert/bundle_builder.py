@@ -1,0 +1,152 @@
+"""`leukoscreen convert`: a trained run -> a model bundle for the device.
+
+Each requested format is written, loaded back through the device runtime code in `edge/` (not through
+TensorFlow) and evaluated on the run's test split beside the Keras float model. Calibration and the
+decision threshold are fitted on the validation split. The manifest records it all with file hashes.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from leukoscreen import __version__
+from leukoscreen.edge.bundle import FORMATS, INTENDED_USE, SCHEMA_VERSION, write_manifest
+from leukoscreen.edge.runtimes import open_runner
+from leukoscreen.training.metrics import classification_metrics
+from leukoscreen.training.prepared_data import prepare, preprocessed_images
+from leukoscreen.training.runs import RunFolder
+
+FILE_NAMES = {"tflite-fp32": "model-fp32.tflite", "tflite-dynamic": "model-dynamic.tflite",
+              "tflite-int8": "model-int8.tflite", "onnx-fp32": "model-fp32.onnx", "onnx-int8": "model-int8.onnx"}
+NEGATIVE_NAMES = ("benign", "hem", "healthy", "normal")
+
+
+class ConversionError(ValueError):
+    """A conversion that must not produce a bundle; the message says why and what to do."""
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConversionError(f"unknown format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
+    return sorted(formats, key=FORMATS.index)
+
+
+def default_negative_classes(class_names: list[str]) -> list[str]:
+    negative = [c for c in class_names if c.lower() in NEGATIVE_NAMES]
+    if not negative:
+        raise ConversionError(f"cannot tell which of {class_names} are non-blast classes; "
+                              "pass --negative-classes")
+    return negative
+
+
+def _format_metrics(probabilities, reference, labels, class_names, groups) -> dict:
+    metrics = classification_metrics(labels, probabilities, class_names, groups=groups, n_boot=200)
+    keep = {k: metrics[k] for k in ("accuracy", "macro_f1", "macro_recall", "macro_specificity")}
+    keep["ci95"] = {k: metrics["ci95"][k] for k in ("accuracy", "macro_f1")}
+    keep["per_class"] = metrics["per_class"]
+    if reference is not None:
+        ref = classification_metrics(labels, reference, class_names, n_boot=0)
+        keep["accuracy_change"] = keep["accuracy"] - ref["accuracy"]
+        keep["macro_f1_change"] = keep["macro_f1"] - ref["macro_f1"]
+        keep["top1_agreement"] = float(np.mean(probabilities.argmax(1) == reference.argmax(1)))
+        keep["max_probability_difference"] = float(np.abs(probabilities - reference).max())
+    return keep
+
+
+def convert_run(run_path: Path, out: Path, formats: list[str], representative: int = 200,
+                max_accuracy_drop: float = 0.01, allow_drop: bool = False, target_sensitivity: float = 0.99,
+                negative_classes: list[str] | None = None, name: str | None = None, version: str = "1",
+                io_type: str = "int8", threads: int = 2) -> dict:
+    from leukoscreen.convert.calibration import decision_parameters
+    from leukoscreen.convert.exporters import quantize_onnx, to_onnx, to_tflite
+    from leukoscreen.training.evaluation import predict_probabilities
+
+    run = RunFolder(Path(run_path))
+    config, extra = run.config(), run.extra()
+    classes = extra["class_names"]
+    negative_classes = negative_classes or default_negative_classes(classes)
+    print(f"[1/4] loading {run.path} and its split")
+    model = run.load_model()
+    prepared = prepare(config.data, config.task, config.kind, config.block_size, config.near_distance,
+                       config.seed, split_file=run.split_file)
+
+    def images(part):
+        index = prepared.part(part)
+        return preprocessed_images([prepared.paths[i] for i in index], [prepared.sha256s[i] for i in index],
+                                   config.preprocess), prepared.labels[index], index
+
+    train_images, _, _ = images("train")
+    val_images, val_labels, _ = images("val")
+    test_images, test_labels, test_index = images("test")
+    groups = [prepared.rows[i].group for i in test_index]
+    rng = np.random.default_rng(config.seed)
+    calibration_set = train_images[rng.permutation(len(train_images))[:representative]]
+    keras_test = predict_probabilities(model, test_images)
+    metrics = {"keras-fp32": _format_metrics(keras_test, None, test_labels, classes, groups)}
+
+    out.mkdir(parents=True, exist_ok=True)
+    files, inputs, val_outputs = {}, {}, {}
+    for step, fmt in enumerate(formats, 1):
+        target = out / FILE_NAMES[fmt]
+        print(f"[2/4] ({step}/{len(formats)}) writing {fmt}: {target.name}")
+        if fmt.startswith("tflite"):
+            target.write_bytes(to_tflite(model, fmt.split("-")[1], calibration_set, io_type))
+        elif fmt == "onnx-fp32":
+            to_onnx(model, target)
+        else:
+            fp32 = out / FILE_NAMES["onnx-fp32"]
+            if not fp32.exists():
+                to_onnx(model, fp32)
+            quantize_onnx(fp32, target, calibration_set)
+        runner = open_runner(target, threads=threads)  # the device's code; rejects Flex ops
+        print(f"[3/4] ({step}/{len(formats)}) evaluating {fmt} through {runner.name} on {len(test_images)} "
+              "test images")
+        probabilities = runner.predict(test_images)
+        metrics[fmt] = _format_metrics(probabilities, keras_test, test_labels, classes, groups)
+        metrics[fmt]["size_bytes"] = target.stat().st_size
+        val_outputs[fmt] = runner.predict(val_images)
+        files[fmt] = {"file": target.name}
+        if fmt.startswith("tflite"):
+            scale, zero_point = runner.input["quantization"]
+            inputs[fmt] = {"dtype": np.dtype(runner.input["dtype"]).name, "scale": float(scale),
+                           "zero_point": int(zero_point)}
+        else:
+            inputs[fmt] = {"dtype": "float32", "scale": 1.0, "zero_point": 0}
+        print(f"      accuracy {metrics[fmt]['accuracy']:.4f} ({metrics[fmt]['accuracy_change']:+.4f}), "
+              f"agreement {metrics[fmt]['top1_agreement']:.4f}, size {metrics[fmt]['size_bytes'] / 1e6:.2f} MB")
+
+    primary = formats[0]
+    print(f"[4/4] calibration and threshold on {len(val_images)} validation images ({primary})")
+    decision = decision_parameters(val_outputs[primary], val_labels, classes, negative_classes, target_sensitivity)
+    shutil.copyfile(run.split_file, out / "split.csv")
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "name": name or run.path.name, "version": version,
+        "task": config.task, "class_names": classes, "default_format": primary,
+        "input": {"size": config.preprocess.input_size, "channels": 3, "layout": "NHWC",
+                  "pixels": "uint8 RGB 0-255 after preprocessing", "per_format": inputs},
+        "preprocess": config.preprocess.to_dict(), "input_kind": "field",
+        "output": "sigmoid" if len(classes) == 2 else "softmax",
+        **decision, "files": files, "metrics": metrics,
+        "training": {"model": config.model, "data": Path(config.data).name, "task": config.task,
+                     "split_method": extra.get("split_method", ""), "split_file": "split.csv",
+                     "metrics_on": "test split", "run": run.path.name,
+                     "trained_precision": extra.get("trained_precision", "float32")},
+        "software_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "intended_use": INTENDED_USE,
+    }
+    dropped = [f for f in formats if "int8" in f and -metrics[f]["accuracy_change"] > max_accuracy_drop]
+    if dropped and not allow_drop:
+        changes = ", ".join(f"{metrics[f]['accuracy_change'] * 100:+.2f}" for f in dropped)
+        raise ConversionError(
+            f"{', '.join(dropped)} lost more than {max_accuracy_drop * 100:.1f} points of accuracy against the "
+            f"float model ({changes} points); no "
+            f"manifest was written. Use more --representative images, or --allow-accuracy-drop to accept it")
+    write_manifest(out, manifest)
+    print(f"bundle: {out} (default format {primary})")
+    return manifest

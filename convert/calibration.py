@@ -1,0 +1,41 @@
+"""Temperature scaling and the decision threshold, fitted on the validation split."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from leukoscreen.edge.decision import blast_score, calibrate
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising the negative log-likelihood of the true labels."""
+    def nll(temperature):
+        calibrated = calibrate(probabilities, temperature)
+        return -np.mean(np.log(np.clip(calibrated[np.arange(len(labels)), labels], 1e-12, 1.0)))
+
+    return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
+
+
+def choose_threshold(scores: np.ndarray, positive: np.ndarray, target_sensitivity: float = 0.99,
+                     target_specificity: float = 0.99) -> tuple[float, tuple[float, float]]:
+    """Threshold keeping at least `target_sensitivity` of positives at or above it, and the band
+    [threshold, upper] where upper is the lowest score with `target_specificity` among negatives."""
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
+        raise ValueError("the validation split needs both blast and non-blast images to set a threshold")
+    threshold = float(np.quantile(scores[positive], 1.0 - target_sensitivity, method="lower"))
+    upper = float(np.quantile(scores[~positive], target_specificity, method="higher"))
+    upper = min(1.0, max(threshold, np.nextafter(upper, 2.0)))
+    return threshold, (threshold, upper)
+
+
+def decision_parameters(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
+                        negative_classes: list[str], target_sensitivity: float = 0.99) -> dict:
+    temperature = fit_temperature(probabilities, labels)
+    scores = blast_score(calibrate(probabilities, temperature), class_names, negative_classes)
+    negative = [class_names.index(n) for n in negative_classes]
+    threshold, band = choose_threshold(scores, ~np.isin(labels, negative), target_sensitivity)
+    return {"calibration": {"temperature": temperature, "fitted_on": "validation split"},
+            "decision": {"negative_classes": negative_classes, "threshold": threshold,
+                         "indeterminate_band": list(band), "target_sensitivity": target_sensitivity,
+                         "chosen_on": "validation split"}}

@@ -1,0 +1,62 @@
+"""Keras model -> TFLite (float32, dynamic-range, full int8) and ONNX (float32, static int8 QDQ) files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def to_tflite(model, mode: str, representative: np.ndarray | None = None, io_type: str = "int8") -> bytes:
+    """TFLite flatbuffer of a Keras model. mode: "fp32", "dynamic" or "int8" (full integer, needs
+    `representative`: uint8 training images). io_type: "int8" or "uint8" input/output for full int8."""
+    import tensorflow as tf
+    if mode not in ("fp32", "dynamic", "int8"):
+        raise ValueError(f"unknown TFLite mode {mode!r}; use fp32, dynamic or int8")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if mode in ("dynamic", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "int8":
+        if representative is None or len(representative) == 0:
+            raise ValueError("full int8 conversion needs representative training images")
+
+        def samples():
+            for image in representative:
+                yield [image[None].astype(np.float32)]
+
+        converter.representative_dataset = samples
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        dtype = {"int8": tf.int8, "uint8": tf.uint8}[io_type]
+        converter.inference_input_type = dtype
+        converter.inference_output_type = dtype
+    return converter.convert()
+
+
+def to_onnx(model, path: Path, opset: int = 17) -> None:
+    """ONNX file of a Keras model (NHWC float32 input named "image") with tf2onnx."""
+    import tensorflow as tf
+    import tf2onnx
+    size = model.input_shape[1:]
+    signature = (tf.TensorSpec((None, *size), tf.float32, name="image"),)
+    tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(path))
+
+
+def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
+    """Static int8 quantization in QDQ format, calibrated on real training images (uint8)."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.images = iter(calibration)
+
+        def get_next(self):
+            image = next(self.images, None)
+            return None if image is None else {"image": image[None].astype(np.float32)}
+
+    prepared = int8_path.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_path), str(prepared))
+    try:
+        quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        prepared.unlink(missing_ok=True)

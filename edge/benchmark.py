@@ -1,0 +1,97 @@
+"""`leukoscreen bench`: speed and memory of a bundle's model files on this device's runtimes.
+
+Each (model file, thread count) is measured in a fresh process, so load time and peak RSS are those of a
+device process running only that model. A published full-int8 MobileNetV2 is timed in the same run as
+a fixed yardstick, and every latency is also given as a ratio to it.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mobilenet_v2_1.0_224_quant.tflite"
+
+
+def measure(path: str, runtime: str, threads: int, runs: int) -> dict:
+    """Load time, first-inference time, median and p95 latency, peak RSS of this process."""
+    started = time.perf_counter()
+    from leukoscreen.edge.runtimes import open_runner
+    runner = open_runner(path, runtime, threads)
+    loaded = time.perf_counter()
+    image = np.random.default_rng(0).integers(0, 256, (1, runner.input_size, runner.input_size, 3), np.uint8)
+    runner.predict(image)
+    first = time.perf_counter() - loaded
+    latencies = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner.predict(image)
+        latencies.append(time.perf_counter() - t0)
+    return {"file": path, "runtime": runner.name, "threads": threads, "load_s": loaded - started,
+            "first_inference_ms": first * 1e3, "median_ms": statistics.median(latencies) * 1e3,
+            "p95_ms": float(np.percentile(latencies, 95)) * 1e3,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "size_mb": Path(path).stat().st_size / 1e6, "runs": runs}
+
+
+def measure_in_subprocess(path: Path, runtime: str, threads: int, runs: int) -> dict:
+    code = ("import json, sys; from leukoscreen.edge.benchmark import measure; "
+            f"print(json.dumps(measure({str(path)!r}, {runtime!r}, {threads}, {runs})))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"file": str(path), "threads": threads, "error": result.stderr.strip().splitlines()[-1]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def benchmark_bundle(bundle_path: Path, runtime: str = "auto", threads: tuple[int, ...] = (1, 2),
+                     runs: int = 100, reference: Path | None = REFERENCE, out: Path | None = None) -> list[dict]:
+    from leukoscreen.edge.bundle import load_bundle
+    bundle = load_bundle(bundle_path)
+    targets = []
+    for fmt in bundle.formats:
+        file_runtime = runtime
+        if runtime != "auto" and (runtime == "onnx") != fmt.startswith("onnx"):
+            continue  # this runtime cannot run that format
+        targets.append((fmt, bundle.file(fmt), file_runtime))
+    if reference and reference.is_file():
+        targets.append(("reference MobileNetV2 int8", reference, "auto" if runtime == "onnx" else runtime))
+    else:
+        print(f"note: reference model not found at {reference}; no ratios")
+    rows = []
+    for count in threads:
+        for label, path, file_runtime in targets:
+            print(f"timing {label} with {count} thread(s)...", flush=True)
+            row = measure_in_subprocess(path, file_runtime, count, runs)
+            row["model"] = label
+            rows.append(row)
+    for count in threads:
+        base = next((r for r in rows if r["model"].startswith("reference") and r["threads"] == count
+                     and "error" not in r), None)
+        for row in rows:
+            if row["threads"] == count and base and "error" not in row:
+                row["ratio_to_reference"] = row["median_ms"] / base["median_ms"]
+    print(format_rows(rows))
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps({"bundle": str(bundle_path), "rows": rows}, indent=2))
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'model':<28}{'runtime':<15}{'thr':>4}{'load s':>8}{'first ms':>10}{'median ms':>11}"
+             f"{'p95 ms':>9}{'x ref':>8}{'RSS MB':>8}{'MB':>7}"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['model']:<28}{'':<15}{r['threads']:>4}  failed: {r['error']}")
+            continue
+        ratio = f"{r['ratio_to_reference']:.2f}" if "ratio_to_reference" in r else "-"
+        lines.append(f"{r['model']:<28}{r['runtime']:<15}{r['threads']:>4}{r['load_s']:>8.2f}"
+                     f"{r['first_inference_ms']:>10.2f}{r['median_ms']:>11.3f}{r['p95_ms']:>9.3f}{ratio:>8}"
+                     f"{r['peak_rss_mb']:>8.0f}{r['size_mb']:>7.2f}")
+    return "\n".join(lines)

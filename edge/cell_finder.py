@@ -1,0 +1,95 @@
+"""Finding white cells in a smear field: the thesis' HSV-threshold route plus morphology.
+
+Median filter, RGB -> HSV, `cv2.inRange` keeps the purple-stained nuclei, opening and closing clean the
+mask, a distance-transform watershed splits touching nuclei, and connected components within size limits
+become cells. Each cell gets a square box (the nucleus plus a margin for cytoplasm) and a crop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CellFinderConfig:
+    hsv_lower: tuple[int, int, int] = (118, 65, 0)       # OpenCV HSV: hue 0-179, saturation and value 0-255
+    hsv_upper: tuple[int, int, int] = (170, 255, 255)
+    median: int = 5
+    min_area_fraction: float = 0.0008    # nucleus area limits as fractions of the field area
+    max_area_fraction: float = 0.08
+    split_touching: bool = True
+    box_margin: float = 0.35             # box side = nucleus side * (1 + 2 * margin)
+
+    def __post_init__(self):
+        for name in ("hsv_lower", "hsv_upper"):
+            value = getattr(self, name)
+            if len(value) != 3 or not all(0 <= v <= 255 for v in value) or value[0] > 179:
+                raise ValueError(f"cell_finder.{name} = {value}: three numbers, hue 0-179, others 0-255")
+        if not 0 < self.min_area_fraction < self.max_area_fraction < 1:
+            raise ValueError(f"cell_finder area limits {self.min_area_fraction}, {self.max_area_fraction}: "
+                             "need 0 < min_area_fraction < max_area_fraction < 1")
+
+
+@dataclass(frozen=True)
+class FoundCell:
+    box: tuple[int, int, int, int]   # x, y, width, height in field pixels (clipped to the field)
+    area: int                        # nucleus area in pixels
+
+
+def stain_mask(rgb: np.ndarray, config: CellFinderConfig = CellFinderConfig()) -> np.ndarray:
+    """uint8 mask (0/255) of stained (purple) pixels after median filtering."""
+    smoothed = cv2.medianBlur(rgb, config.median) if config.median else rgb
+    hsv = cv2.cvtColor(smoothed, cv2.COLOR_RGB2HSV)
+    return cv2.inRange(hsv, np.array(config.hsv_lower, np.uint8), np.array(config.hsv_upper, np.uint8))
+
+
+def _split_touching(region: np.ndarray, min_area: float) -> list[np.ndarray]:
+    """Split one nucleus mask where it is two or more touching round nuclei (distance-transform
+    watershed); keep it whole when a part would be smaller than a nucleus (lobes of one nucleus)."""
+    distance = cv2.distanceTransform(region, cv2.DIST_L2, 5)
+    peaks = (distance >= 0.6 * distance.max()).astype(np.uint8)
+    count, markers = cv2.connectedComponents(peaks)
+    if count <= 2:  # background plus one peak: a single nucleus
+        return [region]
+    markers = markers + 1
+    markers[(region > 0) & (peaks == 0)] = 0
+    markers = cv2.watershed(cv2.cvtColor(region * 255, cv2.COLOR_GRAY2BGR), markers.astype(np.int32))
+    parts = [(markers == label).astype(np.uint8) for label in range(2, count + 1)]
+    if min(int(p.sum()) for p in parts) < min_area:
+        return [region]
+    return parts
+
+
+def find_cells(rgb: np.ndarray, config: CellFinderConfig = CellFinderConfig()) -> list[FoundCell]:
+    """White cells in an RGB field, largest first."""
+    height, width = rgb.shape[:2]
+    field_area = height * width
+    mask = stain_mask(rgb, config)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+    min_area = config.min_area_fraction * field_area
+    count, labels = cv2.connectedComponents(mask)
+    regions = []
+    for label in range(1, count):
+        region = (labels == label).astype(np.uint8)
+        regions += _split_touching(region, min_area) if config.split_touching else [region]
+    cells = []
+    for region in regions:
+        area = int(region.sum())
+        if not min_area <= area <= config.max_area_fraction * field_area:
+            continue
+        x, y, w, h = cv2.boundingRect(region)
+        side = int(max(w, h) * (1 + 2 * config.box_margin))
+        cx, cy = x + w / 2, y + h / 2
+        x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+        x1, y1 = int(min(width, cx + side / 2)), int(min(height, cy + side / 2))
+        cells.append(FoundCell((x0, y0, x1 - x0, y1 - y0), area))
+    return sorted(cells, key=lambda c: -c.area)
+
+
+def crop(rgb: np.ndarray, cell: FoundCell) -> np.ndarray:
+    x, y, w, h = cell.box
+    return rgb[y:y + h, x:x + w].copy()

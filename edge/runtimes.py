@@ -1,0 +1,159 @@
+"""Device runtimes behind one small interface: LiteRT (preferred), tflite-runtime (legacy boards) and
+onnxruntime. A runner takes preprocessed uint8 images (N x S x S x 3) and returns class probabilities.
+
+No tensorflow here: the runtimes are imported only when a model of their kind is opened.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TFLITE_BACKENDS = ("litert", "tflite-runtime")
+
+
+class RuntimeProblem(ValueError):
+    """A runtime that is missing or cannot run a model file; the message says what to do."""
+
+
+def _import_tflite_interpreter(backend: str):
+    if backend == "litert":
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as error:
+            raise RuntimeProblem("LiteRT is not installed: pip install ai-edge-litert "
+                                 "(or choose --runtime tflite-runtime or onnx)") from error
+        return Interpreter
+    if backend == "tflite-runtime":
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError as error:
+            raise RuntimeProblem("tflite-runtime is not installed: pip install tflite-runtime 'numpy<2' "
+                                 f"(it failed with: {error})") from error
+        return Interpreter
+    raise RuntimeProblem(f"unknown TFLite runtime {backend!r}; use one of {', '.join(TFLITE_BACKENDS)}")
+
+
+def to_probabilities(output: np.ndarray) -> np.ndarray:
+    """N x K probabilities from a model output: one sigmoid column becomes [1 - p, p]."""
+    output = np.asarray(output, dtype=np.float64)
+    return np.hstack([1.0 - output, output]) if output.shape[1] == 1 else output
+
+
+class ModelRunner:
+    """Base: checks inputs and turns raw outputs into probabilities. Subclasses implement `_run`."""
+    input_size: int
+    name: str
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (N x K) for preprocessed uint8 images (N x S x S x 3)."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        expected = (self.input_size, self.input_size, 3)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"model input must be {expected[0]}x{expected[1]}x3 images, got shape "
+                             f"{images.shape[1:] if images.ndim == 4 else images.shape}; "
+                             "preprocess with the bundle's parameters first")
+        if images.dtype != np.uint8:
+            raise ValueError(f"model input must be uint8 pixels, got {images.dtype}")
+        return to_probabilities(self._run(images))
+
+
+class TFLiteRunner(ModelRunner):
+    def __init__(self, path: Path, backend: str = "litert", threads: int = 2):
+        interpreter_class = _import_tflite_interpreter(backend)
+        self.name = backend
+        try:
+            self.interpreter = interpreter_class(model_path=str(path), num_threads=threads)
+        except (ValueError, RuntimeError) as error:
+            text = str(error)
+            if "Flex" in text or "Select TensorFlow op" in text:
+                raise RuntimeProblem(f"{path}: needs TensorFlow (Flex) ops, which no device runtime has; "
+                                     "convert it again without Select-TF ops") from error
+            if "Didn't find op" in text:
+                raise RuntimeProblem(f"{path}: {backend} is too old for an operator version in this file "
+                                     f"({text.strip().splitlines()[0]}); use ai-edge-litert or the ONNX "
+                                     "model") from error
+            raise RuntimeProblem(f"{path}: not a TFLite model {backend} can load ({text})") from error
+        flex = sorted({op["op_name"] for op in self.interpreter._get_ops_details()
+                       if "Flex" in op["op_name"]})
+        if flex:
+            raise RuntimeProblem(f"{path}: contains TensorFlow (Flex) ops {', '.join(flex)}, which no "
+                                 "device runtime can run; convert it again without Select-TF ops")
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.input_size = int(self.input["shape"][1])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        scale, zero_point = self.input["quantization"]
+        dtype = self.input["dtype"]
+        outputs = []
+        for image in batch:  # one image at a time: valid for every model, including batch-1 RNN files
+            x = image[None].astype(np.float32)
+            if dtype in (np.int8, np.uint8):
+                info = np.iinfo(dtype)
+                x = np.clip(np.rint(x / scale + zero_point), info.min, info.max)
+            self.interpreter.set_tensor(self.input["index"], x.astype(dtype))
+            self.interpreter.invoke()
+            y = self.interpreter.get_tensor(self.output["index"]).astype(np.float32)
+            out_scale, out_zero = self.output["quantization"]
+            if self.output["dtype"] in (np.int8, np.uint8):
+                y = (y - out_zero) * out_scale
+            outputs.append(y[0])
+        return np.stack(outputs)
+
+
+class OnnxRunner(ModelRunner):
+    def __init__(self, path: Path, threads: int = 2, providers: list[str] | None = None):
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise RuntimeProblem("onnxruntime is not installed: pip install onnxruntime") from error
+        self.name = "onnxruntime"
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        available = onnxruntime.get_available_providers()
+        wanted = providers or ["CPUExecutionProvider"]
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise RuntimeProblem(f"onnxruntime here has no {', '.join(missing)}; available: {', '.join(available)}")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=wanted)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise RuntimeProblem(f"{path}: not an ONNX model onnxruntime can load ({error})") from error
+        self.input = self.session.get_inputs()[0]
+        self.input_size = int(self.input.shape[1])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input.name: batch.astype(np.float32)})[0]
+
+
+def open_runner(path: str | Path, runtime: str = "auto", threads: int = 2,
+                providers: list[str] | None = None) -> ModelRunner:
+    """A runner for a .tflite or .onnx file. runtime: "auto", "litert", "tflite-runtime" or "onnx"
+    ("auto" picks LiteRT for .tflite, falling back to tflite-runtime, and onnxruntime for .onnx)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RuntimeProblem(f"model file {path} does not exist")
+    if path.suffix == ".onnx":
+        if runtime not in ("auto", "onnx"):
+            raise RuntimeProblem(f"{path.name} is an ONNX model; runtime {runtime!r} cannot run it (use onnx)")
+        return OnnxRunner(path, threads, providers)
+    if path.suffix != ".tflite":
+        raise RuntimeProblem(f"{path.name}: unknown model file type (expected .tflite or .onnx)")
+    if runtime == "auto":
+        try:
+            return TFLiteRunner(path, "litert", threads)
+        except RuntimeProblem as error:
+            if "not installed" not in str(error):
+                raise
+            return TFLiteRunner(path, "tflite-runtime", threads)
+    if runtime == "onnx":
+        raise RuntimeProblem(f"{path.name} is a TFLite model; use runtime litert or tflite-runtime")
+    return TFLiteRunner(path, runtime, threads)

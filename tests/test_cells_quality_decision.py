@@ -1,0 +1,107 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from leukoscreen.cli import main
+from leukoscreen.edge.cell_finder import CellFinderConfig, find_cells, stain_mask
+from leukoscreen.edge.decision import blast_score, calibrate, decide
+from leukoscreen.edge.image_io import read_image
+from leukoscreen.edge.quality import check_quality
+from leukoscreen.edge.screening import Screener
+from leukoscreen.edge.synthetic_smear import synthetic_field
+
+from conftest import write_rgb
+
+
+def iou(a, b):
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0, min(ay + ah, by + bh) - max(ay, by))
+    return w * h / (aw * ah + bw * bh - w * h)
+
+
+def test_cell_finder_recovers_synthetic_cells():
+    """Precision and recall of the boxes on generated fields whose cell positions are known."""
+    true_positive = found = truth = 0
+    for seed in range(30):
+        field = synthetic_field(seed)
+        boxes = [c.box for c in find_cells(field.image)]
+        found += len(boxes)
+        truth += len(field.cells)
+        true_positive += sum(any(iou(b, c.box) > 0.3 for b in boxes) for c in field.cells)
+    assert true_positive / truth >= 0.9, (true_positive, truth)
+    assert true_positive / found >= 0.9, (true_positive, found)
+
+
+def test_cell_finder_config_is_checked():
+    with pytest.raises(ValueError, match="hsv_lower"):
+        CellFinderConfig(hsv_lower=(200, 0, 0))
+    with pytest.raises(ValueError, match="area limits"):
+        CellFinderConfig(min_area_fraction=0.5, max_area_fraction=0.1)
+
+
+def test_real_fields_have_cells(shared_data):
+    counts = [len(find_cells(read_image(p))) for p in sorted((shared_data / "all-aria" / "Pre").glob("*.jpg"))[:20]]
+    assert np.median(counts) >= 1
+
+
+@pytest.mark.parametrize("frame, reason", [
+    (np.zeros((240, 240, 3), np.uint8), "too dark"),
+    (np.full((240, 240, 3), 255, np.uint8), "overexposed"),
+    (cv2.GaussianBlur(synthetic_field(1).image, (0, 0), 6), "out of focus"),
+    (np.full((240, 240, 3), (230, 220, 225), np.uint8) + np.random.default_rng(0).integers(0, 40, (240, 240, 3),
+                                                                                            dtype=np.uint8),
+     "no stained cells"),
+])
+def test_quality_gate_gives_retake_reasons(frame, reason):
+    report = check_quality(frame, stain_mask(frame), len(find_cells(frame)))
+    assert not report.passed and reason in report.message and report.message.startswith("Retake")
+
+
+def test_good_field_passes_quality():
+    field = synthetic_field(2)
+    report = check_quality(field.image, stain_mask(field.image), len(find_cells(field.image)))
+    assert report.passed, report.message
+
+
+def test_decision_wording_and_band():
+    assert decide(0.1, 0.3, (0.3, 0.7)).wording == "No blasts suggested. Research use only."
+    assert decide(0.5, 0.3, (0.3, 0.7)).code == "indeterminate"
+    assert decide(0.7, 0.3, (0.3, 0.7)).wording.startswith("Possible blasts: refer for haematologist review")
+    with pytest.raises(ValueError):
+        decide(0.5, 0.9, (0.3, 0.7))
+
+
+def test_calibration_keeps_ranking_and_blast_score():
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    softer = calibrate(p, 2.0)
+    assert np.allclose(softer.sum(axis=1), 1) and (softer.argmax(1) == p.argmax(1)).all()
+    assert softer[0, 0] < 0.7 and np.allclose(calibrate(p, 1.0), p)
+    assert np.allclose(blast_score(p, ["Benign", "Early", "Pre"], ["Benign"]), [0.3, 0.9])
+
+
+def test_screener_gives_decision_or_retake(bundle):
+    screener = Screener(bundle)
+    result = screener.screen(synthetic_field(3).image).to_dict()
+    assert result["decision"] in ("no_blasts", "indeterminate", "possible_blasts")
+    assert "Research use only" in result["message"] and result["cells_found"] >= 1
+    assert abs(sum(result["probabilities"].values()) - 1) < 1e-6
+    dark = screener.screen(np.zeros((200, 200, 3), np.uint8)).to_dict()
+    assert dark["decision"] == "retake" and "too dark" in dark["message"]
+    with pytest.raises(ValueError, match="at least 32x32"):
+        screener.screen(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_classify_command_json_and_bad_files(bundle, tmp_path, capsys):
+    good = write_rgb(tmp_path / "field.png", synthetic_field(4).image)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 broken")
+    assert main(["classify", str(good), "--bundle", str(bundle), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)[0]
+    assert result["notice"] == "Research use only. Not for use in diagnostic procedures."
+    assert main(["classify", str(good), str(bad), "--bundle", str(bundle)]) == 2
+    out = capsys.readouterr().out
+    assert "broken.jpg: Cannot classify" in out and "field.png:" in out

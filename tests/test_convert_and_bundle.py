@@ -1,0 +1,141 @@
+"""A tiny trained run converted into every format, loaded back through the device runtimes."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from leukoscreen.cli import main
+from leukoscreen.edge.bundle import BundleError, load_bundle
+from leukoscreen.edge.runtimes import RuntimeProblem, open_runner
+
+from conftest import smear_image, write_rgb
+
+
+def test_manifest_holds_the_contract(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["intended_use"] == "Research use only. Not for use in diagnostic procedures."
+    assert manifest["class_names"] == ["benign", "malignant"] and manifest["output"] == "sigmoid"
+    assert manifest["input"]["per_format"]["tflite-int8"]["dtype"] == "int8"
+    assert set(manifest["files"]) == {"tflite-int8", "tflite-dynamic", "tflite-fp32", "onnx-fp32", "onnx-int8"}
+    for fmt in manifest["files"]:
+        assert {"accuracy", "accuracy_change", "top1_agreement", "max_probability_difference",
+                "size_bytes"} <= set(manifest["metrics"][fmt])
+    assert manifest["metrics"]["keras-fp32"]["accuracy"] >= 0
+    low, high = manifest["decision"]["indeterminate_band"]
+    assert low == manifest["decision"]["threshold"] <= high
+    assert manifest["calibration"]["temperature"] > 0
+    assert (bundle / "split.csv").exists()
+
+
+def test_int8_file_is_smaller_and_agrees_with_float(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    metrics = manifest["metrics"]
+    assert metrics["tflite-int8"]["size_bytes"] * 3 < metrics["tflite-fp32"]["size_bytes"]
+    assert metrics["tflite-fp32"]["top1_agreement"] == 1.0
+    assert metrics["tflite-fp32"]["max_probability_difference"] < 1e-3
+
+
+def test_bundle_runs_where_tensorflow_cannot_be_imported(bundle, tmp_path):
+    image = tmp_path / "field.png"
+    write_rgb(image, smear_image(np.random.default_rng(9), True))
+    code = f"""
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'sklearn'):
+            raise ImportError('blocked ' + name)
+sys.meta_path.insert(0, Blocker())
+from leukoscreen.edge.bundle import load_bundle
+from leukoscreen.edge.image_io import read_image
+from leukoscreen.edge.preprocessing import preprocess
+from leukoscreen.edge.runtimes import open_runner
+bundle = load_bundle({str(bundle)!r})
+x = preprocess(read_image({str(image)!r}), bundle.preprocess)
+for fmt in bundle.formats:
+    p = open_runner(bundle.file(fmt)).predict(x)
+    assert p.shape == (1, 2) and abs(p.sum() - 1) < 1e-3, (fmt, p)
+print('ran', len(bundle.formats))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ran 5")
+
+
+def test_altered_or_missing_files_and_bad_manifests_are_rejected(bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    with open(copy / "model-int8.tflite", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        load_bundle(copy)
+    (copy / "model-int8.tflite").unlink()
+    with pytest.raises(BundleError, match="model file model-int8.tflite is missing"):
+        load_bundle(copy)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for change, message in (({"schema_version": 99}, "schema_version 99 is not supported"),
+                            ({"intended_use": "diagnosis"}, "intended_use"),
+                            ({"output": "relu"}, "output 'relu'")):
+        shutil.rmtree(copy)
+        shutil.copytree(bundle, copy)
+        (copy / "manifest.json").write_text(json.dumps(manifest | change))
+        with pytest.raises(BundleError, match=message):
+            load_bundle(copy)
+    with pytest.raises(BundleError, match="no manifest.json"):
+        load_bundle(tmp_path)
+
+
+def test_wrong_input_and_wrong_files_give_clear_errors(bundle, tmp_path):
+    runner = open_runner(bundle / "model-int8.tflite")
+    with pytest.raises(ValueError, match="must be 128x128x3 images, got shape \\(64, 64, 3\\)"):
+        runner.predict(np.zeros((1, 64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        runner.predict(np.zeros((1, 128, 128, 3), np.float32))
+    (tmp_path / "fake.tflite").write_bytes(b"not a model")
+    with pytest.raises(RuntimeProblem, match="not a TFLite model"):
+        open_runner(tmp_path / "fake.tflite")
+    with pytest.raises(RuntimeProblem, match="unknown model file type"):
+        open_runner(bundle / "manifest.json")
+    with pytest.raises(RuntimeProblem, match="is an ONNX model"):
+        open_runner(bundle / "model-fp32.onnx", runtime="litert")
+
+
+def test_tflite_runtime_missing_is_a_message(bundle):
+    try:
+        import tflite_runtime  # noqa: F401
+        pytest.skip("tflite-runtime is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeProblem, match="pip install tflite-runtime"):
+        open_runner(bundle / "model-int8.tflite", runtime="tflite-runtime")
+
+
+def test_evaluate_bundle_through_device_runtime(bundle, tmp_path):
+    data = tmp_path / "other"
+    rng = np.random.default_rng(5)
+    for number in range(1, 6):
+        write_rgb(data / "Benign" / f"WBC-Benign-{number:03d}.jpg", smear_image(rng, False))
+        write_rgb(data / "Early" / f"WBC-Malignant-Early-{number:03d}.jpg", smear_image(rng, True))
+    assert main(["evaluate", str(bundle), "--data", str(data), "--out", str(tmp_path / "ev"),
+                 "--bootstrap", "10"]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n"] == 10 and metrics["format"] == "tflite-int8" and metrics["runtime"] == "litert"
+
+
+def test_bench_prints_latency_and_ratio(bundle, tmp_path, capsys):
+    assert main(["bench", str(bundle), "--threads", "1", "--runs", "5", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    models = {row["model"] for row in rows}
+    assert {"tflite-int8", "onnx-fp32"} <= models
+    for row in rows:
+        assert "error" not in row, row
+        assert row["median_ms"] > 0 and row["peak_rss_mb"] > 10
+    if any(m.startswith("reference") for m in models):
+        assert all("ratio_to_reference" in row for row in rows)
+
+
+def test_convert_errors(tmp_path):
+    assert main(["convert", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    assert main(["convert", str(tmp_path), "--out", str(tmp_path / "b"), "--formats", "tflite-int4"]) == 2
