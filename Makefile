@@ -5,7 +5,7 @@ VENV ?= .venv
 DATA ?= ../shared/data/all-aria
 BIN := $(VENV)/bin
 
-.PHONY: run test install
+.PHONY: run test install default-bundle bench
 
 $(BIN)/leukoscreen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,3 +23,14 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The shipped default model: the subtype Basic CNN, int8 TFLite plus int8 ONNX.
+BUNDLE_RUN ?= runs/basic-cnn-subtype
+default-bundle: install
+	test -f $(BUNDLE_RUN)/model.keras || $(BIN)/leukoscreen train --data $(DATA) --task subtype --out $(BUNDLE_RUN)
+	rm -rf edge/default_bundle
+	$(BIN)/leukoscreen convert $(BUNDLE_RUN) --formats tflite-int8,onnx-int8 --name leukoscreen-default \
+		--out edge/default_bundle
+
+bench: install
+	$(BIN)/leukoscreen bench edge/default_bundle --out runs/bench-default

@@ -7,7 +7,8 @@ decision threshold are fitted on the validation split. The manifest records it a
 from __future__ import annotations
 
 import datetime as dt
-import shutil
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from leukoscreen.edge.runtimes import open_runner
 from leukoscreen.training.metrics import classification_metrics
 from leukoscreen.training.prepared_data import prepare, preprocessed_images
 from leukoscreen.training.runs import RunFolder
+from leukoscreen.training.splits import load_split, save_split
 
 FILE_NAMES = {"tflite-fp32": "model-fp32.tflite", "tflite-dynamic": "model-dynamic.tflite",
               "tflite-int8": "model-int8.tflite", "onnx-fp32": "model-fp32.onnx", "onnx-int8": "model-int8.onnx"}
@@ -123,7 +125,9 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
     primary = formats[0]
     print(f"[4/4] calibration and threshold on {len(val_images)} validation images ({primary})")
     decision = decision_parameters(val_outputs[primary], val_labels, classes, negative_classes, target_sensitivity)
-    shutil.copyfile(run.split_file, out / "split.csv")
+    # the split travels with the bundle (files by sha256, paths relative to the data folder)
+    save_split(out / "split.csv", [replace(row, path=os.path.relpath(row.path, config.data))
+                                   for row in load_split(run.split_file)])
     manifest = {
         "schema_version": SCHEMA_VERSION, "name": name or run.path.name, "version": version,
         "task": config.task, "class_names": classes, "default_format": primary,

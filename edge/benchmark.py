@@ -95,3 +95,48 @@ def format_rows(rows: list[dict]) -> str:
                      f"{r['first_inference_ms']:>10.2f}{r['median_ms']:>11.3f}{r['p95_ms']:>9.3f}{ratio:>8}"
                      f"{r['peak_rss_mb']:>8.0f}{r['size_mb']:>7.2f}")
     return "\n".join(lines)
+
+
+PIPELINE_WORKER = """
+import time
+started = time.perf_counter()
+import json, resource, sys, tempfile
+from leukoscreen.edge.daemon import Daemon
+from leukoscreen.edge.device_config import parse_config
+from leukoscreen.edge.displays import Display
+with tempfile.TemporaryDirectory() as state:
+    config = parse_config({"bundle": sys.argv[1], "state_dir": state, "min_free_mb": 0,
+                           "camera": {"kind": "folder", "folder": sys.argv[2]}})
+    daemon = Daemon(config, Display())
+    daemon._camera()
+    ready = time.perf_counter() - started
+    rows = [daemon.capture_once().get("timings_ms", {}) for _ in range(int(sys.argv[3]))]
+    daemon.close()
+print(json.dumps({"ready_s": ready, "timings": rows,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def benchmark_pipeline(bundle_path: Path, folder: Path, captures: int = 200) -> dict:
+    """End-to-end time per capture through the daemon (folder replay: decode, quality gate, cell finder,
+    classification, store), with a breakdown; cold start to ready and peak RSS, in a fresh process."""
+    print(f"timing {captures} captures from {folder} through the daemon...", flush=True)
+    result = subprocess.run([sys.executable, "-c", PIPELINE_WORKER, str(bundle_path), str(folder), str(captures)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"pipeline benchmark failed: {result.stderr.strip().splitlines()[-1]}")
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    stages = ["capture", "find_cells", "quality", "classify", "store", "total"]
+    summary = {"captures": captures, "ready_s": measured["ready_s"], "peak_rss_mb": measured["peak_rss_mb"]}
+    for stage in stages:
+        values = [row[stage] for row in measured["timings"] if stage in row]
+        if values:
+            summary[stage] = {"median_ms": statistics.median(values), "p95_ms": float(np.percentile(values, 95)),
+                              "n": len(values)}
+    print(f"cold start to ready {summary['ready_s']:.2f} s, peak RSS {summary['peak_rss_mb']:.0f} MB")
+    print(f"{'stage':<12}{'median ms':>11}{'p95 ms':>9}{'n':>6}")
+    for stage in stages:
+        if stage in summary:
+            print(f"{stage:<12}{summary[stage]['median_ms']:>11.2f}{summary[stage]['p95_ms']:>9.2f}"
+                  f"{summary[stage]['n']:>6}")
+    return summary

@@ -104,11 +104,17 @@ def validate_manifest(manifest: dict, where: str = "manifest.json") -> None:
     unknown = set(decision["negative_classes"]) - set(manifest["class_names"])
     if unknown:
         raise BundleError(f"{where}: decision.negative_classes {sorted(unknown)} are not class names")
-    low, high = decision["indeterminate_band"]
+    band = decision["indeterminate_band"]
+    numbers = [decision["threshold"], *band] if isinstance(band, list) else []
+    if len(numbers) != 3 or not all(isinstance(v, (int, float)) for v in numbers):
+        raise BundleError(f"{where}: decision.threshold must be a number and decision.indeterminate_band "
+                          "a list of two numbers")
+    low, high = band
     if not 0.0 <= low <= decision["threshold"] <= high <= 1.0:
         raise BundleError(f"{where}: need 0 <= indeterminate_band[0] <= threshold <= indeterminate_band[1] <= 1, "
                           f"got {decision['indeterminate_band']} and {decision['threshold']}")
-    if manifest["calibration"].get("temperature", 0) <= 0:
+    temperature = manifest["calibration"].get("temperature")
+    if not isinstance(temperature, (int, float)) or temperature <= 0:
         raise BundleError(f"{where}: calibration.temperature must be a positive number")
     try:
         PreprocessConfig.from_dict(manifest["preprocess"])

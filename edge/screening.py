@@ -5,6 +5,7 @@ a store and displays. Results are screening aids for research use only, never a 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class ScreeningResult:
     counts: dict[str, int] = field(default_factory=dict)
     blast_fraction: float | None = None
     decision: Decision | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)    # find_cells, quality, classify
 
     @property
     def message(self) -> str:
@@ -51,7 +53,7 @@ class ScreeningResult:
             "cells": [{"box": list(c.box), "predicted": c.predicted, "blast_score": c.blast_score}
                       for c in self.cells],
             "probabilities": self.probabilities, "counts": self.counts,
-            "blast_fraction": self.blast_fraction, "bundle": self.bundle,
+            "blast_fraction": self.blast_fraction, "bundle": self.bundle, "timings_ms": self.timings_ms,
         }
 
 
@@ -74,9 +76,13 @@ class Screener:
     def screen(self, rgb: np.ndarray) -> ScreeningResult:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 32:
             raise ValueError(f"a field must be an RGB image of at least 32x32 pixels, got shape {rgb.shape}")
+        t0 = time.perf_counter()
         found = find_cells(rgb, self.finder)
+        t1 = time.perf_counter()
         report = check_quality(rgb, stain_mask(rgb, self.finder), len(found), self.quality)
+        t2 = time.perf_counter()
         result = ScreeningResult(report, [CellResult(c.box) for c in found], self.bundle.title)
+        result.timings_ms = {"find_cells": (t1 - t0) * 1e3, "quality": (t2 - t1) * 1e3}
         if not report.passed:
             return result
         names = self.bundle.class_names
@@ -96,4 +102,5 @@ class Screener:
             score = float(blast_score(mean[None], names, negative)[0])
         result.probabilities = {name: float(p) for name, p in zip(names, mean)}
         result.decision = decide(score, self.decision["threshold"], tuple(self.decision["indeterminate_band"]))
+        result.timings_ms["classify"] = (time.perf_counter() - t2) * 1e3
         return result

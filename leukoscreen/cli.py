@@ -51,7 +51,14 @@ def _convert(args) -> None:
 
 
 def _bench(args) -> None:
-    from leukoscreen.edge.benchmark import REFERENCE, benchmark_bundle
+    from leukoscreen.edge.benchmark import REFERENCE, benchmark_bundle, benchmark_pipeline
+    if args.pipeline:
+        import json
+        summary = benchmark_pipeline(Path(args.bundle), Path(args.pipeline), args.captures)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "pipeline.json").write_text(json.dumps(summary, indent=2))
+        return
     benchmark_bundle(Path(args.bundle), args.runtime, tuple(args.threads), args.runs,
                      Path(args.reference) if args.reference else REFERENCE, Path(args.out) if args.out else None)
 
@@ -79,6 +86,54 @@ def _classify(args) -> int:
     return 2 if any(r["decision"] == "error" for r in results) else 0
 
 
+def _serve(args) -> int:
+    import dataclasses
+    import signal
+
+    from leukoscreen.edge.daemon import Daemon
+    from leukoscreen.edge.device_config import load_config, parse_config
+    from leukoscreen.edge.displays import open_display
+    from leukoscreen.edge.triggers import KeyboardTrigger, open_trigger
+    config = load_config(args.config)
+    if args.camera or args.state_dir or args.camera_folder:
+        camera = dataclasses.replace(config.camera, kind=args.camera or config.camera.kind,
+                                     folder=args.camera_folder or config.camera.folder)
+        config = dataclasses.replace(config, camera=camera, state_dir=args.state_dir or config.state_dir)
+        config = parse_config(dataclasses.asdict(config))  # validate the overrides like the file
+    daemon = Daemon(config, display=open_display(config.display, echo=True))
+    triggers = [open_trigger(config.button, lambda: print(daemon.press()), daemon.stop)]
+    if config.button.kind != "keyboard" and sys.stdin.isatty():
+        triggers.append(KeyboardTrigger(lambda: print(daemon.press()), daemon.stop))
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    print(f"LeukoScreen device: model {daemon.screener.bundle.title}, camera {config.camera.kind}, "
+          f"results in {config.state_dir}. Press Enter to classify, q + Enter to stop. {_notice()}")
+    try:
+        daemon.run()
+    finally:
+        for trigger in triggers:
+            trigger.close()
+        daemon.close()
+    return 0
+
+
+def _notice() -> str:
+    from leukoscreen import RESEARCH_USE_NOTICE
+    return RESEARCH_USE_NOTICE
+
+
+def _cells(args) -> None:
+    from leukoscreen.training.cell_finder_evaluation import evaluate_cell_finder
+    evaluate_cell_finder(Path(args.data) if args.data else None, Path(args.out) if args.out else None,
+                         args.fields)
+
+
+def _export(args) -> None:
+    from leukoscreen.edge.result_store import ResultStore
+    store = ResultStore(args.state_dir, min_free_mb=0)
+    count = store.export(Path(args.out), args.sample, args.since, args.until)
+    print(f"exported {count} captures to {args.out}")
+
+
 def _audit(args) -> None:
     from leukoscreen.training.audit import audit
     audit(Path(args.dir), Path(args.out), near_distance=args.near_distance)
@@ -92,8 +147,8 @@ def _shortcuts(args) -> None:
 
 def _report(args) -> None:
     from leukoscreen.training.report import write_report
-    write_report([Path(r) for r in args.runs], Path(args.out),
-                 [Path(p) for p in args.probes] if args.probes else [])
+    write_report([Path(r) for r in args.runs], Path(args.out), [Path(p) for p in args.probes or []],
+                 [Path(b) for b in args.bundles or []], [Path(b) for b in args.bench or []])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -175,7 +230,10 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     bench.add_argument("--runs", type=int, default=200)
     bench.add_argument("--reference", default=None, help="reference .tflite (default: shared MobileNetV2)")
-    bench.add_argument("--out", default=None, help="folder for bench.json")
+    bench.add_argument("--out", default=None, help="folder for bench.json / pipeline.json")
+    bench.add_argument("--pipeline", default=None, metavar="FOLDER",
+                       help="instead: time whole captures through the daemon, replaying this image folder")
+    bench.add_argument("--captures", type=int, default=200)
     bench.set_defaults(handler=_bench)
 
     classify = commands.add_parser("classify", help="screen image files with a model bundle (research use only)")
@@ -186,10 +244,33 @@ def parser() -> argparse.ArgumentParser:
     classify.add_argument("--json", action="store_true", help="print JSON")
     classify.set_defaults(handler=_classify)
 
+    serve = commands.add_parser("serve", help="run the device: camera, button, model, results, displays")
+    serve.add_argument("--config", default=None, help="TOML file (default: built-in defaults, synthetic camera)")
+    serve.add_argument("--camera", default=None, choices=["picamera2", "opencv", "gstreamer", "folder", "synthetic"])
+    serve.add_argument("--camera-folder", default=None, help="images for --camera folder")
+    serve.add_argument("--state-dir", default=None, help="where results are kept")
+    serve.set_defaults(handler=_serve)
+
+    cells = commands.add_parser("cells", help="evaluate the cell finder (generated fields, a real folder)")
+    cells.add_argument("--data", default=None, help="real data folder: cells found per field")
+    cells.add_argument("--fields", type=int, default=200, help="generated fields with known cells")
+    cells.add_argument("--out", default=None)
+    cells.set_defaults(handler=_cells)
+
+    export = commands.add_parser("export", help="export stored results (CSV, JSON, images) as a zip")
+    export.add_argument("--state-dir", required=True)
+    export.add_argument("--out", required=True, help="zip file to write")
+    export.add_argument("--sample", default=None)
+    export.add_argument("--since", default=None, help="ISO date/time, e.g. 2026-11-01")
+    export.add_argument("--until", default=None)
+    export.set_defaults(handler=_export)
+
     report = commands.add_parser("report", help="one page comparing runs with the thesis figures")
     report.add_argument("runs", nargs="+")
     report.add_argument("--out", default="report")
     report.add_argument("--probes", nargs="*", help="shortcut-probe folders to show beside the runs")
+    report.add_argument("--bundles", nargs="*", help="converted bundles to show (format table)")
+    report.add_argument("--bench", nargs="*", help="bench.json files of those bundles")
     report.set_defaults(handler=_report)
     return main
 

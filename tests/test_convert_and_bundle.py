@@ -77,7 +77,10 @@ def test_altered_or_missing_files_and_bad_manifests_are_rejected(bundle, tmp_pat
     manifest = json.loads((bundle / "manifest.json").read_text())
     for change, message in (({"schema_version": 99}, "schema_version 99 is not supported"),
                             ({"intended_use": "diagnosis"}, "intended_use"),
-                            ({"output": "relu"}, "output 'relu'")):
+                            ({"output": "relu"}, "output 'relu'"),
+                            ({"decision": {"negative_classes": ["benign"], "threshold": "high",
+                                           "indeterminate_band": [0.1, 0.9]}}, "must be a number"),
+                            ({"calibration": {"temperature": -1}}, "temperature")):
         shutil.rmtree(copy)
         shutil.copytree(bundle, copy)
         (copy / "manifest.json").write_text(json.dumps(manifest | change))
@@ -134,6 +137,10 @@ def test_bench_prints_latency_and_ratio(bundle, tmp_path, capsys):
         assert row["median_ms"] > 0 and row["peak_rss_mb"] > 10
     if any(m.startswith("reference") for m in models):
         assert all("ratio_to_reference" in row for row in rows)
+    assert main(["report", str(bundle.parent / "run"), "--bundles", str(bundle), "--bench",
+                 str(tmp_path / "bench.json"), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "Converted models" in page and "| tflite-int8 |" in page
 
 
 def test_convert_errors(tmp_path):

@@ -60,7 +60,40 @@ def _html_table(columns: list[str], rows: list[dict]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | None = None) -> Path:
+BUNDLE_COLUMNS = ["bundle", "format", "size MB", "x smaller than fp32", "test accuracy", "change vs Keras",
+                  "macro-F1 change", "top-1 agreement", "median ms (1 thread)", "median ms (2 threads)",
+                  "x reference", "peak RSS MB"]
+
+
+def bundle_rows(bundle_dir: Path, bench_files: list[Path]) -> list[dict]:
+    """One row per model format of a bundle: manifest metrics plus any benchmark of that bundle."""
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    bench = []
+    for path in bench_files:
+        data = json.loads(path.read_text())
+        if Path(data["bundle"]).resolve() == bundle_dir.resolve():
+            bench += data["rows"]
+    fp32 = manifest["metrics"].get("tflite-fp32", {}).get("size_bytes")
+    rows = [{"bundle": manifest["name"], "format": "keras-fp32 (reference)",
+             "test accuracy": f"{manifest['metrics']['keras-fp32']['accuracy']:.4f}"}]
+    for fmt in manifest["files"]:
+        m = manifest["metrics"][fmt]
+        timed = {r["threads"]: r for r in bench if r.get("model") == fmt and "error" not in r}
+        rows.append({
+            "bundle": manifest["name"], "format": fmt, "size MB": f"{m['size_bytes'] / 1e6:.2f}",
+            "x smaller than fp32": f"{fp32 / m['size_bytes']:.1f}" if fp32 else "-",
+            "test accuracy": f"{m['accuracy']:.4f}", "change vs Keras": f"{m['accuracy_change'] * 100:+.2f} pt",
+            "macro-F1 change": f"{m['macro_f1_change'] * 100:+.2f} pt", "top-1 agreement": f"{m['top1_agreement']:.4f}",
+            "median ms (1 thread)": f"{timed[1]['median_ms']:.2f}" if 1 in timed else "-",
+            "median ms (2 threads)": f"{timed[2]['median_ms']:.2f}" if 2 in timed else "-",
+            "x reference": f"{timed[min(timed)]['ratio_to_reference']:.2f}"
+            if timed and "ratio_to_reference" in timed[min(timed)] else "-",
+            "peak RSS MB": f"{max(r['peak_rss_mb'] for r in timed.values()):.0f}" if timed else "-"})
+    return rows
+
+
+def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | None = None,
+                 bundle_dirs: list[Path] | None = None, bench_files: list[Path] | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [RunFolder(p) for p in run_paths if (p / "metrics.json").exists()]
     if not runs:
@@ -83,6 +116,7 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
                 target = f"{run.path.name}-{picture}"
                 shutil.copyfile(run.path / picture, out_dir / target)
                 figures.append((run.path.name, picture.removesuffix(".png").replace("_", " "), target))
+    converted = [row for bundle in bundle_dirs or [] for row in bundle_rows(bundle, bench_files or [])]
     probe_columns = ["probe", "data / task", "features", "test accuracy", "test macro-F1 [95% CI]"]
     thesis_columns = ["model", "task", "train", "val", "test", "how"]
     notes = [
@@ -100,6 +134,9 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
     if probe_rows:
         markdown += ["", "## Shortcut probes (what a model should not rely on)", ""]
         markdown += _markdown_table(probe_columns, probe_rows)
+    if converted:
+        markdown += ["", "## Converted models (test split, through the device runtime)", ""]
+        markdown += _markdown_table(BUNDLE_COLUMNS, converted)
     markdown += ["", "## Figures reported by the thesis", ""] + _markdown_table(thesis_columns, THESIS_ROWS)
     markdown += ["", "## How these figures were measured", ""] + [f"- {n}" for n in notes] + ["", "## Plots", ""]
     markdown += [f"![{run} {title}]({target})" for run, title, target in figures]
@@ -113,6 +150,9 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
     if probe_rows:
         page += ["<h2>Shortcut probes (what a model should not rely on)</h2>",
                  _html_table(probe_columns, probe_rows)]
+    if converted:
+        page += ["<h2>Converted models (test split, through the device runtime)</h2>",
+                 _html_table(BUNDLE_COLUMNS, converted)]
     page += ["<h2>Figures reported by the thesis</h2>", _html_table(thesis_columns, THESIS_ROWS),
              "<h2>How these figures were measured</h2><ul>"]
     page += [f"<li>{html.escape(n)}</li>" for n in notes] + ["</ul><h2>Plots</h2>"]
