@@ -60,7 +60,7 @@ def _format_metrics(probabilities, reference, labels, class_names, groups) -> di
     return keep
 
 
-def convert_run(run_path: Path, out: Path, formats: list[str], representative: int = 200,
+def convert_run(run_path: Path, out: Path, formats: list[str], representative: int = 500,
                 max_accuracy_drop: float = 0.01, allow_drop: bool = False, target_sensitivity: float = 0.99,
                 negative_classes: list[str] | None = None, name: str | None = None, version: str = "1",
                 io_type: str = "int8", threads: int = 2) -> dict:
@@ -102,9 +102,10 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
             to_onnx(model, target)
         else:
             fp32 = out / FILE_NAMES["onnx-fp32"]
-            if not fp32.exists():
-                to_onnx(model, fp32)
+            to_onnx(model, fp32)
             quantize_onnx(fp32, target, calibration_set)
+            if "onnx-fp32" not in formats:
+                fp32.unlink()  # only an intermediate here
         runner = open_runner(target, threads=threads)  # the device's code; rejects Flex ops
         print(f"[3/4] ({step}/{len(formats)}) evaluating {fmt} through {runner.name} on {len(test_images)} "
               "test images")

@@ -35,9 +35,12 @@ def _import_tflite_interpreter(backend: str):
 
 
 def to_probabilities(output: np.ndarray) -> np.ndarray:
-    """N x K probabilities from a model output: one sigmoid column becomes [1 - p, p]."""
-    output = np.asarray(output, dtype=np.float64)
-    return np.hstack([1.0 - output, output]) if output.shape[1] == 1 else output
+    """N x K probabilities from a model output: one sigmoid column becomes [1 - p, p]; softmax rows are
+    re-normalised to sum to 1 (dequantised int8 outputs are off by up to a quantisation step)."""
+    output = np.clip(np.asarray(output, dtype=np.float64), 0.0, 1.0)
+    if output.shape[1] == 1:
+        return np.hstack([1.0 - output, output])
+    return output / np.maximum(output.sum(axis=1, keepdims=True), 1e-12)
 
 
 class ModelRunner:

@@ -212,7 +212,7 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, help="bundle folder to write")
     convert.add_argument("--formats", default="tflite-int8,tflite-dynamic,tflite-fp32,onnx-fp32,onnx-int8",
                          help="comma-separated; the first is the bundle's default")
-    convert.add_argument("--representative", type=int, default=200,
+    convert.add_argument("--representative", type=int, default=500,
                          help="training images used to calibrate int8 quantization")
     convert.add_argument("--max-accuracy-drop", type=float, default=1.0,
                          help="points of accuracy an int8 file may lose against the float model")

@@ -99,3 +99,16 @@ def test_classify_command_json_and_bad_files(bundle, tmp_path, capsys):
     assert main(["classify", str(good), str(bad), "--bundle", str(bundle)]) == 2
     out = capsys.readouterr().out
     assert "broken.jpg: Cannot classify" in out and "field.png:" in out
+
+
+def test_shipped_default_bundle_is_valid_and_screens():
+    from leukoscreen.edge.bundle import load_bundle
+    from leukoscreen.edge.screening import DEFAULT_BUNDLE
+    bundle = load_bundle(DEFAULT_BUNDLE)  # schema and sha256 of every file
+    assert bundle.manifest["intended_use"] == "Research use only. Not for use in diagnostic procedures."
+    assert set(bundle.formats) == {"tflite-int8", "onnx-int8"}
+    metrics = bundle.manifest["metrics"]
+    assert abs(metrics["tflite-int8"]["accuracy_change"]) <= 0.01
+    for fmt in bundle.formats:
+        result = Screener(bundle, fmt).screen(synthetic_field(5).image).to_dict()
+        assert result["decision"] in ("no_blasts", "indeterminate", "possible_blasts")

@@ -1,0 +1,47 @@
+"""tflite-runtime 2.14 (legacy boards) in its own virtual environment with numpy<2, as on such a board:
+the int8 and float files run; a dynamic-range file made by TF 2.21 is refused with a clear message."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUNTIMES = Path(__file__).resolve().parent.parent / "edge" / "runtimes.py"
+CHECK = """
+import importlib.util, json, sys
+import numpy as np
+spec = importlib.util.spec_from_file_location("runtimes", sys.argv[1])
+runtimes = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(runtimes)
+out = {}
+for path in sys.argv[2:]:
+    try:
+        p = runtimes.open_runner(path, "tflite-runtime").predict(np.zeros((1, 128, 128, 3), np.uint8))
+        out[path.rsplit("/", 1)[1]] = "ok %.3f" % p.sum()
+    except runtimes.RuntimeProblem as error:
+        out[path.rsplit("/", 1)[1]] = str(error)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def legacy_python(tmp_path_factory):
+    venv = tmp_path_factory.mktemp("legacy") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "tflite-runtime==2.14.0", "numpy<2"],
+                             capture_output=True, text=True)
+    if install.returncode != 0:
+        pytest.skip(f"tflite-runtime 2.14 cannot be installed here: {install.stderr.strip()[-300:]}")
+    return venv / "bin" / "python"
+
+
+def test_legacy_runtime_runs_int8_and_explains_new_op_versions(legacy_python, bundle):
+    import json
+    files = [str(bundle / name) for name in ("model-int8.tflite", "model-fp32.tflite", "model-dynamic.tflite")]
+    result = subprocess.run([str(legacy_python), "-c", CHECK, str(RUNTIMES), *files], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["model-int8.tflite"] == "ok 1.000"
+    assert outcome["model-fp32.tflite"] == "ok 1.000"
+    assert "too old for an operator version" in outcome["model-dynamic.tflite"]
+    assert "use ai-edge-litert or the ONNX model" in outcome["model-dynamic.tflite"]
