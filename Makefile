@@ -15,14 +15,26 @@ $(BIN)/leukoscreen: pyproject.toml
 
 install: $(BIN)/leukoscreen
 
+RUNS := runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-subtype-colourstd
+PROBES := runs/shortcuts-subtype runs/shortcuts-binary runs/shortcuts-subtype-colourstd runs/shortcuts-subtype-grayscale
 run: install
 	$(BIN)/leukoscreen data shortcuts $(DATA) --task subtype --out runs/shortcuts-subtype
 	$(BIN)/leukoscreen data shortcuts $(DATA) --task binary --out runs/shortcuts-binary
+	$(BIN)/leukoscreen data shortcuts $(DATA) --task subtype --colour standardize \
+		--probes colour_mean_std colour_histogram --out runs/shortcuts-subtype-colourstd
+	$(BIN)/leukoscreen data shortcuts $(DATA) --task subtype --colour grayscale \
+		--probes colour_mean_std colour_histogram --out runs/shortcuts-subtype-grayscale
 	$(BIN)/leukoscreen train --data $(DATA) --task subtype --out runs/basic-cnn-subtype
 	$(BIN)/leukoscreen train --data $(DATA) --task binary --out runs/basic-cnn-binary
 	$(BIN)/leukoscreen train --data $(DATA) --task subtype --colour standardize --out runs/basic-cnn-subtype-colourstd
-	$(BIN)/leukoscreen report runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-subtype-colourstd \
-		--probes runs/shortcuts-subtype runs/shortcuts-binary --out report
+	for run in basic-cnn-subtype basic-cnn-subtype-colourstd; do \
+		rm -rf runs/bundle-$$run && \
+		$(BIN)/leukoscreen convert runs/$$run --out runs/bundle-$$run && \
+		$(BIN)/leukoscreen bench runs/bundle-$$run --out runs/bench-$$run || exit 1; \
+	done
+	$(BIN)/leukoscreen report $(RUNS) --probes $(PROBES) \
+		--bundles runs/bundle-basic-cnn-subtype runs/bundle-basic-cnn-subtype-colourstd \
+		--bench runs/bench-basic-cnn-subtype/bench.json runs/bench-basic-cnn-subtype-colourstd/bench.json --out report
 
 test: install
 	$(BIN)/python -m pytest

@@ -142,7 +142,7 @@ def _audit(args) -> None:
 def _shortcuts(args) -> None:
     from leukoscreen.training.shortcuts import shortcut_probes
     shortcut_probes(Path(args.dir), Path(args.out), task=args.task, block_size=args.block_size,
-                    seed=args.seed)
+                    seed=args.seed, colour=args.colour, probes=args.probes)
 
 
 def _report(args) -> None:
@@ -172,6 +172,9 @@ def parser() -> argparse.ArgumentParser:
     probes.add_argument("--task", default=None)
     probes.add_argument("--block-size", type=int, default=20)
     probes.add_argument("--seed", type=int, default=0)
+    probes.add_argument("--colour", default="rgb", choices=["rgb", "standardize", "grayscale"],
+                        help="transform every image first (what is left of the colour shortcut?)")
+    probes.add_argument("--probes", nargs="*", default=None, help="a subset of the probes")
     probes.set_defaults(handler=_shortcuts)
 
     train = commands.add_parser("train", help="train a model on a leak-free split")

@@ -8,6 +8,16 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Python source that makes the desktop stack unimportable, as on a device without it; prepend it to code
+# run in a subprocess.
+BLOCK_DESKTOP_IMPORTS = """
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'tensorflow', 'keras', 'sklearn', 'tf2onnx'}:
+            raise ImportError('desktop package imported on the device side: ' + name)
+sys.meta_path.insert(0, Blocker())
+"""
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -11,7 +11,7 @@ from leukoscreen.cli import main
 from leukoscreen.edge.bundle import BundleError, load_bundle
 from leukoscreen.edge.runtimes import RuntimeProblem, open_runner
 
-from conftest import smear_image, write_rgb
+from conftest import BLOCK_DESKTOP_IMPORTS, smear_image, write_rgb
 
 
 def test_manifest_holds_the_contract(bundle):
@@ -41,13 +41,7 @@ def test_int8_file_is_smaller_and_agrees_with_float(bundle):
 def test_bundle_runs_where_tensorflow_cannot_be_imported(bundle, tmp_path):
     image = tmp_path / "field.png"
     write_rgb(image, smear_image(np.random.default_rng(9), True))
-    code = f"""
-import sys
-class Blocker:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'sklearn'):
-            raise ImportError('blocked ' + name)
-sys.meta_path.insert(0, Blocker())
+    code = BLOCK_DESKTOP_IMPORTS + f"""
 from leukoscreen.edge.bundle import load_bundle
 from leukoscreen.edge.image_io import read_image
 from leukoscreen.edge.preprocessing import preprocess

@@ -5,13 +5,9 @@ import sys
 
 import leukoscreen.edge
 
-BLOCK = """
-import sys
-class Blocker:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in {'tensorflow', 'keras', 'sklearn', 'tf2onnx'}:
-            raise ImportError('desktop package imported on the device side: ' + name)
-sys.meta_path.insert(0, Blocker())
+from conftest import BLOCK_DESKTOP_IMPORTS
+
+IMPORT_ALL = """
 import importlib
 for module in MODULES:
     importlib.import_module(module)
@@ -23,7 +19,7 @@ def test_every_edge_module_imports_without_tensorflow():
     modules = ["leukoscreen.edge"] + [f"leukoscreen.edge.{m.name}"
                                       for m in pkgutil.iter_modules(leukoscreen.edge.__path__)]
     assert len(modules) > 2
-    result = subprocess.run([sys.executable, "-c", f"MODULES = {modules!r}\n{BLOCK}"],
+    result = subprocess.run([sys.executable, "-c", f"MODULES = {modules!r}\n{BLOCK_DESKTOP_IMPORTS}{IMPORT_ALL}"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"ok {len(modules)}"

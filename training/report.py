@@ -104,7 +104,10 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
     for folder in probe_dirs or []:
         summary = json.loads((folder / "shortcuts.json").read_text())
         for name, result in summary["probes"].items():
-            probe_rows.append({"probe": name, "data / task": f"{Path(summary['data']).name} / {summary['task']}",
+            colour = {"standardize": " (colour-standardised)", "grayscale": " (grayscale)"}.get(
+                summary.get("colour"), "")
+            probe_rows.append({"probe": name + colour,
+                               "data / task": f"{Path(summary['data']).name} / {summary['task']}",
                                "features": result["features"],
                                "test accuracy": f"{result['accuracy']:.3f}",
                                "test macro-F1 [95% CI]": f"{result['macro_f1']:.3f} "

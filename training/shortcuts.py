@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from leukoscreen.edge.image_io import read_image
+from leukoscreen.edge.preprocessing import standardize_colour, to_grayscale
 from leukoscreen.training.metrics import classification_metrics
 from leukoscreen.training.prepared_data import prepare
 
@@ -51,15 +52,28 @@ PROBES = {
 
 
 def shortcut_probes(data_dir: Path, out_dir: Path, task: str | None = None, block_size: int = 20,
-                    seed: int = 0, n_boot: int = 200) -> dict:
+                    seed: int = 0, n_boot: int = 200, colour: str = "rgb", probes: list[str] | None = None) -> dict:
+    """colour "standardize" or "grayscale" transforms every image first, to see what is left of the
+    colour shortcut after it; probes: a subset of PROBES (default all)."""
+    unknown = set(probes or []) - set(PROBES)
+    if unknown:
+        raise ValueError(f"unknown probes {sorted(unknown)}; choose from {', '.join(PROBES)}")
     prepared = prepare(data_dir, task, block_size=block_size, seed=seed)
     images = [cv2.resize(read_image(p), (PROBE_SIZE, PROBE_SIZE), interpolation=cv2.INTER_AREA)
               for p in prepared.paths]
+    if colour == "standardize":
+        images = [standardize_colour(image) for image in images]
+    elif colour == "grayscale":
+        images = [to_grayscale(image) for image in images]
+    elif colour != "rgb":
+        raise ValueError(f"colour {colour!r}: use rgb, standardize or grayscale")
     fit_index = np.concatenate([prepared.part("train"), prepared.part("val")])
     test_index = prepared.part("test")
     groups = np.array([row.group for row in prepared.rows])
     results = {}
     for name, features_of in PROBES.items():
+        if probes and name not in probes:
+            continue
         features = np.stack([features_of(image) for image in images])
         probe = HistGradientBoostingClassifier(random_state=seed)
         probe.fit(features[fit_index], prepared.labels[fit_index])
@@ -73,6 +87,7 @@ def shortcut_probes(data_dir: Path, out_dir: Path, task: str | None = None, bloc
               f"macro-F1 {metrics['macro_f1']:.3f} [{metrics['ci95']['macro_f1'][0]:.3f}-"
               f"{metrics['ci95']['macro_f1'][1]:.3f}]")
     summary = {"data": str(prepared.dataset.root), "task": prepared.task, "classes": prepared.class_names,
+               "colour": colour,
                "split": f"stratified group split 60/20/20 (seed {seed}, blocks of {block_size}); probes fit "
                         "on train+validation, scored on test", "test_images": int(len(test_index)),
                "probes": results}
