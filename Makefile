@@ -1,5 +1,6 @@
 # Set-up and main jobs. `make run` scores the shortcut probes, trains and evaluates the Basic CNN on the
-# default data folder (4-class, binary, 4-class colour-standardised) and writes the report; `make test` runs the test suite. Both create the virtual environment first.
+# default data folder (4-class, binary, 4-class colour-standardised and grayscale), converts and benchmarks
+# two of them and writes the report; `make test` runs the test suite. Both create the virtual environment first.
 PYTHON ?= python3
 VENV ?= .venv
 DATA ?= ../shared/data/all-aria
@@ -15,7 +16,7 @@ $(BIN)/leukoscreen: pyproject.toml
 
 install: $(BIN)/leukoscreen
 
-RUNS := runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-subtype-colourstd
+RUNS := runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-subtype-colourstd runs/basic-cnn-subtype-grayscale
 PROBES := runs/shortcuts-subtype runs/shortcuts-binary runs/shortcuts-subtype-colourstd runs/shortcuts-subtype-grayscale
 run: install
 	$(BIN)/leukoscreen data shortcuts $(DATA) --task subtype --out runs/shortcuts-subtype
@@ -27,6 +28,8 @@ run: install
 	$(BIN)/leukoscreen train --data $(DATA) --task subtype --out runs/basic-cnn-subtype
 	$(BIN)/leukoscreen train --data $(DATA) --task binary --out runs/basic-cnn-binary
 	$(BIN)/leukoscreen train --data $(DATA) --task subtype --colour standardize --out runs/basic-cnn-subtype-colourstd
+	$(BIN)/leukoscreen train --data $(DATA) --task subtype --colour grayscale --learning-rate 3e-4 \
+		--out runs/basic-cnn-subtype-grayscale
 	for run in basic-cnn-subtype basic-cnn-subtype-colourstd; do \
 		rm -rf runs/bundle-$$run && \
 		$(BIN)/leukoscreen convert runs/$$run --out runs/bundle-$$run && \

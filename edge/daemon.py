@@ -43,7 +43,7 @@ class Daemon:
         bundle = load_bundle(config.bundle or DEFAULT_BUNDLE)  # refuses to start on a bad bundle
         self.bundle_sha256 = sha256_of(bundle.file(config.bundle_format or bundle.default_format))
         self.screener = Screener(bundle, config.bundle_format or None, config.runtime, config.threads,
-                                 config.cell_finder, config.quality)
+                                 config.cell_finder, config.quality, list(config.onnx_providers) or None)
         self.store = ResultStore(config.state_dir, config.min_free_mb)
         self.camera_factory = camera_factory
         self.camera: Camera | None = None

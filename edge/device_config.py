@@ -61,6 +61,7 @@ class DeviceConfig:
     bundle: str = ""                  # empty: the shipped default bundle
     bundle_format: str = ""           # empty: the bundle's default format
     runtime: str = "auto"
+    onnx_providers: tuple = ()        # e.g. ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     threads: int = 2
     state_dir: str = "/var/lib/leukoscreen"
     min_free_mb: float = 200.0
@@ -93,7 +94,9 @@ def _build(cls, values: dict, prefix: str):
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigError(f"{where} = {value!r}: expected a {expected.__name__}")
+            kind = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+                    tuple: "a list"}.get(expected, expected.__name__)
+            raise ConfigError(f"{where} = {value!r}: expected {kind}")
         arguments[key] = value
     try:
         return cls(**arguments)

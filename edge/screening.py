@@ -62,9 +62,9 @@ class Screener:
 
     def __init__(self, bundle: ModelBundle | str | Path = DEFAULT_BUNDLE, fmt: str | None = None,
                  runtime: str = "auto", threads: int = 2, finder: CellFinderConfig = CellFinderConfig(),
-                 quality: QualityConfig = QualityConfig()):
+                 quality: QualityConfig = QualityConfig(), providers: list[str] | None = None):
         self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
-        self.runner = open_runner(self.bundle.file(fmt or self.bundle.default_format), runtime, threads)
+        self.runner = open_runner(self.bundle.file(fmt or self.bundle.default_format), runtime, threads, providers)
         self.finder, self.quality = finder, quality
         manifest = self.bundle.manifest
         self.temperature = manifest["calibration"]["temperature"]

@@ -68,7 +68,8 @@ def _classify(args) -> int:
 
     from leukoscreen.edge.image_io import ImageReadError, read_image
     from leukoscreen.edge.screening import DEFAULT_BUNDLE, Screener
-    screener = Screener(args.bundle or DEFAULT_BUNDLE, args.format, args.runtime)
+    screener = Screener(args.bundle or DEFAULT_BUNDLE, args.format, args.runtime,
+                        providers=args.providers.split(",") if args.providers else None)
     results = []
     for path in args.images:
         try:
@@ -244,6 +245,9 @@ def parser() -> argparse.ArgumentParser:
     classify.add_argument("--bundle", default=None, help="bundle folder (default: the shipped default)")
     classify.add_argument("--format", default=None)
     classify.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "onnx"])
+    classify.add_argument("--providers", default=None,
+                          help="onnxruntime execution providers, comma-separated (e.g. CUDAExecutionProvider,"
+                               "CPUExecutionProvider)")
     classify.add_argument("--json", action="store_true", help="print JSON")
     classify.set_defaults(handler=_classify)
 

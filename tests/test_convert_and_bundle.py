@@ -95,6 +95,8 @@ def test_wrong_input_and_wrong_files_give_clear_errors(bundle, tmp_path):
         open_runner(tmp_path / "fake.tflite")
     with pytest.raises(RuntimeProblem, match="unknown model file type"):
         open_runner(bundle / "manifest.json")
+    with pytest.raises(RuntimeProblem, match="has no TensorrtExecutionProvider"):
+        open_runner(bundle / "model-int8.onnx", providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])
     with pytest.raises(RuntimeProblem, match="is an ONNX model"):
         open_runner(bundle / "model-fp32.onnx", runtime="litert")
 

@@ -22,11 +22,12 @@ def test_toml_file_is_read_and_typed(tmp_path):
 @pytest.mark.parametrize("values, message", [
     ({"camera": {"kind": "webcam"}}, "camera.kind = 'webcam'"),
     ({"camera": {"zoom": 2}}, "unknown key 'camera.zoom'"),
-    ({"button": {"pin": "seventeen"}}, "button.pin = 'seventeen': expected a int"),
+    ({"button": {"pin": "seventeen"}}, "button.pin = 'seventeen': expected a whole number"),
     ({"host": "0.0.0.0"}, "set access_token"),
     ({"display": {"cols": 40}}, "use 16x2 or 20x4"),
     ({"camera": {"kind": "folder", "folder": "/nonexistent"}}, "camera.folder"),
     ({"cell_finder": {"hsv_lower": [300, 0, 0]}}, "hsv_lower"),
+    ({"onnx_providers": "CUDA"}, "onnx_providers = 'CUDA': expected a list"),
 ])
 def test_bad_values_name_key_and_value(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -129,8 +129,9 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
         "Augmentation (flips, rotation, shift, zoom, shear) is applied to the training part only, after "
         "splitting. The thesis augmented before splitting, so its test images had near-copies in training; "
         "its figures are not comparable with ours.",
-        "Colour alone separates all-aria's classes (see the shortcut probes): only the colour-standardised and "
-        "grayscale columns show whether a model reads the cells.",
+        "Colour alone separates all-aria's classes, and so do histograms of colour-standardised and of grayscale "
+        "images (see the shortcut probes): on such data a whole-field score does not show that a model reads "
+        "the cells. The colour-standardised and grayscale columns show at least whether it leans on raw colour.",
     ]
     markdown = ["# LeukoScreen report", "", f"**{RESEARCH_USE_NOTICE}**", "", "## Runs", ""]
     markdown += _markdown_table(RUN_COLUMNS, rows)
