@@ -62,11 +62,12 @@ def _split_touching(region: np.ndarray, min_area: float) -> list[np.ndarray]:
     return parts
 
 
-def find_cells(rgb: np.ndarray, config: CellFinderConfig = CellFinderConfig()) -> list[FoundCell]:
-    """White cells in an RGB field, largest first."""
+def find_cells(rgb: np.ndarray, config: CellFinderConfig = CellFinderConfig(),
+               mask: np.ndarray | None = None) -> list[FoundCell]:
+    """White cells in an RGB field, largest first. mask: its `stain_mask`, when already computed."""
     height, width = rgb.shape[:2]
     field_area = height * width
-    mask = stain_mask(rgb, config)
+    mask = stain_mask(rgb, config) if mask is None else mask
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)

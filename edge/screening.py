@@ -77,9 +77,10 @@ class Screener:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 32:
             raise ValueError(f"a field must be an RGB image of at least 32x32 pixels, got shape {rgb.shape}")
         t0 = time.perf_counter()
-        found = find_cells(rgb, self.finder)
+        mask = stain_mask(rgb, self.finder)
+        found = find_cells(rgb, self.finder, mask)
         t1 = time.perf_counter()
-        report = check_quality(rgb, stain_mask(rgb, self.finder), len(found), self.quality)
+        report = check_quality(rgb, mask, len(found), self.quality)
         t2 = time.perf_counter()
         result = ScreeningResult(report, [CellResult(c.box) for c in found], self.bundle.title)
         result.timings_ms = {"find_cells": (t1 - t0) * 1e3, "quality": (t2 - t1) * 1e3}

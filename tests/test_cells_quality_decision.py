@@ -112,3 +112,19 @@ def test_shipped_default_bundle_is_valid_and_screens():
     for fmt in bundle.formats:
         result = Screener(bundle, fmt).screen(synthetic_field(5).image).to_dict()
         assert result["decision"] in ("no_blasts", "indeterminate", "possible_blasts")
+
+
+def test_cell_bundle_classifies_every_cell_and_counts(bundle, tmp_path):
+    """A bundle whose manifest says it reads single-cell crops: per-cell classes, counts, blast fraction."""
+    import shutil
+    cell_bundle = tmp_path / "cells"
+    shutil.copytree(bundle, cell_bundle)
+    manifest = json.loads((cell_bundle / "manifest.json").read_text())
+    (cell_bundle / "manifest.json").write_text(json.dumps(manifest | {"input_kind": "cell"}))
+    field = synthetic_field(1)
+    result = Screener(cell_bundle).screen(field.image).to_dict()
+    assert len(result["cells"]) == len(field.cells)
+    assert all(cell["predicted"] in ("benign", "malignant") for cell in result["cells"])
+    assert sum(result["counts"].values()) == len(field.cells)
+    assert result["blast_fraction"] == result["counts"]["malignant"] / len(field.cells)
+    assert result["blast_score"] == max(cell["blast_score"] for cell in result["cells"])
