@@ -93,19 +93,16 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
 
     out.mkdir(parents=True, exist_ok=True)
     files, inputs, val_outputs = {}, {}, {}
+    onnx_fp32 = out / FILE_NAMES["onnx-fp32"]
+    if any(f.startswith("onnx") for f in formats):
+        to_onnx(model, onnx_fp32)  # the float32 file, and the source of the int8 one
     for step, fmt in enumerate(formats, 1):
         target = out / FILE_NAMES[fmt]
         print(f"[2/4] ({step}/{len(formats)}) writing {fmt}: {target.name}")
         if fmt.startswith("tflite"):
             target.write_bytes(to_tflite(model, fmt.split("-")[1], calibration_set, io_type))
-        elif fmt == "onnx-fp32":
-            to_onnx(model, target)
-        else:
-            fp32 = out / FILE_NAMES["onnx-fp32"]
-            to_onnx(model, fp32)
-            quantize_onnx(fp32, target, calibration_set)
-            if "onnx-fp32" not in formats:
-                fp32.unlink()  # only an intermediate here
+        elif fmt == "onnx-int8":
+            quantize_onnx(onnx_fp32, target, calibration_set)
         runner = open_runner(target, threads=threads)  # the device's code; rejects Flex ops
         print(f"[3/4] ({step}/{len(formats)}) evaluating {fmt} through {runner.name} on {len(test_images)} "
               "test images")
@@ -123,6 +120,8 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
         print(f"      accuracy {metrics[fmt]['accuracy']:.4f} ({metrics[fmt]['accuracy_change']:+.4f}), "
               f"agreement {metrics[fmt]['top1_agreement']:.4f}, size {metrics[fmt]['size_bytes'] / 1e6:.2f} MB")
 
+    if "onnx-int8" in formats and "onnx-fp32" not in formats:
+        onnx_fp32.unlink()  # only an intermediate here
     primary = formats[0]
     print(f"[4/4] calibration and threshold on {len(val_images)} validation images ({primary})")
     decision = decision_parameters(val_outputs[primary], val_labels, classes, negative_classes, target_sensitivity)

@@ -55,10 +55,9 @@ def benchmark_bundle(bundle_path: Path, runtime: str = "auto", threads: tuple[in
     bundle = load_bundle(bundle_path)
     targets = []
     for fmt in bundle.formats:
-        file_runtime = runtime
         if runtime != "auto" and (runtime == "onnx") != fmt.startswith("onnx"):
             continue  # this runtime cannot run that format
-        targets.append((fmt, bundle.file(fmt), file_runtime))
+        targets.append((fmt, bundle.file(fmt), runtime))
     if reference and reference.is_file():
         targets.append(("reference MobileNetV2 int8", reference, "auto" if runtime == "onnx" else runtime))
     else:
@@ -117,7 +116,7 @@ print(json.dumps({"ready_s": ready, "timings": rows,
 """
 
 
-def benchmark_pipeline(bundle_path: Path, folder: Path, captures: int = 200) -> dict:
+def benchmark_pipeline(bundle_path: Path, folder: Path, captures: int = 200, out: Path | None = None) -> dict:
     """End-to-end time per capture through the daemon (folder replay: decode, quality gate, cell finder,
     classification, store), with a breakdown; cold start to ready and peak RSS, in a fresh process."""
     print(f"timing {captures} captures from {folder} through the daemon...", flush=True)
@@ -139,4 +138,7 @@ def benchmark_pipeline(bundle_path: Path, folder: Path, captures: int = 200) -> 
         if stage in summary:
             print(f"{stage:<12}{summary[stage]['median_ms']:>11.2f}{summary[stage]['p95_ms']:>9.2f}"
                   f"{summary[stage]['n']:>6}")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pipeline.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from leukoscreen import RESEARCH_USE_NOTICE
-from leukoscreen.edge.bundle import load_bundle, sha256_of
+from leukoscreen.edge.bundle import load_bundle
 from leukoscreen.edge.cameras import Camera, CameraError, open_camera
 from leukoscreen.edge.device_config import DeviceConfig
 from leukoscreen.edge.displays import Display, open_display
@@ -41,7 +41,7 @@ class Daemon:
         self.display = display or open_display(config.display)
         self.display.show("starting", "loading model")
         bundle = load_bundle(config.bundle or DEFAULT_BUNDLE)  # refuses to start on a bad bundle
-        self.bundle_sha256 = sha256_of(bundle.file(config.bundle_format or bundle.default_format))
+        self.bundle_sha256 = bundle.manifest["files"][config.bundle_format or bundle.default_format]["sha256"]
         self.screener = Screener(bundle, config.bundle_format or None, config.runtime, config.threads,
                                  config.cell_finder, config.quality, list(config.onnx_providers) or None)
         self.store = ResultStore(config.state_dir, config.min_free_mb)

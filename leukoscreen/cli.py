@@ -53,11 +53,7 @@ def _convert(args) -> None:
 def _bench(args) -> None:
     from leukoscreen.edge.benchmark import REFERENCE, benchmark_bundle, benchmark_pipeline
     if args.pipeline:
-        import json
-        summary = benchmark_pipeline(Path(args.bundle), Path(args.pipeline), args.captures)
-        if args.out:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / "pipeline.json").write_text(json.dumps(summary, indent=2))
+        benchmark_pipeline(Path(args.bundle), Path(args.pipeline), args.captures, Path(args.out) if args.out else None)
         return
     benchmark_bundle(Path(args.bundle), args.runtime, tuple(args.threads), args.runs,
                      Path(args.reference) if args.reference else REFERENCE, Path(args.out) if args.out else None)
@@ -91,6 +87,7 @@ def _serve(args) -> int:
     import dataclasses
     import signal
 
+    from leukoscreen import RESEARCH_USE_NOTICE
     from leukoscreen.edge.daemon import Daemon
     from leukoscreen.edge.device_config import load_config, parse_config
     from leukoscreen.edge.displays import open_display
@@ -107,7 +104,7 @@ def _serve(args) -> int:
         triggers.append(KeyboardTrigger(lambda: print(daemon.press()), daemon.stop))
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     print(f"LeukoScreen device: model {daemon.screener.bundle.title}, camera {config.camera.kind}, "
-          f"results in {config.state_dir}. Press Enter to classify, q + Enter to stop. {_notice()}")
+          f"results in {config.state_dir}. Press Enter to classify, q + Enter to stop. {RESEARCH_USE_NOTICE}")
     try:
         daemon.run()
     finally:
@@ -115,11 +112,6 @@ def _serve(args) -> int:
             trigger.close()
         daemon.close()
     return 0
-
-
-def _notice() -> str:
-    from leukoscreen import RESEARCH_USE_NOTICE
-    return RESEARCH_USE_NOTICE
 
 
 def _cells(args) -> None:

@@ -59,9 +59,10 @@ def evaluate_with_variants(predict, prepared: PreparedData, part: str, config: P
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics, probabilities, index = evaluate_part(predict, prepared, part, config, n_boot)
     print(format_table(metrics, f"{part} split ({prepared.dataset.root.name}, {prepared.task}), as trained"))
+    as_trained = dict(metrics)
     metrics["variants"] = {}
     for name, variant in variants(config).items():
-        result, _, _ = evaluate_part(predict, prepared, part, variant, n_boot)
+        result = as_trained if variant == config else evaluate_part(predict, prepared, part, variant, n_boot)[0]
         metrics["variants"][name] = result
         print(f"  {name:<20} accuracy {result['accuracy']:.3f}  macro-F1 {result['macro_f1']:.3f} "
               f"[{result['ci95']['macro_f1'][0]:.3f}-{result['ci95']['macro_f1'][1]:.3f}]")
