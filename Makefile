@@ -1,24 +1,39 @@
-# Set-up and main jobs. `make run` scores the shortcut probes, trains and evaluates the Basic CNN on the
-# default data folder (4-class, binary, 4-class colour-standardised and grayscale), converts and benchmarks
-# two of them and writes the report; `make test` runs the test suite. Both create the virtual environment first.
+# Set-up and main jobs. `make run` installs the device side and starts the device (shipped default model,
+# synthetic camera, web page on http://127.0.0.1:8080); `make test` installs everything and runs the test
+# suite. `make research` scores the shortcut probes, trains and evaluates the Basic CNN on the default data
+# folder (4-class, binary, 4-class colour-standardised and grayscale), converts and benchmarks two of them and
+# writes the report. Each creates the virtual environment first.
 PYTHON ?= python3
 VENV ?= .venv
 DATA ?= ../shared/data/all-aria
+CAMERA_FOLDER ?=
+PORT ?= 8080
 BIN := $(VENV)/bin
 
-.PHONY: run test install default-bundle bench
+.PHONY: run test research install install-edge default-bundle bench bench-web
 
-$(BIN)/leukoscreen: pyproject.toml
+$(VENV)/.edge-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[edge]'
+	touch $@
+
+$(VENV)/.all-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[train,dev]'
-	touch $@
+	touch $@ $(VENV)/.edge-installed
 
-install: $(BIN)/leukoscreen
+install-edge: $(VENV)/.edge-installed
+install: $(VENV)/.all-installed
+
+# The device: Enter in the terminal or Classify on the page screens a field; q + Enter stops.
+run: install-edge
+	$(BIN)/leukoscreen serve --port $(PORT) $(if $(CAMERA_FOLDER),--camera folder --camera-folder $(CAMERA_FOLDER),--camera synthetic)
 
 RUNS := runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-subtype-colourstd runs/basic-cnn-subtype-grayscale
 PROBES := runs/shortcuts-subtype runs/shortcuts-binary runs/shortcuts-subtype-colourstd runs/shortcuts-subtype-grayscale
-run: install
+research: install
 	$(BIN)/leukoscreen data shortcuts $(DATA) --task subtype --out runs/shortcuts-subtype
 	$(BIN)/leukoscreen data shortcuts $(DATA) --task binary --out runs/shortcuts-binary
 	$(BIN)/leukoscreen data shortcuts $(DATA) --task subtype --colour standardize \
@@ -54,3 +69,5 @@ default-bundle: install
 
 bench: install
 	$(BIN)/leukoscreen bench edge/default_bundle --out runs/bench-default
+	$(BIN)/leukoscreen bench edge/default_bundle --pipeline $(DATA) --out runs/bench-pipeline
+	$(BIN)/leukoscreen bench edge/default_bundle --web $(DATA) --out runs/bench-web

@@ -1,6 +1,8 @@
 """`leukoscreen serve`: the device daemon. It only wires the pipeline together:
 
 trigger -> camera -> screening (quality gate, cell finder, model, decision) -> result store -> displays.
+Triggers are the hardware button, the keyboard and the web page (`edge/web.py`), which also reads the
+live preview, the status and the stored results through this class.
 
 A missing camera, a full disk or a bad image never stops it: the displays say what is wrong and the
 daemon keeps running (the camera is retried with back-off). A missing or altered model bundle stops it
@@ -14,11 +16,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from leukoscreen import RESEARCH_USE_NOTICE
+import cv2
+import numpy as np
+
+from leukoscreen import RESEARCH_USE_NOTICE, __version__
 from leukoscreen.edge.bundle import load_bundle
 from leukoscreen.edge.cameras import Camera, CameraError, open_camera
 from leukoscreen.edge.device_config import DeviceConfig
 from leukoscreen.edge.displays import Display, open_display
+from leukoscreen.edge.quality import focus_score
 from leukoscreen.edge.result_store import ResultStore, StoreError
 from leukoscreen.edge.screening import DEFAULT_BUNDLE, Screener
 from leukoscreen.edge.systemd_notify import notify, watchdog_interval_s
@@ -49,12 +55,17 @@ class Daemon:
         self.camera: Camera | None = None
         self.next_camera_attempt = 0.0
         self.camera_backoff = 1.0
-        self.requests: queue.Queue[str] = queue.Queue()
+        self.camera_lock = threading.RLock()  # the capture loop and the web preview share the camera
+        self.requests: queue.Queue[str | None] = queue.Queue()  # None wakes the loop to stop
         self.busy = threading.Lock()
         self.stopping = threading.Event()
 
     # --- camera with reconnection -------------------------------------------------------------
     def _camera(self) -> Camera | None:
+        with self.camera_lock:
+            return self._connect_camera()
+
+    def _connect_camera(self) -> Camera | None:
         if self.camera is None and time.monotonic() >= self.next_camera_attempt:
             try:
                 self.camera = self.camera_factory(self.config.camera)
@@ -68,12 +79,54 @@ class Daemon:
         return self.camera
 
     def _camera_lost(self, error: CameraError) -> None:
-        if self.camera is not None:
-            self.camera.close()
-        self.camera = None
-        self.status.camera = "not connected"
-        self.status.message = str(error)
-        self.next_camera_attempt = time.monotonic() + self.camera_backoff
+        with self.camera_lock:
+            if self.camera is not None:
+                self.camera.close()
+            self.camera = None
+            self.status.camera = "not connected"
+            self.status.message = str(error)
+            self.next_camera_attempt = time.monotonic() + self.camera_backoff
+
+    def _grab(self, still: bool) -> np.ndarray:
+        """A still (for classification) or a preview frame; CameraError when there is no camera."""
+        with self.camera_lock:
+            camera = self._camera()
+            if camera is None:
+                raise CameraError("Camera not connected")
+            try:
+                return camera.capture() if still else camera.preview()
+            except CameraError as error:
+                self._camera_lost(error)
+                raise CameraError("Camera not connected") from error
+
+    def preview_jpeg(self, max_width: int = 640) -> tuple[bytes, float]:
+        """The live preview as JPEG (at most max_width wide) and its focus score (variance of the Laplacian,
+        measured on the preview frame, so only comparable between previews). Raises CameraError."""
+        frame = self._grab(still=False)
+        focus = focus_score(frame)
+        if frame.shape[1] > max_width:
+            frame = cv2.resize(frame, (max_width, round(frame.shape[0] * max_width / frame.shape[1])),
+                               interpolation=cv2.INTER_AREA)
+        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        if not ok:
+            raise CameraError("the preview frame could not be encoded")
+        return encoded.tobytes(), focus
+
+    def status_dict(self) -> dict:
+        manifest = self.screener.bundle.manifest
+        try:
+            free_mb = round(self.store.free_mb(), 1)
+        except OSError:
+            free_mb = None
+        return {"state": self.status.state, "message": self.status.message, "camera": self.status.camera,
+                "busy": self.busy.locked(), "captures": self.status.captures,
+                "uptime_s": round(time.time() - self.status.started, 1), "software_version": __version__,
+                "bundle": {"name": manifest["name"], "version": manifest["version"], "task": manifest["task"],
+                           "classes": manifest["class_names"], "input_kind": manifest["input_kind"],
+                           "format": self.config.bundle_format or self.screener.bundle.default_format,
+                           "sha256": self.bundle_sha256},
+                "disk": {"free_mb": free_mb, "min_free_mb": self.store.min_free_mb},
+                "notice": RESEARCH_USE_NOTICE}
 
     # --- one capture ----------------------------------------------------------------------------
     def press(self, sample_id: str = "") -> str:
@@ -86,29 +139,39 @@ class Daemon:
     def capture_once(self, sample_id: str = "") -> dict:
         """Capture, screen, store and display one field; never raises for device-side problems."""
         with self.busy:
-            self.status.state = "capturing"
-            self.display.show("capturing")
-            camera = self._camera()
-            if camera is None:
-                return self._report_error("Camera not connected", "camera")
-            started = time.perf_counter()
-            try:
-                frame = camera.capture()
-            except CameraError as error:
-                self._camera_lost(error)
-                return self._report_error("Camera not connected", "camera")
-            captured = time.perf_counter()
-            result = self.classify_frame(frame, sample_id)
-            result.setdefault("timings_ms", {}).update(capture=(captured - started) * 1e3,
-                                                       total=(time.perf_counter() - started) * 1e3)
-            return result
+            return self._capture(sample_id)
 
-    def classify_frame(self, frame, sample_id: str = "") -> dict:
+    def request(self, sample_id: str = "", frame: np.ndarray | None = None, source: str = "") -> dict | None:
+        """A classification asked for by the web page or API: a capture, or the given (uploaded) frame.
+        Returns None when another classification is running and presses while busy are ignored."""
+        if not self.busy.acquire(blocking=self.config.button.while_busy == "queue"):
+            return None
+        try:
+            return self._capture(sample_id) if frame is None else self.classify_frame(frame, sample_id, source)
+        finally:
+            self.busy.release()
+
+    def _capture(self, sample_id: str) -> dict:
+        self.status.state = "capturing"
+        self.display.show("capturing")
+        started = time.perf_counter()
+        try:
+            frame = self._grab(still=True)
+        except CameraError:
+            return self._report_error("Camera not connected", "camera")
+        captured = time.perf_counter()
+        result = self.classify_frame(frame, sample_id)
+        result.setdefault("timings_ms", {}).update(capture=(captured - started) * 1e3,
+                                                   total=(time.perf_counter() - started) * 1e3)
+        return result
+
+    def classify_frame(self, frame, sample_id: str = "", source: str = "camera") -> dict:
         try:
             result = self.screener.screen(frame).to_dict()
         except ValueError as error:  # a frame of the wrong shape
             result = {"decision": "retake", "message": f"Retake: unusable frame ({error}). {RESEARCH_USE_NOTICE}",
                       "quality": {}, "cells": []}
+        result["source"] = source
         started = time.perf_counter()
         try:
             stored = self.store.add_capture(sample_id, frame, result, self.screener.bundle.title,
@@ -154,14 +217,17 @@ class Daemon:
                 if self.camera is None and self._camera() is not None:
                     self.display.show("ready")
                 continue
-            self.capture_once(sample_id)
+            if sample_id is not None:
+                self.capture_once(sample_id)
         notify("STOPPING=1")
 
     def stop(self) -> None:
         self.stopping.set()
+        self.requests.put(None)
 
     def close(self) -> None:
-        if self.camera is not None:
-            self.camera.close()
+        with self.camera_lock:
+            if self.camera is not None:
+                self.camera.close()
         self.display.close()
         self.store.close()

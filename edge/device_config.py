@@ -20,6 +20,7 @@ else:  # Python 3.10 (JetPack 6)
 CAMERA_KINDS = ("picamera2", "opencv", "gstreamer", "folder", "synthetic")
 BUTTON_KINDS = ("none", "gpiozero", "jetson", "keyboard")
 DISPLAY_KINDS = ("emulated", "hd44780", "none")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class ConfigError(ValueError):
@@ -67,7 +68,8 @@ class DeviceConfig:
     min_free_mb: float = 200.0
     host: str = "127.0.0.1"
     port: int = 8080
-    access_token: str = ""
+    access_token: str = ""            # needed (6+ characters) to listen on the network; the web page asks once
+    max_upload_mb: float = 20.0       # largest image the web page / API accepts
     camera: CameraConfig = field(default_factory=CameraConfig)
     button: ButtonConfig = field(default_factory=ButtonConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
@@ -115,10 +117,14 @@ def parse_config(values: dict) -> DeviceConfig:
             raise ConfigError(f"{key} = {value!r}: use one of {', '.join(allowed)}")
     if config.camera.kind == "folder" and not Path(config.camera.folder).is_dir():
         raise ConfigError(f"camera.folder = {config.camera.folder!r}: not a folder (camera.kind is 'folder')")
-    if not 0 < config.port < 65536:
-        raise ConfigError(f"port = {config.port}: use 1-65535")
-    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.access_token:
+    if not 0 <= config.port < 65536:
+        raise ConfigError(f"port = {config.port}: use 1-65535 (or 0: any free port)")
+    if config.host not in LOOPBACK_HOSTS and not config.access_token:
         raise ConfigError(f"host = {config.host!r} listens on the network: set access_token too")
+    if config.access_token and len(config.access_token) < 6:
+        raise ConfigError("access_token is too short: use at least 6 characters (a PIN of 6+ digits or a passphrase)")
+    if not 0 < config.max_upload_mb <= 200:
+        raise ConfigError(f"max_upload_mb = {config.max_upload_mb}: use a size in MB between 0 and 200")
     if (config.display.cols, config.display.rows) not in ((16, 2), (20, 4)):
         raise ConfigError(f"display.cols/rows = {config.display.cols}x{config.display.rows}: use 16x2 or 20x4")
     if config.threads < 1:

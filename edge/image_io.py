@@ -5,10 +5,12 @@ file raises `ImageReadError` naming the file and saying what to do.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MAX_PIXELS = 40_000_000  # refuse larger images (decompression bombs, mistaken scans)
@@ -27,6 +29,23 @@ def _jpeg_is_truncated(data: bytes) -> bool:
     return data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
+def _too_large(name: str, size: str) -> ImageReadError:
+    return ImageReadError(f"{name}: {size} pixels is larger than the {MAX_PIXELS:,}-pixel limit; resize it first.")
+
+
+def _check_header_size(data: bytes, name: str) -> None:
+    """Refuse an oversized image from its header alone (Pillow's open reads only the header)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as error:
+        raise _too_large(name, "the image's") from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return  # not recognised here: OpenCV decides below
+    if width * height > MAX_PIXELS:
+        raise _too_large(name, f"{width}x{height}")
+
+
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     """Decode encoded image bytes into an HxWx3 uint8 RGB array.
 
@@ -37,14 +56,16 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
         raise ImageReadError(f"{name}: the file is empty; re-export or re-capture the image.")
     if _jpeg_is_truncated(data):
         raise ImageReadError(f"{name}: the JPEG is truncated (no end marker); copy the file again.")
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    _check_header_size(data, name)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    except cv2.error:  # e.g. over OpenCV's own size limit
+        image = None
     if image is None:
         raise ImageReadError(
             f"{name}: not a readable image (supported: JPEG, PNG, BMP, TIFF); check the file.")
     if image.shape[0] * image.shape[1] > MAX_PIXELS:
-        raise ImageReadError(f"{name}: {image.shape[1]}x{image.shape[0]} pixels is larger than "
-                             f"the {MAX_PIXELS:,}-pixel limit; resize it first.")
+        raise _too_large(name, f"{image.shape[1]}x{image.shape[0]}")
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:

@@ -40,11 +40,16 @@ class QualityReport:
         return asdict(self) | {"passed": self.passed, "message": self.message}
 
 
+def focus_score(rgb: np.ndarray) -> float:
+    """Variance of the Laplacian of the grayscale image: higher is sharper (scale depends on the camera)."""
+    return float(cv2.Laplacian(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+
+
 def check_quality(rgb: np.ndarray, stain_mask: np.ndarray, cells: int,
                   config: QualityConfig = QualityConfig()) -> QualityReport:
     """Scores and reasons for an RGB field, its stain mask (0/255) and the number of cells found."""
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    focus = float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    focus = focus_score(rgb)
     dark = float(np.mean(gray < 20))
     clipped = float(np.mean((rgb == 255).all(axis=2)))
     stain = float(np.mean(stain_mask > 0))

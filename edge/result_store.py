@@ -3,7 +3,8 @@
 SQLite in WAL mode under the state directory; images are written atomically (temporary file, fsync,
 rename) before the database row that names them is committed, so a committed result always has its
 image and a crash leaves no partial file. An append-only audit log records every event. Below a
-configured free space the store refuses new captures; it never deletes results.
+configured free space the store refuses new captures; it never deletes results. One store is shared by
+the capture loop and the web server's threads: a lock keeps each operation (and transaction) whole.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -45,6 +47,11 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
+
+
+EXPORT_COLUMNS = ["id", "sample_id", "time", "decision", "message", "blast_score", "image", "image_sha256",
+                  "bundle", "bundle_sha256", "software_version"]
+EXPORT_NOTICE = RESEARCH_USE_NOTICE + " Screening aid only, not a diagnosis."
 
 
 class StoreError(RuntimeError):
@@ -97,6 +104,7 @@ class ResultStore:
         self.db = sqlite3.connect(self.root / "results.sqlite3", timeout=30, isolation_level=None,
                                   check_same_thread=False)
         self.db.row_factory = sqlite3.Row
+        self.lock = threading.RLock()
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
@@ -107,11 +115,13 @@ class ResultStore:
         self.audit("store_opened", {"removed_partial_files": len(leftovers)})
 
     def close(self) -> None:
-        self.db.close()
+        with self.lock:
+            self.db.close()
 
     def audit(self, event: str, detail: dict | None = None) -> None:
-        self.db.execute("INSERT INTO audit (time, event, detail) VALUES (?, ?, ?)",
-                        (_now(), event, json.dumps(detail or {})))
+        with self.lock:
+            self.db.execute("INSERT INTO audit (time, event, detail) VALUES (?, ?, ?)",
+                            (_now(), event, json.dumps(detail or {})))
 
     def free_mb(self) -> float:
         return shutil.disk_usage(self.root).free / 1e6
@@ -145,7 +155,7 @@ class ResultStore:
             write_atomically(self.images / name, data)
         except OSError as error:
             raise StoreError(f"the image could not be saved ({error.strerror}); check the storage") from error
-        with self.db:
+        with self.lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("INSERT OR IGNORE INTO samples (id, created) VALUES (?, ?)", (sample_id, time))
             cursor = self.db.execute(
@@ -172,8 +182,26 @@ class ResultStore:
             query, arguments = query + " AND time >= ?", arguments + [since]
         if until:
             query, arguments = query + " AND time < ?", arguments + [until]
-        rows = self.db.execute(query + " ORDER BY id DESC LIMIT ?", arguments + [limit]).fetchall()
+        with self.lock:
+            rows = self.db.execute(query + " ORDER BY id DESC LIMIT ?", arguments + [limit]).fetchall()
         return [dict(row) for row in rows]
+
+    def capture(self, capture_id: int) -> dict | None:
+        with self.lock:
+            row = self.db.execute("SELECT * FROM captures WHERE id = ?", (capture_id,)).fetchone()
+        return dict(row) if row else None
+
+    def samples(self, limit: int = 200) -> list[dict]:
+        """Samples, newest first, with their number of captures, last capture time and decisions."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT g.*, last.image AS last_image FROM (SELECT s.id, s.created, COUNT(c.id) AS captures, "
+                "MAX(c.time) AS last_time, GROUP_CONCAT(DISTINCT c.decision) AS decisions, MAX(c.id) AS last_capture "
+                "FROM samples s LEFT JOIN captures c ON c.sample_id = s.id GROUP BY s.id) g "
+                "LEFT JOIN captures last ON last.id = g.last_capture ORDER BY g.last_capture DESC LIMIT ?",
+                (limit,)).fetchall()
+        return [dict(row) | {"decisions": sorted(row["decisions"].split(",")) if row["decisions"] else []}
+                for row in rows]
 
     def image_path(self, name: str) -> Path:
         """The stored image of that name; never a path outside the image folder."""
@@ -182,36 +210,41 @@ class ResultStore:
             raise FileNotFoundError(f"no stored image named {name!r}")
         return path
 
+    @staticmethod
+    def tables(rows: list[dict]) -> tuple[str, str]:
+        """The captures as CSV text and as JSON text, each carrying the research-use notice."""
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(EXPORT_COLUMNS + ["notice"])
+        writer.writerows([[row[c] for c in EXPORT_COLUMNS] + [EXPORT_NOTICE] for row in rows])
+        records = [{**{c: row[c] for c in EXPORT_COLUMNS}, "result": json.loads(row["result"])} for row in rows]
+        return table.getvalue(), json.dumps({"notice": EXPORT_NOTICE, "captures": records}, indent=2)
+
     def export(self, out_zip: Path, sample_id: str | None = None, since: str | None = None,
                until: str | None = None) -> int:
         """Write a zip (results.csv, results.json, images/, NOTICE.txt) of the chosen captures; returns
         how many. The captures are marked exported; nothing is deleted."""
         rows = self.captures(sample_id, since, until, limit=1_000_000)
-        columns = ["id", "sample_id", "time", "decision", "message", "blast_score", "image", "image_sha256",
-                   "bundle", "bundle_sha256", "software_version"]
-        table = io.StringIO()
-        writer = csv.writer(table)
-        writer.writerow(columns)
-        writer.writerows([[row[c] for c in columns] for row in rows])
-        records = [{**{c: row[c] for c in columns}, "result": json.loads(row["result"])} for row in rows]
-        temporary = out_zip.with_name(f".{out_zip.name}.tmp")
+        csv_text, json_text = self.tables(rows)
+        temporary = out_zip.with_name(f".{out_zip.name}.{uuid.uuid4().hex}.tmp")
         with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("NOTICE.txt", RESEARCH_USE_NOTICE + " Screening aid only, not a diagnosis.\n")
-            archive.writestr("results.csv", table.getvalue())
-            archive.writestr("results.json", json.dumps({"notice": RESEARCH_USE_NOTICE, "captures": records},
-                                                        indent=2))
+            archive.writestr("NOTICE.txt", EXPORT_NOTICE + "\n")
+            archive.writestr("results.csv", csv_text)
+            archive.writestr("results.json", json_text)
             for row in rows:
                 archive.write(self.images / row["image"], f"images/{row['image']}")
         os.replace(temporary, out_zip)
-        with self.db:
+        with self.lock, self.db:
             self.db.executemany("UPDATE captures SET exported = 1 WHERE id = ?", [(row["id"],) for row in rows])
         self.audit("exported", {"captures": len(rows), "file": str(out_zip)})
         return len(rows)
 
     def integrity_problems(self) -> list[str]:
         """Database integrity check plus every committed capture's image present and unaltered."""
-        problems = [r[0] for r in self.db.execute("PRAGMA integrity_check") if r[0] != "ok"]
-        for row in self.db.execute("SELECT id, image, image_sha256 FROM captures"):
+        with self.lock:
+            problems = [r[0] for r in self.db.execute("PRAGMA integrity_check") if r[0] != "ok"]
+            rows = self.db.execute("SELECT id, image, image_sha256 FROM captures").fetchall()
+        for row in rows:
             path = self.images / row["image"]
             if not path.is_file():
                 problems.append(f"capture {row['id']}: image {row['image']} is missing")

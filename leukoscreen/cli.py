@@ -55,6 +55,11 @@ def _bench(args) -> None:
     if args.pipeline:
         benchmark_pipeline(Path(args.bundle), Path(args.pipeline), args.captures, Path(args.out) if args.out else None)
         return
+    if args.web:
+        from leukoscreen.edge.web_benchmark import benchmark_web
+        benchmark_web(Path(args.bundle), Path(args.web), args.classifications, args.requests,
+                      out=Path(args.out) if args.out else None)
+        return
     benchmark_bundle(Path(args.bundle), args.runtime, tuple(args.threads), args.runs,
                      Path(args.reference) if args.reference else REFERENCE, Path(args.out) if args.out else None)
 
@@ -92,22 +97,33 @@ def _serve(args) -> int:
     from leukoscreen.edge.device_config import load_config, parse_config
     from leukoscreen.edge.displays import open_display
     from leukoscreen.edge.triggers import KeyboardTrigger, open_trigger
+    from leukoscreen.edge.web import WebServer
     config = load_config(args.config)
-    if args.camera or args.state_dir or args.camera_folder:
+    if args.camera or args.state_dir or args.camera_folder or args.port is not None or args.host:
         camera = dataclasses.replace(config.camera, kind=args.camera or config.camera.kind,
                                      folder=args.camera_folder or config.camera.folder)
-        config = dataclasses.replace(config, camera=camera, state_dir=args.state_dir or config.state_dir)
+        config = dataclasses.replace(config, camera=camera, state_dir=args.state_dir or config.state_dir,
+                                     host=args.host or config.host,
+                                     port=config.port if args.port is None else args.port)
         config = parse_config(dataclasses.asdict(config))  # validate the overrides like the file
     daemon = Daemon(config, display=open_display(config.display, echo=True))
+    web = WebServer(daemon)
+    try:
+        web.start()
+    except OSError:
+        daemon.close()
+        raise
     triggers = [open_trigger(config.button, lambda: print(daemon.press()), daemon.stop)]
     if config.button.kind != "keyboard" and sys.stdin.isatty():
         triggers.append(KeyboardTrigger(lambda: print(daemon.press()), daemon.stop))
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     print(f"LeukoScreen device: model {daemon.screener.bundle.title}, camera {config.camera.kind}, "
-          f"results in {config.state_dir}. Press Enter to classify, q + Enter to stop. {RESEARCH_USE_NOTICE}")
+          f"results in {config.state_dir}, web page {web.url}. Press Enter to classify, q + Enter to stop. "
+          f"{RESEARCH_USE_NOTICE}", flush=True)
     try:
         daemon.run()
     finally:
+        web.stop()
         for trigger in triggers:
             trigger.close()
         daemon.close()
@@ -226,10 +242,14 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     bench.add_argument("--runs", type=int, default=200)
     bench.add_argument("--reference", default=None, help="reference .tflite (default: shared MobileNetV2)")
-    bench.add_argument("--out", default=None, help="folder for bench.json / pipeline.json")
+    bench.add_argument("--out", default=None, help="folder for bench.json / pipeline.json / web.json")
     bench.add_argument("--pipeline", default=None, metavar="FOLDER",
                        help="instead: time whole captures through the daemon, replaying this image folder")
     bench.add_argument("--captures", type=int, default=200)
+    bench.add_argument("--web", default=None, metavar="FOLDER",
+                       help="instead: run the device (replaying this folder) and load its HTTP API")
+    bench.add_argument("--classifications", type=int, default=1000, help="--web: classifications through the API")
+    bench.add_argument("--requests", type=int, default=500, help="--web: requests per endpoint under load")
     bench.set_defaults(handler=_bench)
 
     classify = commands.add_parser("classify", help="screen image files with a model bundle (research use only)")
@@ -248,6 +268,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--camera", default=None, choices=["picamera2", "opencv", "gstreamer", "folder", "synthetic"])
     serve.add_argument("--camera-folder", default=None, help="images for --camera folder")
     serve.add_argument("--state-dir", default=None, help="where results are kept")
+    serve.add_argument("--port", type=int, default=None, help="web page port (default from the config: 8080)")
+    serve.add_argument("--host", default=None, help="web page address (default 127.0.0.1; another address "
+                                                    "listens on the network and needs access_token)")
     serve.set_defaults(handler=_serve)
 
     cells = commands.add_parser("cells", help="evaluate the cell finder (generated fields, a real folder)")

@@ -1,6 +1,9 @@
 """Shared fixtures: the real data folder when it is there, and small generated images otherwise."""
 from __future__ import annotations
 
+import struct
+import threading
+import zlib
 from pathlib import Path
 
 import cv2
@@ -38,11 +41,53 @@ def smear_image(rng: np.random.Generator, blast: bool, size: int = 96) -> np.nda
     return np.clip(image + noise, 0, 255).astype(np.uint8)
 
 
+def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A few hundred bytes of PNG whose header claims width x height pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = zlib.compress(b"\x00" * (width * 3 + 1) * 4)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
 def write_rgb(path: Path, rgb: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write {path}")
     return path
+
+
+class Device:
+    """The device as `leukoscreen serve` runs it (daemon loop, web server on a free port of 127.0.0.1, the
+    shipped default bundle) on a folder-replay camera of generated fields, with an HTTP client for it."""
+
+    def __init__(self, tmp_path, camera_factory=None, **values):
+        import httpx
+
+        from leukoscreen.edge.daemon import Daemon
+        from leukoscreen.edge.device_config import parse_config
+        from leukoscreen.edge.displays import EmulatedDisplay
+        from leukoscreen.edge.synthetic_smear import synthetic_field
+        from leukoscreen.edge.web import WebServer
+        fields = tmp_path / "fields"
+        for seed in range(3):
+            write_rgb(fields / f"field-{seed}.png", synthetic_field(seed, 320, white_cells=3).image)
+        config = parse_config({"state_dir": str(tmp_path / "state"), "min_free_mb": 0, "port": 0,
+                               "camera": {"kind": "folder", "folder": str(fields)}, **values})
+        options = {"camera_factory": camera_factory} if camera_factory else {}
+        self.daemon = Daemon(config, EmulatedDisplay(), **options)
+        self.server = WebServer(self.daemon, host="127.0.0.1")
+        self.server.start()
+        self.loop = threading.Thread(target=self.daemon.run, daemon=True)
+        self.loop.start()
+        self.client = httpx.Client(base_url=self.server.url, timeout=30)
+
+    def close(self):
+        self.client.close()
+        self.daemon.stop()
+        self.loop.join(timeout=10)
+        self.server.stop()
+        self.daemon.close()
 
 
 @pytest.fixture

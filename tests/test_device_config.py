@@ -28,6 +28,9 @@ def test_toml_file_is_read_and_typed(tmp_path):
     ({"camera": {"kind": "folder", "folder": "/nonexistent"}}, "camera.folder"),
     ({"cell_finder": {"hsv_lower": [300, 0, 0]}}, "hsv_lower"),
     ({"onnx_providers": "CUDA"}, "onnx_providers = 'CUDA': expected a list"),
+    ({"host": "0.0.0.0", "access_token": "1234"}, "access_token is too short"),
+    ({"max_upload_mb": 0}, "max_upload_mb = 0.0"),
+    ({"port": 70000}, "port = 70000"),
 ])
 def test_bad_values_name_key_and_value(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -4,6 +4,8 @@ import pytest
 
 from leukoscreen.edge.image_io import ImageReadError, decode_image, read_image
 
+from conftest import png_bomb
+
 RGB = np.dstack([np.full((20, 30), v, np.uint8) for v in (200, 100, 50)])
 
 
@@ -40,6 +42,14 @@ def test_truncated_jpeg_names_file_and_problem(tmp_path):
 def test_bad_bytes_give_clear_errors(data, message):
     with pytest.raises(ImageReadError, match=message):
         decode_image(data, "upload.jpg")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageReadError, match="pixel limit"):
+        decode_image(png_bomb(20_000, 20_000), "bomb.png")  # 400 million pixels in a few hundred bytes
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB: nothing was allocated
 
 
 def test_missing_file(tmp_path):

@@ -1,0 +1,116 @@
+"""The device page end to end in a real headless Chromium (Debian's `chromium`, driven by playwright) against
+the running device on a folder-replay camera: preview, Classify, the result with its boxes, upload, history,
+a sample page, export, device status, a phone-sized screen, and the access-token login."""
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+
+import cv2
+import pytest
+
+from conftest import Device
+
+CHROMIUM = os.environ.get("LEUKOSCREEN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+# Chromium as root in a container, on a machine with no network beyond the local device.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install '.[dev]')")
+    if CHROMIUM is None:
+        pytest.skip("no Chromium on this machine: install it (Debian: apt install chromium) to run the browser tests")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, accept_downloads=True)  # a phone
+    opened = context.new_page()
+    errors = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    context.close()
+    assert errors == [], errors
+
+
+def test_classify_result_history_export_in_a_browser(page, tmp_path):
+    device = Device(tmp_path)
+    try:
+        page.goto(device.server.url + "/")
+        assert "Research use only" in page.text_content("#notice")
+        page.wait_for_function("document.querySelector('#preview').src.startsWith('blob:')")
+        page.wait_for_function("Number(document.querySelector('#focus').textContent) > 0")
+
+        page.fill("#sample-id", "B-1")
+        page.click("#classify")
+        page.wait_for_selector("#result:not([hidden])")
+        stored = device.client.get("/api/results", params={"limit": 1}).json()["captures"][0]
+        assert stored["sample_id"] == "B-1"
+        cells = len(stored["result"]["cells"])
+        assert cells >= 1
+        page.wait_for_function(f"document.querySelectorAll('#result-boxes rect.cell-box').length === {cells}")
+        assert page.text_content("#result-decision") == stored["message"]
+        assert "Research use only" in stored["message"]
+        assert "leukoscreen-default 1" in page.text_content("#result-meta")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # fits a phone
+
+        upload = tmp_path / "upload.jpg"
+        cv2.imwrite(str(upload), cv2.imread(str(tmp_path / "fields" / "field-1.png")))
+        page.set_input_files("#upload-file", str(upload))
+        page.click("#upload")
+        page.wait_for_function("document.querySelector('#result-meta').textContent.includes('upload: upload.jpg')")
+
+        page.click("#nav-history")
+        page.click("#samples a:has-text('B-1')")
+        page.wait_for_selector("#captures li:nth-child(2)")
+        assert page.locator("#captures li").count() == 2
+        with page.expect_download() as download_info:
+            page.click(".export-sample[data-format='zip']")
+        download = download_info.value
+        assert download.suggested_filename.startswith("leukoscreen-B-1") and download.suggested_filename.endswith(".zip")
+        saved = tmp_path / "export.zip"
+        download.save_as(saved)
+        with zipfile.ZipFile(saved) as archive:
+            assert sum(name.startswith("images/") for name in archive.namelist()) == 2
+            assert "Research use only" in archive.read("NOTICE.txt").decode()
+
+        page.click("#captures li a >> nth=1")  # an older capture opens in the result panel
+        page.wait_for_function(f"document.querySelector('#result-meta').textContent.includes('capture {stored['id']},')")
+
+        page.click("#nav-status")
+        page.wait_for_selector("#status dd[data-key='Model bundle']")
+        assert "leukoscreen-default" in page.text_content("#status dd[data-key='Model bundle']")
+        assert page.text_content("#status dd[data-key='Camera']").startswith("connected")
+    finally:
+        device.close()
+
+
+def test_page_asks_for_the_access_token_once(browser, tmp_path):
+    device = Device(tmp_path, access_token="open-sesame-42", host="0.0.0.0")
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(device.server.url + "/")
+        page.fill("input[name=token]", "wrong-token")
+        page.click("button[type=submit]")
+        assert "Wrong token" in page.text_content(".error")
+        page.fill("input[name=token]", "open-sesame-42")
+        page.click("button[type=submit]")
+        page.wait_for_selector("#classify")
+        page.click("#classify")
+        page.wait_for_selector("#result:not([hidden])")
+        cookie = next(c for c in context.cookies() if c["name"] == "leukoscreen_access")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert "leukoscreen_access" not in page.evaluate("document.cookie")  # not readable by scripts
+        page.reload()
+        page.wait_for_selector("#classify")  # not asked again
+    finally:
+        context.close()
+        device.close()
