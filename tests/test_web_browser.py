@@ -114,3 +114,33 @@ def test_page_asks_for_the_access_token_once(browser, tmp_path):
     finally:
         context.close()
         device.close()
+
+
+def test_boxes_are_coloured_by_each_cells_class(page, tmp_path):
+    """With a bundle that reads single-cell crops, every box carries its cell's class and blast probability,
+    and cells of different classes get different colours. (The shipped model relabelled as a cell model:
+    this checks the page, not the model.)"""
+    import json
+
+    from leukoscreen.edge.screening import DEFAULT_BUNDLE
+    cell_bundle = tmp_path / "cell-bundle"
+    shutil.copytree(DEFAULT_BUNDLE, cell_bundle)
+    manifest = json.loads((cell_bundle / "manifest.json").read_text())
+    (cell_bundle / "manifest.json").write_text(json.dumps(manifest | {"input_kind": "cell"}))
+    device = Device(tmp_path, bundle=str(cell_bundle))
+    try:
+        page.goto(device.server.url + "/")
+        page.click("#classify")
+        page.wait_for_selector("#result:not([hidden]) rect.cell-box")
+        cells = device.client.get("/api/results", params={"limit": 1}).json()["captures"][0]["result"]["cells"]
+        boxes = page.evaluate("[...document.querySelectorAll('rect.cell-box')]"
+                              ".map(r => [r.dataset.label, r.getAttribute('stroke')])")
+        assert [label for label, _ in boxes] == [f"{c['predicted']} {round(100 * c['blast_score'])}%" for c in cells]
+        colours = {}
+        for cell, (_, colour) in zip(cells, boxes):
+            colours.setdefault(cell["predicted"], set()).add(colour)
+        assert all(len(c) == 1 for c in colours.values())  # one colour per class
+        assert len(set.union(*colours.values())) == len(colours)  # and a different one for each class
+        assert "coloured by each cell's class" in page.text_content("#result-legend")
+    finally:
+        device.close()
