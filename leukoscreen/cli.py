@@ -21,11 +21,13 @@ def _train(args) -> None:
                          f"{DEFAULT_DATA})")
     preprocess = PreprocessConfig(mask_corner=0.0 if args.no_mask_corner else SCALE_BAR_CORNER,
                                   colour=args.colour)
+    learning_rate = args.learning_rate or (1e-3 if args.model == "basic-cnn" else 1e-4)
     config = TrainConfig(data=args.data, model=args.model, task=args.task, kind=args.kind,
-                         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         epochs=args.epochs, batch_size=args.batch_size, learning_rate=learning_rate,
                          patience=args.patience, augment=not args.no_augment, seed=args.seed,
                          block_size=args.block_size, split_file=args.split, precision=args.precision,
-                         preprocess=preprocess)
+                         preprocess=preprocess, weights=args.weights, head_epochs=args.head_epochs,
+                         fine_tune_fraction=args.fine_tune_fraction)
     out = args.out or f"runs/{args.model}-{Path(args.data).name}-{args.task or 'default'}"
     train(config, Path(out), n_boot=args.bootstrap)
 
@@ -154,10 +156,24 @@ def _shortcuts(args) -> None:
                     seed=args.seed, colour=args.colour, probes=args.probes)
 
 
+def _explain(args) -> None:
+    from leukoscreen.training.explain import explain_images
+    explain_images(Path(args.run), [Path(i) for i in args.images], Path(args.out))
+
+
+def _classical(args) -> None:
+    from leukoscreen.training.classical import run_classical
+    out = Path(args.out or f"runs/model1-{args.backbone}-{args.task or 'default'}")
+    run_classical(args.data, out, args.backbone, args.weights, args.task, args.colour, args.folds,
+                  args.block_size, args.seed, args.bootstrap)
+    print((out / "classical.md").read_text())
+
+
 def _report(args) -> None:
     from leukoscreen.training.report import write_report
     write_report([Path(r) for r in args.runs], Path(args.out), [Path(p) for p in args.probes or []],
-                 [Path(b) for b in args.bundles or []], [Path(b) for b in args.bench or []])
+                 [Path(b) for b in args.bundles or []], [Path(b) for b in args.bench or []],
+                 [Path(c) for c in args.classical or []], gradcam=not args.no_gradcam)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -188,14 +204,21 @@ def parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model on a leak-free split")
     train.add_argument("--data", default=_data_default(), help=f"data folder (default {DEFAULT_DATA})")
-    train.add_argument("--model", default="basic-cnn")
+    train.add_argument("--model", default="basic-cnn",
+                       help="basic-cnn, or a backbone to fine-tune: efficientnet-lite0, mobilenet-v2, alexnet")
+    train.add_argument("--weights", default="imagenet", help="backbones: imagenet (installed package), none "
+                                                            "(from scratch) or a .pth path (AlexNet)")
+    train.add_argument("--head-epochs", type=int, default=5, help="backbones: epochs for the new head alone")
+    train.add_argument("--fine-tune-fraction", type=float, default=0.3,
+                       help="backbones: share of the top layers trained after the head")
     train.add_argument("--task", default=None, help="binary, subtype or classes (default: the data "
                                                      "set's first task)")
     train.add_argument("--kind", default="auto", choices=["auto", "aria", "cnmc", "folders"])
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATA-TASK)")
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--learning-rate", type=float, default=None,
+                       help="default 1e-3 for basic-cnn, 1e-4 for fine-tuning a backbone")
     train.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--no-mask-corner", action="store_true",
@@ -287,12 +310,34 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--until", default=None)
     export.set_defaults(handler=_export)
 
+    explain = commands.add_parser("explain", help="Grad-CAM overlays: where a run's model looked")
+    explain.add_argument("run")
+    explain.add_argument("images", nargs="+")
+    explain.add_argument("--out", default="explain")
+    explain.set_defaults(handler=_explain)
+
+    classical = commands.add_parser("classical", help="thesis Model 1: frozen CNN features + classical classifiers")
+    classical.add_argument("--data", default=_data_default(), help=f"data folder (default {DEFAULT_DATA})")
+    classical.add_argument("--backbone", default="mobilenet-v2", choices=["mobilenet-v2", "efficientnet-lite0", "alexnet"])
+    classical.add_argument("--weights", default="imagenet",
+                           help="imagenet (installed package), none (random: 'from scratch'), or a .pth path")
+    classical.add_argument("--task", default=None)
+    classical.add_argument("--colour", default="rgb", choices=["rgb", "standardize", "grayscale"])
+    classical.add_argument("--folds", type=int, default=10)
+    classical.add_argument("--block-size", type=int, default=20)
+    classical.add_argument("--seed", type=int, default=0)
+    classical.add_argument("--bootstrap", type=int, default=1000)
+    classical.add_argument("--out", default=None)
+    classical.set_defaults(handler=_classical)
+
     report = commands.add_parser("report", help="one page comparing runs with the thesis figures")
     report.add_argument("runs", nargs="+")
     report.add_argument("--out", default="report")
     report.add_argument("--probes", nargs="*", help="shortcut-probe folders to show beside the runs")
     report.add_argument("--bundles", nargs="*", help="converted bundles to show (format table)")
     report.add_argument("--bench", nargs="*", help="bench.json files of those bundles")
+    report.add_argument("--classical", nargs="*", help="`leukoscreen classical` folders (Model 1 tables)")
+    report.add_argument("--no-gradcam", action="store_true", help="leave out the Grad-CAM grids")
     report.set_defaults(handler=_report)
     return main
 

@@ -2,6 +2,7 @@
 import json
 import shutil
 
+import cv2
 import numpy as np
 
 from leukoscreen.cli import main
@@ -53,6 +54,11 @@ def test_train_evaluate_report_on_generated_images(aria_like, tmp_path):
 
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "report.md").read_text()
+    assert "Grad-CAM" in page and (tmp_path / "report" / "run-gradcam.png").exists()
+    image = next(aria_like.rglob("*.jpg"))
+    assert main(["explain", str(run), str(image), "--out", str(tmp_path / "explain")]) == 0
+    overlay = cv2.imread(str(next((tmp_path / "explain").glob(f"{image.stem}-gradcam-*.png"))))
+    assert overlay.shape == (128, 256, 3)  # the model input beside its heat map
     assert "Research use only" in page and "80.91%" in page and run.name in page
     assert (tmp_path / "report" / "report.html").exists()
 

@@ -29,14 +29,40 @@ def basic_cnn(num_classes: int, input_size: int = 128) -> keras.Model:
     return keras.Model(inputs, _output(x, num_classes), name="basic_cnn")
 
 
-MODELS = {"basic-cnn": (basic_cnn, 128)}
+def transfer_model(backbone: str, num_classes: int, input_size: int, weights: str = "imagenet") -> keras.Model:
+    """Thesis Model 2: a backbone (ImageNet weights, a .pth file, or "none": from scratch) with its
+    classifier replaced by a new head. The head's layers are named head_* / probabilities."""
+    from leukoscreen.training.backbones import build_backbone
+    ported = build_backbone(backbone, weights, input_size, include_top=False)
+    x = layers.Dropout(0.5 if backbone == "alexnet" else 0.2, name="head_dropout")(ported.model.output)
+    return keras.Model(ported.model.input, _output(x, num_classes), name=f"{ported.model.name}_transfer")
 
 
-def build_model(name: str, num_classes: int, input_size: int | None = None) -> keras.Model:
+MODELS = {"basic-cnn": (basic_cnn, 128), "mobilenet-v2": (None, 224), "efficientnet-lite0": (None, 224),
+          "alexnet": (None, 227)}
+HEAD_LAYERS = ("head_dropout", "probabilities", "probability")
+
+
+def build_model(name: str, num_classes: int, input_size: int | None = None, weights: str = "none") -> keras.Model:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     builder, default_size = MODELS[name]
+    if builder is None:
+        return transfer_model(name, num_classes, input_size or default_size, weights)
     return builder(num_classes, input_size or default_size)
+
+
+def set_trainable_top(model: keras.Model, fraction: float) -> int:
+    """Freeze the backbone except its top `fraction` of weighted layers (batch normalisation stays frozen,
+    in inference mode, as usual when fine-tuning on small batches); the head always trains. Returns the
+    number of trainable layers."""
+    weighted = [layer for layer in model.layers if layer.weights and layer.name not in HEAD_LAYERS]
+    first_open = len(weighted) - int(round(fraction * len(weighted)))
+    open_layers = {layer.name for layer in weighted[first_open:]}
+    for layer in model.layers:
+        frozen_bn = isinstance(layer, layers.BatchNormalization)
+        layer.trainable = layer.name in HEAD_LAYERS or (layer.name in open_layers and not frozen_bn)
+    return sum(layer.trainable and bool(layer.weights) for layer in model.layers)
 
 
 def float32_copy(model: keras.Model, name: str, num_classes: int, input_size: int) -> keras.Model:

@@ -17,7 +17,13 @@ from leukoscreen.training.runs import RunFolder
 THESIS_ROWS = [
     {"model": "Basic CNN (thesis 3.5)", "task": "ALL vs healthy", "train": "90.99%", "val": "~85%",
      "test": "80.91%", "how": "thesis data; augmentation before a random image-level split"},
+    {"model": "Model 1: AlexNet fc7 features + SVM cubic (thesis 3.9)", "task": "ALL, 564 images", "train": "-",
+     "val": "-", "test": "99.79%", "how": "augmentation before splitting; ImageNet-pretrained AlexNet"},
+    {"model": "Model 2: fine-tuned AlexNet (thesis 3.9)", "task": "ALL, 564 images", "train": "-", "val": "-",
+     "test": "100%", "how": "augmentation before an 80/20 hold-out split; ImageNet-pretrained AlexNet"},
 ]
+CLASSICAL_COLUMNS = ["features", "task / colour", "classifier", "precision", "recall", "accuracy", "specificity",
+                     "macro-F1", "test-split macro-F1"]
 
 RUN_COLUMNS = ["run", "model", "task", "train acc", "val acc", "test acc [95% CI]", "test macro-F1 [95% CI]",
                "corner masked F1", "corner unmasked F1", "colour-standardised F1", "grayscale F1",
@@ -92,8 +98,25 @@ def bundle_rows(bundle_dir: Path, bench_files: list[Path]) -> list[dict]:
     return rows
 
 
+def classical_rows(folder: Path) -> list[dict]:
+    """Model 1 rows (cross-validated, macro over classes) from `leukoscreen classical` output."""
+    summary = json.loads((folder / "classical.json").read_text())
+    weights = "from scratch (random weights)" if summary["weights"] == "none" else summary["weights"]
+    rows = []
+    for name, result in summary["classifiers"].items():
+        cv = result["cross_validation"]
+        rows.append({"features": f"{summary['backbone']} ({weights}), {summary['feature_size']}-d",
+                     "task / colour": f"{summary['task']} / {summary['colour']}", "classifier": name,
+                     "precision": _interval(cv, "macro_precision"), "recall": _interval(cv, "macro_recall"),
+                     "accuracy": _interval(cv, "accuracy"), "specificity": _interval(cv, "macro_specificity"),
+                     "macro-F1": _interval(cv, "macro_f1"),
+                     "test-split macro-F1": f"{result['test_split']['macro_f1']:.3f}"})
+    return rows
+
+
 def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | None = None,
-                 bundle_dirs: list[Path] | None = None, bench_files: list[Path] | None = None) -> Path:
+                 bundle_dirs: list[Path] | None = None, bench_files: list[Path] | None = None,
+                 classical_dirs: list[Path] | None = None, gradcam: bool = True) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [RunFolder(p) for p in run_paths if (p / "metrics.json").exists()]
     if not runs:
@@ -119,7 +142,17 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
                 target = f"{run.path.name}-{picture}"
                 shutil.copyfile(run.path / picture, out_dir / target)
                 figures.append((run.path.name, picture.removesuffix(".png").replace("_", " "), target))
+        if gradcam and (run.path / "model.keras").exists() and (run.path / "predictions.csv").exists():
+            from leukoscreen.training.explain import explain_grid
+            target = f"{run.path.name}-gradcam.png"
+            if explain_grid(run.path, out_dir / target):
+                figures.append((run.path.name, "Grad-CAM: true positives, false positives, false negatives", target))
     converted = [row for bundle in bundle_dirs or [] for row in bundle_rows(bundle, bench_files or [])]
+    classical = [row for folder in classical_dirs or [] for row in classical_rows(folder)]
+    classical_note = ("Model 1 (thesis Table 1): frozen CNN features + classical classifiers, 10-fold group "
+                      "cross-validation over the whole data set (whole groups in one fold), macro averages over "
+                      "the classes with 95% group-bootstrap intervals; the last column is the foundation's test "
+                      "split (fitted on its train and validation parts).")
     probe_columns = ["probe", "data / task", "features", "test accuracy", "test macro-F1 [95% CI]"]
     thesis_columns = ["model", "task", "train", "val", "test", "how"]
     notes = [
@@ -138,6 +171,9 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
     if probe_rows:
         markdown += ["", "## Shortcut probes (what a model should not rely on)", ""]
         markdown += _markdown_table(probe_columns, probe_rows)
+    if classical:
+        markdown += ["", "## Model 1: CNN features + classical classifiers", "", classical_note, ""]
+        markdown += _markdown_table(CLASSICAL_COLUMNS, classical)
     if converted:
         markdown += ["", "## Converted models (test split, through the device runtime)", ""]
         markdown += _markdown_table(BUNDLE_COLUMNS, converted)
@@ -154,6 +190,9 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
     if probe_rows:
         page += ["<h2>Shortcut probes (what a model should not rely on)</h2>",
                  _html_table(probe_columns, probe_rows)]
+    if classical:
+        page += ["<h2>Model 1: CNN features + classical classifiers</h2>", f"<p>{html.escape(classical_note)}</p>",
+                 _html_table(CLASSICAL_COLUMNS, classical)]
     if converted:
         page += ["<h2>Converted models (test split, through the device runtime)</h2>",
                  _html_table(BUNDLE_COLUMNS, converted)]
