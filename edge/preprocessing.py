@@ -2,7 +2,8 @@
 
 Resize to 256x256, 3x3 median filter, 3x3 sharpen, resize to the model input size, optionally mask the
 bottom-right corner (where all-aria carries a scale-bar label) and take colour away (per-image colour
-standardisation or grayscale). Input and output are HxWx3 uint8 RGB arrays.
+standardisation, Reinhard stain normalisation to a reference, or grayscale). Input and output are HxWx3
+uint8 RGB arrays.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 import cv2
 import numpy as np
 
-COLOUR_MODES = ("rgb", "standardize", "grayscale")
+COLOUR_MODES = ("rgb", "standardize", "reinhard", "grayscale")
 SHARPEN_KERNEL = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], dtype=np.float32)
 # Target of per-image colour standardisation: every channel gets this mean and standard deviation.
 STANDARD_MEAN = 128.0
@@ -29,7 +30,10 @@ class PreprocessConfig:
     sharpen: apply the 3x3 sharpening kernel.
     input_size: side of the square model input in pixels.
     mask_corner: side of the bottom-right square to fill, as a fraction of the image side (0 = off).
-    colour: "rgb", "standardize" (each channel to a fixed mean/std) or "grayscale" (3 equal channels).
+    colour: "rgb", "standardize" (each channel to a fixed mean/std), "reinhard" (each image's L*a*b*
+        statistics to the reference) or "grayscale" (3 equal channels).
+    reference: for "reinhard": mean L*, a*, b* then their standard deviations (OpenCV's 8-bit L*a*b*),
+        computed from the training images and kept with the run and the bundle.
     """
     resize: int = 256
     median: int = 3
@@ -37,8 +41,13 @@ class PreprocessConfig:
     input_size: int = 128
     mask_corner: float = 0.0
     colour: str = "rgb"
+    reference: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "reference", tuple(float(v) for v in self.reference))
+        if self.reference and len(self.reference) != 6:
+            raise ValueError(f"preprocess.reference has {len(self.reference)} numbers: give L*, a*, b* means "
+                             "then their standard deviations (6)")
         if self.colour not in COLOUR_MODES:
             raise ValueError(f"preprocess.colour = {self.colour!r}: use one of {', '.join(COLOUR_MODES)}")
         if self.median and (self.median < 3 or self.median % 2 == 0):
@@ -50,7 +59,7 @@ class PreprocessConfig:
             raise ValueError(f"preprocess.mask_corner = {self.mask_corner}: use a fraction in [0, 0.5)")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"reference": list(self.reference)}
 
     @classmethod
     def from_dict(cls, values: dict) -> "PreprocessConfig":
@@ -81,6 +90,26 @@ def standardize_colour(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def lab_statistics(rgb: np.ndarray) -> np.ndarray:
+    """Mean and standard deviation of L*, a*, b* (OpenCV's 8-bit L*a*b*): 6 numbers."""
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float32)
+    return np.concatenate([lab.mean(axis=0), lab.std(axis=0)])
+
+
+def reinhard(rgb: np.ndarray, reference: tuple) -> np.ndarray:
+    """Reinhard et al. (2001) colour transfer: each L*a*b* channel shifted and scaled to the reference's
+    mean and standard deviation (stain normalisation)."""
+    if len(reference) != 6:
+        raise ValueError("Reinhard normalisation needs its reference (6 numbers in preprocess.reference); "
+                         "the run or bundle lacks it: retrain with --colour reinhard")
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    statistics = lab_statistics(rgb)
+    mean, std = statistics[:3], statistics[3:] + 1e-6
+    target_mean, target_std = np.array(reference[:3], np.float32), np.array(reference[3:], np.float32)
+    out = (lab - mean) / std * target_std + target_mean
+    return cv2.cvtColor(np.clip(np.rint(out), 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
 def to_grayscale(rgb: np.ndarray) -> np.ndarray:
     """Luminance repeated into three channels, so the model input shape stays HxWx3."""
     return cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
@@ -103,6 +132,8 @@ def preprocess(rgb: np.ndarray, config: PreprocessConfig = PreprocessConfig()) -
         image = mask_corner(image, config.mask_corner)
     if config.colour == "standardize":
         image = standardize_colour(image)
+    elif config.colour == "reinhard":
+        image = reinhard(image, config.reference)
     elif config.colour == "grayscale":
         image = to_grayscale(image)
     return np.ascontiguousarray(image)

@@ -197,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     probes.add_argument("--task", default=None)
     probes.add_argument("--block-size", type=int, default=20)
     probes.add_argument("--seed", type=int, default=0)
-    probes.add_argument("--colour", default="rgb", choices=["rgb", "standardize", "grayscale"],
+    probes.add_argument("--colour", default="rgb", choices=["rgb", "standardize", "reinhard", "grayscale"],
                         help="transform every image first (what is left of the colour shortcut?)")
     probes.add_argument("--probes", nargs="*", default=None, help="a subset of the probes")
     probes.set_defaults(handler=_shortcuts)
@@ -223,7 +223,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--no-mask-corner", action="store_true",
                        help="keep the bottom-right corner (all-aria's scale-bar label) in training")
-    train.add_argument("--colour", default="rgb", choices=["rgb", "standardize", "grayscale"])
+    train.add_argument("--colour", default="rgb", choices=["rgb", "standardize", "reinhard", "grayscale"])
     train.add_argument("--block-size", type=int, default=20)
     train.add_argument("--split", default=None, help="re-use the split.csv of an earlier run")
     train.add_argument("--seed", type=int, default=0)
@@ -322,7 +322,7 @@ def parser() -> argparse.ArgumentParser:
     classical.add_argument("--weights", default="imagenet",
                            help="imagenet (installed package), none (random: 'from scratch'), or a .pth path")
     classical.add_argument("--task", default=None)
-    classical.add_argument("--colour", default="rgb", choices=["rgb", "standardize", "grayscale"])
+    classical.add_argument("--colour", default="rgb", choices=["rgb", "standardize", "reinhard", "grayscale"])
     classical.add_argument("--folds", type=int, default=10)
     classical.add_argument("--block-size", type=int, default=20)
     classical.add_argument("--seed", type=int, default=0)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -59,3 +61,32 @@ def test_bad_config_names_key(values, key):
 def test_rejects_non_rgb_arrays():
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         preprocess(np.zeros((10, 10), np.uint8))
+
+
+def test_reinhard_moves_each_image_to_the_reference_and_needs_one():
+    from leukoscreen.edge.preprocessing import lab_statistics, reinhard
+    rng = np.random.default_rng(0)
+    field = rng.integers(60, 200, (64, 64, 3), dtype=np.uint8)
+    reference = (150.0, 140.0, 120.0, 30.0, 8.0, 6.0)
+    for cast in ((40, 0, 0), (0, 0, 50)):  # the same field under two stain/lamp colour casts
+        tinted = np.clip(field.astype(int) + cast, 0, 255).astype(np.uint8)
+        assert np.allclose(lab_statistics(reinhard(tinted, reference)), reference, atol=1.5)
+    config = PreprocessConfig(colour="reinhard", reference=list(reference))
+    assert config.reference == reference and PreprocessConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="needs its reference"):
+        preprocess(field, PreprocessConfig(colour="reinhard"))
+    with pytest.raises(ValueError, match="6"):
+        PreprocessConfig(colour="reinhard", reference=(1.0, 2.0))
+
+
+def test_training_with_reinhard_keeps_the_reference_in_the_run_and_bundle(aria_like, tmp_path):
+    from leukoscreen.cli import main
+    from leukoscreen.convert.bundle_builder import convert_run
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(aria_like), "--colour", "reinhard", "--epochs", "1", "--batch-size", "8",
+                 "--block-size", "3", "--bootstrap", "10", "--out", str(run)]) == 0
+    reference = json.loads((run / "config.json").read_text())["train"]["preprocess"]["reference"]
+    assert len(reference) == 6 and 0 < reference[0] < 255
+    convert_run(run, tmp_path / "bundle", ["tflite-int8"], representative=10, allow_drop=True)
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["preprocess"]["colour"] == "reinhard" and manifest["preprocess"]["reference"] == reference

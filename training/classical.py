@@ -17,7 +17,8 @@ import numpy as np
 
 from leukoscreen.edge.preprocessing import SCALE_BAR_CORNER, PreprocessConfig
 from leukoscreen.training.metrics import classification_metrics
-from leukoscreen.training.prepared_data import default_cache_dir, prepare, preprocessed_images
+from leukoscreen.training.prepared_data import (default_cache_dir, prepare, preprocessed_images,
+                                                with_colour_reference)
 from leukoscreen.training.splits import group_kfold, save_split
 
 
@@ -82,6 +83,9 @@ def run_classical(data: str, out: Path, backbone: str = "mobilenet-v2", weights:
     names, labels = prepared.class_names, prepared.labels
     groups = np.array([row.group for row in prepared.rows])
     config = PreprocessConfig(input_size=BACKBONES[backbone][1], mask_corner=SCALE_BAR_CORNER, colour=colour)
+    train_index = prepared.part("train")
+    config = with_colour_reference(config, [prepared.paths[i] for i in train_index],
+                                   [prepared.sha256s[i] for i in train_index])
     t0 = time.perf_counter()
     images = preprocessed_images(prepared.paths, prepared.sha256s, config)
     features = cached_features(backbone, weights, images, prepared.sha256s, config, seed)

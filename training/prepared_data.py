@@ -9,13 +9,13 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from leukoscreen.edge.image_io import read_image
-from leukoscreen.edge.preprocessing import PreprocessConfig, preprocess
+from leukoscreen.edge.preprocessing import PreprocessConfig, lab_statistics, preprocess
 from leukoscreen.training.datasets import DataError, DataSet, open_dataset
 from leukoscreen.training.fingerprints import FileInfo, fingerprint_files
 from leukoscreen.training.splits import (SplitError, SplitRow, check_no_leak, load_split, merge_groups,
@@ -109,3 +109,15 @@ def preprocessed_images(paths: list[str], sha256s: list[str], config: Preprocess
         np.save(handle, images)
     os.replace(temporary, cache_file)
     return images
+
+
+def with_colour_reference(config: PreprocessConfig, paths: list[str], sha256s: list[str]) -> PreprocessConfig:
+    """For Reinhard normalisation without a reference: the mean L*a*b* statistics of these (training)
+    images after the same resizing and filtering; other configurations come back unchanged."""
+    if config.colour != "reinhard" or config.reference:
+        return config
+    plain = replace(config, colour="rgb", reference=())
+    statistics = np.stack([lab_statistics(image) for image in preprocessed_images(paths, sha256s, plain)])
+    reference = tuple(round(float(v), 3) for v in statistics.mean(axis=0))
+    print(f"Reinhard colour reference from {len(paths)} training images: {reference}")
+    return replace(config, reference=reference)

@@ -127,7 +127,8 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
     for folder in probe_dirs or []:
         summary = json.loads((folder / "shortcuts.json").read_text())
         for name, result in summary["probes"].items():
-            colour = {"standardize": " (colour-standardised)", "grayscale": " (grayscale)"}.get(
+            colour = {"standardize": " (colour-standardised)", "grayscale": " (grayscale)",
+                      "reinhard": " (Reinhard-normalised)"}.get(
                 summary.get("colour"), "")
             probe_rows.append({"probe": name + colour,
                                "data / task": f"{Path(summary['data']).name} / {summary['task']}",

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from leukoscreen.edge.image_io import read_image
-from leukoscreen.edge.preprocessing import standardize_colour, to_grayscale
+from leukoscreen.edge.preprocessing import lab_statistics, reinhard, standardize_colour, to_grayscale
 from leukoscreen.training.metrics import classification_metrics
 from leukoscreen.training.prepared_data import prepare
 
@@ -53,7 +53,7 @@ PROBES = {
 
 def shortcut_probes(data_dir: Path, out_dir: Path, task: str | None = None, block_size: int = 20,
                     seed: int = 0, n_boot: int = 200, colour: str = "rgb", probes: list[str] | None = None) -> dict:
-    """colour "standardize" or "grayscale" transforms every image first, to see what is left of the
+    """colour "standardize", "reinhard" or "grayscale" transforms every image first, to see what is left of the
     colour shortcut after it; probes: a subset of PROBES (default all)."""
     unknown = set(probes or []) - set(PROBES)
     if unknown:
@@ -61,12 +61,16 @@ def shortcut_probes(data_dir: Path, out_dir: Path, task: str | None = None, bloc
     prepared = prepare(data_dir, task, block_size=block_size, seed=seed)
     images = [cv2.resize(read_image(p), (PROBE_SIZE, PROBE_SIZE), interpolation=cv2.INTER_AREA)
               for p in prepared.paths]
+    reference = ()
     if colour == "standardize":
         images = [standardize_colour(image) for image in images]
+    elif colour == "reinhard":  # to the mean L*a*b* statistics of the training part
+        reference = tuple(np.stack([lab_statistics(images[i]) for i in prepared.part("train")]).mean(axis=0))
+        images = [reinhard(image, reference) for image in images]
     elif colour == "grayscale":
         images = [to_grayscale(image) for image in images]
     elif colour != "rgb":
-        raise ValueError(f"colour {colour!r}: use rgb, standardize or grayscale")
+        raise ValueError(f"colour {colour!r}: use rgb, standardize, reinhard or grayscale")
     fit_index = np.concatenate([prepared.part("train"), prepared.part("val")])
     test_index = prepared.part("test")
     groups = np.array([row.group for row in prepared.rows])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from leukoscreen import __version__
-from leukoscreen.training.prepared_data import prepare, preprocessed_images
+from leukoscreen.training.prepared_data import prepare, preprocessed_images, with_colour_reference
 from leukoscreen.training.runs import RunFolder, TrainConfig
 from leukoscreen.training.splits import save_split
 
@@ -51,6 +51,8 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
     save_split(run.split_file, prepared.rows)
     classes = prepared.class_names
     parts = {name: prepared.part(name) for name in ("train", "val", "test")}
+    config = replace(config, preprocess=with_colour_reference(
+        config.preprocess, [prepared.paths[i] for i in parts["train"]], [prepared.sha256s[i] for i in parts["train"]]))
     print(f"data: {prepared.dataset.root} ({prepared.dataset.kind}), task {prepared.task}: "
           + ", ".join(f"{name} {len(index)}" for name, index in parts.items())
           + f" images; {len(prepared.skipped)} unreadable skipped")
