@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,14 +21,18 @@ import cv2
 import numpy as np
 
 from leukoscreen import RESEARCH_USE_NOTICE, __version__
-from leukoscreen.edge.bundle import load_bundle
+from leukoscreen.edge.bundle import BundleError, load_bundle
 from leukoscreen.edge.cameras import Camera, CameraError, open_camera
 from leukoscreen.edge.device_config import DeviceConfig
 from leukoscreen.edge.displays import Display, open_display
 from leukoscreen.edge.quality import focus_score
 from leukoscreen.edge.result_store import ResultStore, StoreError
+from leukoscreen.edge.runtimes import RuntimeProblem
 from leukoscreen.edge.screening import DEFAULT_BUNDLE, Screener
 from leukoscreen.edge.systemd_notify import notify, watchdog_interval_s
+
+
+RELOAD = object()  # put on the request queue (SIGHUP) to reload the model bundles in the main loop
 
 
 @dataclass
@@ -46,19 +51,58 @@ class Daemon:
         self.status = DeviceStatus()
         self.display = display or open_display(config.display)
         self.display.show("starting", "loading model")
-        bundle = load_bundle(config.bundle or DEFAULT_BUNDLE)  # refuses to start on a bad bundle
-        self.bundle_sha256 = bundle.manifest["files"][config.bundle_format or bundle.default_format]["sha256"]
-        self.screener = Screener(bundle, config.bundle_format or None, config.runtime, config.threads,
-                                 config.cell_finder, config.quality, list(config.onnx_providers) or None)
+        self.screener, self.bundle_sha256, self.compared = self._load_models()  # a bad bundle stops the start
         self.store = ResultStore(config.state_dir, config.min_free_mb)
         self.camera_factory = camera_factory
         self.camera: Camera | None = None
         self.next_camera_attempt = 0.0
         self.camera_backoff = 1.0
         self.camera_lock = threading.RLock()  # the capture loop and the web preview share the camera
-        self.requests: queue.Queue[str | None] = queue.Queue()  # None wakes the loop to stop
+        self.requests: queue.Queue = queue.Queue()  # sample ids; RELOAD; None wakes the loop to stop
         self.busy = threading.Lock()
         self.stopping = threading.Event()
+
+    # --- model bundles ---------------------------------------------------------------------------
+    def _load_models(self) -> tuple[Screener, str, list[Screener]]:
+        """The deciding bundle's screener and file hash, and the screeners of the bundles compared with it."""
+        config = self.config
+        providers = list(config.onnx_providers) or None
+        bundle = load_bundle(config.bundle or DEFAULT_BUNDLE)
+        sha256 = bundle.manifest["files"][config.bundle_format or bundle.default_format]["sha256"]
+        deciding = Screener(bundle, config.bundle_format or None, config.runtime, config.threads,
+                            config.cell_finder, config.quality, providers)
+        compared = [Screener(load_bundle(path), None, config.runtime, config.threads, config.cell_finder,
+                             config.quality, providers) for path in config.compare_bundles]
+        return deciding, sha256, compared
+
+    def reload(self) -> bool:
+        """Load the configured bundles again (e.g. a new version copied into place). A bundle that does
+        not validate or load is refused and the running ones stay; the status says which and why."""
+        try:
+            loaded = self._load_models()
+        except (BundleError, RuntimeProblem, OSError, ValueError, KeyError) as error:
+            self.status.message = f"Model reload refused, still using {self.screener.bundle.title}: {error}"
+            self.store.audit("bundle_reload_refused", {"kept": self.screener.bundle.title, "reason": str(error)})
+            print(self.status.message, file=sys.stderr)
+            return False
+        with self.busy:
+            self.screener, self.bundle_sha256, self.compared = loaded
+        self.status.message = f"Model reloaded: {self.screener.bundle.title}"
+        self.store.audit("bundle_reloaded", {"bundle": self.screener.bundle.title, "sha256": self.bundle_sha256,
+                                             "compared": [c.bundle.title for c in self.compared]})
+        return True
+
+    def _compare(self, frame: np.ndarray) -> list[dict]:
+        """The other configured bundles' answers on the same field (shown and stored; they do not decide)."""
+        answers = []
+        for screener in self.compared:
+            try:
+                other = screener.screen(frame).to_dict()
+                answers.append({key: other[key] for key in ("bundle", "decision", "message", "blast_score",
+                                                            "probabilities", "counts")})
+            except (ValueError, RuntimeProblem) as error:
+                answers.append({"bundle": screener.bundle.title, "decision": "error", "message": str(error)})
+        return answers
 
     # --- camera with reconnection -------------------------------------------------------------
     def _camera(self) -> Camera | None:
@@ -125,6 +169,7 @@ class Daemon:
                            "classes": manifest["class_names"], "input_kind": manifest["input_kind"],
                            "format": self.config.bundle_format or self.screener.bundle.default_format,
                            "sha256": self.bundle_sha256},
+                "compared_bundles": [c.bundle.title for c in self.compared],
                 "disk": {"free_mb": free_mb, "min_free_mb": self.store.min_free_mb},
                 "notice": RESEARCH_USE_NOTICE}
 
@@ -172,6 +217,8 @@ class Daemon:
             result = {"decision": "retake", "message": f"Retake: unusable frame ({error}). {RESEARCH_USE_NOTICE}",
                       "quality": {}, "cells": []}
         result["source"] = source
+        if self.compared and result["decision"] != "retake":
+            result["compared"] = self._compare(frame)
         started = time.perf_counter()
         try:
             stored = self.store.add_capture(sample_id, frame, result, self.screener.bundle.title,
@@ -217,7 +264,9 @@ class Daemon:
                 if self.camera is None and self._camera() is not None:
                     self.display.show("ready")
                 continue
-            if sample_id is not None:
+            if sample_id is RELOAD:
+                self.reload()
+            elif sample_id is not None:
                 self.capture_once(sample_id)
         notify("STOPPING=1")
 

@@ -19,7 +19,7 @@ else:  # Python 3.10 (JetPack 6)
 
 CAMERA_KINDS = ("picamera2", "opencv", "gstreamer", "folder", "synthetic")
 BUTTON_KINDS = ("none", "gpiozero", "jetson", "keyboard")
-DISPLAY_KINDS = ("emulated", "hd44780", "none")
+DISPLAY_KINDS = ("emulated", "hd44780", "luma", "none")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -55,12 +55,15 @@ class DisplayConfig:
     i2c_address: int = 0x27
     i2c_expander: str = "PCF8574"
     png: str = ""                     # emulated: also draw the screen into this PNG file
+    driver: str = "ssd1306"           # luma: the luma.oled device class (ssd1306, sh1106, ssd1309, ...)
+    interface: str = "i2c"            # luma: i2c (bus 1, i2c_address) or spi (bus 0, device 0)
 
 
 @dataclass(frozen=True)
 class DeviceConfig:
     bundle: str = ""                  # empty: the shipped default bundle
     bundle_format: str = ""           # empty: the bundle's default format
+    compare_bundles: tuple = ()       # more bundles run side by side on every field; only `bundle` decides
     runtime: str = "auto"
     onnx_providers: tuple = ()        # e.g. ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     threads: int = 2
@@ -111,6 +114,7 @@ def parse_config(values: dict) -> DeviceConfig:
     checks = [("camera.kind", config.camera.kind, CAMERA_KINDS), ("button.kind", config.button.kind, BUTTON_KINDS),
               ("display.kind", config.display.kind, DISPLAY_KINDS),
               ("button.while_busy", config.button.while_busy, ("ignore", "queue")),
+              ("display.interface", config.display.interface, ("i2c", "spi")),
               ("runtime", config.runtime, ("auto", "litert", "tflite-runtime", "onnx"))]
     for key, value, allowed in checks:
         if value not in allowed:

@@ -1,10 +1,12 @@
-"""The small screen: HD44780 character LCDs over I2C (RPLCD), or an emulated screen for development.
+"""The small screen: HD44780 character LCDs over I2C (RPLCD), small graphic OLEDs (SSD1306, SH1106,
+SSD1309, ...) over I2C or SPI (luma.oled), or an emulated screen for development.
 
 The daemon calls `show(state, detail)` with the same states whatever the screen: starting, ready,
 capturing, retake, result, error. `screen_lines` does the wording and fitting once for every screen.
 """
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -90,9 +92,53 @@ class HD44780Display(Display):
         self.lcd.close(clear=False)
 
 
+class LumaDisplay(Display):
+    """A graphic OLED through luma (the same lines as the character LCD, drawn with luma's default font).
+    Tests pass luma's own `dummy` device."""
+
+    def __init__(self, config: DisplayConfig, device=None):
+        super().__init__(config.cols, config.rows)
+        self.device = device or self._open(config)
+
+    @staticmethod
+    def _open(config: DisplayConfig):
+        try:
+            from luma.core.error import Error as LumaError
+            from luma.core.interface.serial import i2c, spi
+            from luma.oled import device as oled
+        except ImportError as error:
+            raise RuntimeError("luma.oled is not installed: pip install luma.oled") from error
+        driver = getattr(oled, config.driver, None)
+        if driver is None:
+            raise RuntimeError(f"display.driver = {config.driver!r} is not a luma.oled device (e.g. ssd1306, sh1106)")
+        try:
+            serial = i2c(port=1, address=config.i2c_address) if config.interface == "i2c" else spi(port=0, device=0)
+            return driver(serial)
+        except (LumaError, OSError) as error:
+            raise RuntimeError(f"{config.driver} over {config.interface} not connected ({error})") from error
+
+    def _draw(self) -> None:
+        from luma.core.render import canvas
+        line_height = self.device.height // self.rows
+        with canvas(self.device) as draw:
+            for row, line in enumerate(self.lines):
+                draw.text((0, row * line_height), line.rstrip(), fill="white")
+
+    def close(self) -> None:
+        self.device.cleanup()
+
+
 def open_display(config: DisplayConfig, echo: bool = False) -> Display:
-    if config.kind == "hd44780":
-        return HD44780Display(config)
+    """The configured screen. A screen that is missing or does not answer never stops the device: it then
+    runs without one (the web page still works) and says so."""
+    try:
+        if config.kind == "hd44780":
+            return HD44780Display(config)
+        if config.kind == "luma":
+            return LumaDisplay(config)
+    except (RuntimeError, OSError, ImportError, ValueError) as error:
+        print(f"warning: display {config.kind} not available ({error}); running without it", file=sys.stderr)
+        return Display(config.cols, config.rows)
     if config.kind == "emulated":
         return EmulatedDisplay(config.cols, config.rows, config.png, echo)
     return Display(config.cols, config.rows)

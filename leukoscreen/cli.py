@@ -95,7 +95,7 @@ def _serve(args) -> int:
     import signal
 
     from leukoscreen import RESEARCH_USE_NOTICE
-    from leukoscreen.edge.daemon import Daemon
+    from leukoscreen.edge.daemon import RELOAD, Daemon
     from leukoscreen.edge.device_config import load_config, parse_config
     from leukoscreen.edge.displays import open_display
     from leukoscreen.edge.triggers import KeyboardTrigger, open_trigger
@@ -119,6 +119,7 @@ def _serve(args) -> int:
     if config.button.kind != "keyboard" and sys.stdin.isatty():
         triggers.append(KeyboardTrigger(lambda: print(daemon.press()), daemon.stop))
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.requests.put(RELOAD))  # systemctl reload
     print(f"LeukoScreen device: model {daemon.screener.bundle.title}, camera {config.camera.kind}, "
           f"results in {config.state_dir}, web page {web.url}. Press Enter to classify, q + Enter to stop. "
           f"{RESEARCH_USE_NOTICE}", flush=True)

@@ -1,5 +1,7 @@
+import json
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ from leukoscreen.edge.device_config import ButtonConfig, parse_config
 from leukoscreen.edge.displays import EmulatedDisplay, screen_lines
 from leukoscreen.edge.triggers import GpiozeroButton
 from leukoscreen.edge.bundle import BundleError
+
+from leukoscreen.edge.synthetic_smear import synthetic_field
 
 from conftest import smear_image, write_rgb
 
@@ -139,3 +143,62 @@ def test_pipeline_benchmark_reports_every_stage(tmp_path, bundle):
     assert summary["total"]["n"] == 5 and summary["capture"]["median_ms"] > 0
     assert summary["ready_s"] > 0 and summary["peak_rss_mb"] > 10
     assert summary["classify"]["n"] >= 1 and summary["store"]["n"] == 5
+
+
+def test_compared_bundles_run_side_by_side_and_only_one_decides(tmp_path, bundle):
+    from leukoscreen.edge.screening import DEFAULT_BUNDLE
+    daemon = Daemon(device(tmp_path, bundle, compare_bundles=[str(DEFAULT_BUNDLE)]), EmulatedDisplay())
+    result = daemon.classify_frame(synthetic_field(4).image, "S-9")
+    assert result["bundle"] == daemon.screener.bundle.title != "leukoscreen-default 1"
+    assert [c["bundle"] for c in result["compared"]] == ["leukoscreen-default 1"]
+    assert result["compared"][0]["decision"] in ("no_blasts", "indeterminate", "possible_blasts")
+    stored = json.loads(daemon.store.captures("S-9")[0]["result"])
+    assert stored["compared"] == result["compared"]
+    assert daemon.status_dict()["compared_bundles"] == ["leukoscreen-default 1"]
+    daemon.close()
+
+
+def test_reload_takes_a_valid_bundle_and_keeps_the_last_good_one(tmp_path, bundle):
+    import shutil
+
+    from leukoscreen.edge.daemon import RELOAD
+    from leukoscreen.edge.screening import DEFAULT_BUNDLE
+    live = tmp_path / "live"
+    shutil.copytree(bundle, live)
+    daemon = Daemon(device(tmp_path, live), EmulatedDisplay())
+    first = daemon.screener.bundle.title
+    model = live / daemon.screener.bundle.manifest["files"][daemon.screener.bundle.default_format]["file"]
+    model.write_bytes(model.read_bytes()[:-10] + b"x" * 10)  # a copy that went wrong
+    assert daemon.reload() is False
+    assert "refused" in daemon.status.message and first in daemon.status.message
+    assert daemon.screener.bundle.title == first
+    assert daemon.classify_frame(synthetic_field(2).image)["decision"] != "error"  # still screening
+    shutil.rmtree(live)
+    shutil.copytree(DEFAULT_BUNDLE, live)  # a good new version
+    loop = threading.Thread(target=daemon.run, daemon=True)
+    loop.start()
+    daemon.requests.put(RELOAD)  # what SIGHUP (systemctl reload) does
+    deadline = time.monotonic() + 30
+    while daemon.screener.bundle.title == first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    daemon.stop()
+    loop.join(10)
+    assert daemon.screener.bundle.title == "leukoscreen-default 1"
+    events = [row[0] for row in daemon.store.db.execute("SELECT event FROM audit")]
+    assert "bundle_reload_refused" in events and "bundle_reloaded" in events
+    daemon.close()
+
+
+def test_luma_screen_draws_every_line_and_a_missing_screen_is_not_fatal():
+    from luma.core.device import dummy
+
+    from leukoscreen.edge.device_config import DisplayConfig
+    from leukoscreen.edge.displays import Display, LumaDisplay, open_display
+    screen = LumaDisplay(DisplayConfig(kind="luma", cols=20, rows=4), device=dummy(width=128, height=64, mode="1"))
+    screen.show("result", "possible_blasts")
+    pixels = np.array(screen.device.image)
+    rows_with_ink = [pixels[r * 16:(r + 1) * 16].any() for r in range(4)]
+    assert rows_with_ink[0] and rows_with_ink[3]  # the answer and "Research use only"
+    assert screen.lines[-1].startswith("Research use only")
+    fallback = open_display(DisplayConfig(kind="luma", i2c_address=0x3C))  # no I2C bus on this machine
+    assert type(fallback) is Display

@@ -118,8 +118,8 @@ def test_page_asks_for_the_access_token_once(browser, tmp_path):
 
 def test_boxes_are_coloured_by_each_cells_class(page, tmp_path):
     """With a bundle that reads single-cell crops, every box carries its cell's class and blast probability,
-    and cells of different classes get different colours. (The shipped model relabelled as a cell model:
-    this checks the page, not the model.)"""
+    and cells of different classes get different colours; a compared bundle's answer is shown beside it.
+    (The shipped model relabelled as a cell model: this checks the page, not the model.)"""
     import json
 
     from leukoscreen.edge.screening import DEFAULT_BUNDLE
@@ -127,7 +127,7 @@ def test_boxes_are_coloured_by_each_cells_class(page, tmp_path):
     shutil.copytree(DEFAULT_BUNDLE, cell_bundle)
     manifest = json.loads((cell_bundle / "manifest.json").read_text())
     (cell_bundle / "manifest.json").write_text(json.dumps(manifest | {"input_kind": "cell"}))
-    device = Device(tmp_path, bundle=str(cell_bundle))
+    device = Device(tmp_path, bundle=str(cell_bundle), compare_bundles=[str(DEFAULT_BUNDLE)])
     try:
         page.goto(device.server.url + "/")
         page.click("#classify")
@@ -142,5 +142,8 @@ def test_boxes_are_coloured_by_each_cells_class(page, tmp_path):
         assert all(len(c) == 1 for c in colours.values())  # one colour per class
         assert len(set.union(*colours.values())) == len(colours)  # and a different one for each class
         assert "coloured by each cell's class" in page.text_content("#result-legend")
+        # the field model runs beside it and is shown, but does not decide
+        assert page.is_visible("#result-compared")
+        assert "leukoscreen-default 1" in page.text_content("#result-compared-table")
     finally:
         device.close()

@@ -57,6 +57,7 @@ async function refreshStatus() {
     ["Model bundle", `${s.bundle.name} ${s.bundle.version} (${s.bundle.format}, ${s.bundle.input_kind} input)`],
     ["Classes", s.bundle.classes.join(", ")],
     ["Bundle sha256", s.bundle.sha256.slice(0, 16) + "..."],
+    ["Compared bundles", s.compared_bundles.length ? s.compared_bundles.join(", ") : "none"],
     ["Camera", s.camera],
     ["Free disk", s.disk.free_mb === null ? "unknown" : `${Math.round(s.disk.free_mb)} MB (minimum ${s.disk.min_free_mb} MB)`],
     ["Captures since start", String(s.captures)],
@@ -158,6 +159,11 @@ function showResult(capture) {
   if (capture.blast_score !== null && capture.blast_score !== undefined) rows.push(["Blast score", `${(100 * capture.blast_score).toFixed(1)}%`]);
   if (result.quality && result.quality.focus !== undefined) rows.push(["Focus score", result.quality.focus.toFixed(1)]);
   $("result-table").replaceChildren(...rows.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))));
+  const compared = (result.compared || []).map((other) => el("tr", {}, el("th", {}, other.bundle),
+    el("td", {}, other.message + (other.blast_score === null || other.blast_score === undefined ? ""
+      : ` (blast score ${(100 * other.blast_score).toFixed(1)}%)`))));
+  $("result-compared").hidden = compared.length === 0;
+  $("result-compared-table").replaceChildren(...compared);
   $("result-meta").textContent = `Sample ${capture.sample_id}, capture ${capture.id}, ${formatTime(capture.time)}, ` +
     `model ${capture.bundle}, ${result.source || "camera"}`;
 }
