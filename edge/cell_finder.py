@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from leukoscreen.edge.preprocessing import hsv_mask, valid_hsv_bounds
+
 
 @dataclass(frozen=True)
 class CellFinderConfig:
@@ -23,10 +25,9 @@ class CellFinderConfig:
     box_margin: float = 0.35             # box side = nucleus side * (1 + 2 * margin)
 
     def __post_init__(self):
-        for name in ("hsv_lower", "hsv_upper"):
-            value = getattr(self, name)
-            if len(value) != 3 or not all(0 <= v <= 255 for v in value) or value[0] > 179:
-                raise ValueError(f"cell_finder.{name} = {value}: three numbers, hue 0-179, others 0-255")
+        if not valid_hsv_bounds(self.hsv_lower, self.hsv_upper):
+            raise ValueError(f"cell_finder.hsv_lower/hsv_upper = {self.hsv_lower}/{self.hsv_upper}: three numbers "
+                             "each, hue 0-179, saturation and value 0-255, lower <= upper")
         if not 0 < self.min_area_fraction < self.max_area_fraction < 1:
             raise ValueError(f"cell_finder area limits {self.min_area_fraction}, {self.max_area_fraction}: "
                              "need 0 < min_area_fraction < max_area_fraction < 1")
@@ -41,8 +42,7 @@ class FoundCell:
 def stain_mask(rgb: np.ndarray, config: CellFinderConfig = CellFinderConfig()) -> np.ndarray:
     """uint8 mask (0/255) of stained (purple) pixels after median filtering."""
     smoothed = cv2.medianBlur(rgb, config.median) if config.median else rgb
-    hsv = cv2.cvtColor(smoothed, cv2.COLOR_RGB2HSV)
-    return cv2.inRange(hsv, np.array(config.hsv_lower, np.uint8), np.array(config.hsv_upper, np.uint8))
+    return hsv_mask(smoothed, config.hsv_lower, config.hsv_upper)
 
 
 def _split_touching(region: np.ndarray, min_area: float) -> list[np.ndarray]:

@@ -34,6 +34,8 @@ class PreprocessConfig:
         statistics to the reference) or "grayscale" (3 equal channels).
     reference: for "reinhard": mean L*, a*, b* then their standard deviations (OpenCV's 8-bit L*a*b*),
         computed from the training images and kept with the run and the bundle.
+    hsv_lower, hsv_upper: when set, keep only pixels within these OpenCV HSV bounds (the stained white
+        cells) and set the background to black (thesis 3.16, the ODRNN's input).
     """
     resize: int = 256
     median: int = 3
@@ -42,9 +44,16 @@ class PreprocessConfig:
     mask_corner: float = 0.0
     colour: str = "rgb"
     reference: tuple = ()
+    hsv_lower: tuple = ()
+    hsv_upper: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "reference", tuple(float(v) for v in self.reference))
+        object.__setattr__(self, "hsv_lower", tuple(int(v) for v in self.hsv_lower))
+        object.__setattr__(self, "hsv_upper", tuple(int(v) for v in self.hsv_upper))
+        if (self.hsv_lower or self.hsv_upper) and not valid_hsv_bounds(self.hsv_lower, self.hsv_upper):
+            raise ValueError(f"preprocess.hsv_lower/hsv_upper = {self.hsv_lower}/{self.hsv_upper}: give three "
+                             "values each (hue 0-179, saturation and value 0-255), lower <= upper")
         if self.reference and len(self.reference) != 6:
             raise ValueError(f"preprocess.reference has {len(self.reference)} numbers: give L*, a*, b* means "
                              "then their standard deviations (6)")
@@ -59,7 +68,7 @@ class PreprocessConfig:
             raise ValueError(f"preprocess.mask_corner = {self.mask_corner}: use a fraction in [0, 0.5)")
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"reference": list(self.reference)}
+        return asdict(self) | {key: list(getattr(self, key)) for key in ("reference", "hsv_lower", "hsv_upper")}
 
     @classmethod
     def from_dict(cls, values: dict) -> "PreprocessConfig":
@@ -88,6 +97,24 @@ def standardize_colour(rgb: np.ndarray) -> np.ndarray:
     std = pixels.std(axis=(0, 1)) + 1e-6
     out = (pixels - mean) / std * STANDARD_STD + STANDARD_MEAN
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def valid_hsv_bounds(lower, upper) -> bool:
+    if len(lower) != 3 or len(upper) != 3:
+        return False
+    limits = (179, 255, 255)
+    return all(0 <= lo <= hi <= top for lo, hi, top in zip(lower, upper, limits))
+
+
+def hsv_mask(rgb: np.ndarray, lower, upper) -> np.ndarray:
+    """uint8 mask (0/255) of the pixels whose OpenCV HSV values lie within [lower, upper]."""
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    return cv2.inRange(hsv, np.array(lower, np.uint8), np.array(upper, np.uint8))
+
+
+def keep_stained(rgb: np.ndarray, lower, upper) -> np.ndarray:
+    """The image with everything outside the HSV bounds set to black."""
+    return cv2.bitwise_and(rgb, rgb, mask=hsv_mask(rgb, lower, upper))
 
 
 def lab_statistics(rgb: np.ndarray) -> np.ndarray:
@@ -128,6 +155,8 @@ def preprocess(rgb: np.ndarray, config: PreprocessConfig = PreprocessConfig()) -
     if config.sharpen:
         image = cv2.filter2D(image, -1, SHARPEN_KERNEL, borderType=cv2.BORDER_REFLECT)
     image = cv2.resize(image, (config.input_size, config.input_size), interpolation=cv2.INTER_AREA)
+    if config.hsv_lower:  # before the colour step: the bounds are in the image's own colours
+        image = keep_stained(image, config.hsv_lower, config.hsv_upper)
     if config.mask_corner:
         image = mask_corner(image, config.mask_corner)
     if config.colour == "standardize":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "all-aria"
@@ -10,6 +11,28 @@ DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 def _data_default() -> str | None:
     return str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None
+
+
+def _options(pairs: list[str] | None) -> dict:
+    """key=value pairs with numbers and true/false read as such."""
+    options = {}
+    for pair in pairs or []:
+        key, separator, value = pair.partition("=")
+        if not separator:
+            raise ValueError(f"--model-option {pair!r}: write key=value, e.g. cell=gru")
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            options[key] = lowered == "true"
+            continue
+        for kind in (int, float):
+            try:
+                options[key] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            options[key] = value
+    return options
 
 
 def _train(args) -> None:
@@ -21,13 +44,19 @@ def _train(args) -> None:
                          f"{DEFAULT_DATA})")
     preprocess = PreprocessConfig(mask_corner=0.0 if args.no_mask_corner else SCALE_BAR_CORNER,
                                   colour=args.colour)
-    learning_rate = args.learning_rate or (1e-3 if args.model == "basic-cnn" else 1e-4)
+    backbone = args.model in ("mobilenet-v2", "efficientnet-lite0", "alexnet")
+    learning_rate = args.learning_rate or (1e-4 if backbone else 1e-3)
+    hsv = {"hsv_lower": tuple(args.hsv_lower or ()), "hsv_upper": tuple(args.hsv_upper or ())}
+    if args.model == "odrnn" and not args.hsv_lower:  # the thesis' HSV-masked input, with the device's bounds
+        from leukoscreen.edge.cell_finder import CellFinderConfig
+        hsv = {"hsv_lower": CellFinderConfig().hsv_lower, "hsv_upper": CellFinderConfig().hsv_upper}
+    preprocess = replace(preprocess, **hsv)
     config = TrainConfig(data=args.data, model=args.model, task=args.task, kind=args.kind,
                          epochs=args.epochs, batch_size=args.batch_size, learning_rate=learning_rate,
                          patience=args.patience, augment=not args.no_augment, seed=args.seed,
                          block_size=args.block_size, split_file=args.split, precision=args.precision,
                          preprocess=preprocess, weights=args.weights, head_epochs=args.head_epochs,
-                         fine_tune_fraction=args.fine_tune_fraction)
+                         fine_tune_fraction=args.fine_tune_fraction, model_options=_options(args.model_option))
     out = args.out or f"runs/{args.model}-{Path(args.data).name}-{args.task or 'default'}"
     train(config, Path(out), n_boot=args.bootstrap)
 
@@ -151,6 +180,11 @@ def _audit(args) -> None:
     audit(Path(args.dir), Path(args.out), near_distance=args.near_distance)
 
 
+def _hsv_bounds(args) -> None:
+    from leukoscreen.training.hsv_bounds import hsv_bounds_report
+    hsv_bounds_report(Path(args.dir), Path(args.out), args.task, args.per_class)
+
+
 def _shortcuts(args) -> None:
     from leukoscreen.training.shortcuts import shortcut_probes
     shortcut_probes(Path(args.dir), Path(args.out), task=args.task, block_size=args.block_size,
@@ -160,6 +194,21 @@ def _shortcuts(args) -> None:
 def _explain(args) -> None:
     from leukoscreen.training.explain import explain_images
     explain_images(Path(args.run), [Path(i) for i in args.images], Path(args.out))
+
+
+def _search(args) -> None:
+    from leukoscreen.training.odrnn_search import run_search
+    hsv = (tuple(args.hsv_lower), tuple(args.hsv_upper)) if args.hsv_lower and args.hsv_upper else None
+    out = Path(args.out or f"runs/search-odrnn-{args.method}-seed{args.seed}")
+    summary = run_search(args.data, out, args.method, args.budget, args.seed, args.task, args.epochs,
+                         args.input_size, hsv, final_epochs=args.final_epochs)
+    print(f"best validation macro-F1 {summary['best_val_macro_f1']:.3f} with {summary['best_params']} "
+          f"after {summary['evaluations']} evaluations in {summary['search_seconds'] / 60:.1f} min")
+
+
+def _tune_head(args) -> None:
+    from leukoscreen.training.odrnn_search import tune_head
+    tune_head(Path(args.run), Path(args.out), args.budget, args.seed, args.spread)
 
 
 def _classical(args) -> None:
@@ -174,7 +223,8 @@ def _report(args) -> None:
     from leukoscreen.training.report import write_report
     write_report([Path(r) for r in args.runs], Path(args.out), [Path(p) for p in args.probes or []],
                  [Path(b) for b in args.bundles or []], [Path(b) for b in args.bench or []],
-                 [Path(c) for c in args.classical or []], gradcam=not args.no_gradcam)
+                 [Path(c) for c in args.classical or []], gradcam=not args.no_gradcam,
+                 search_dirs=[Path(f) for f in args.searches or []])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -192,6 +242,13 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--near-distance", type=int, default=6,
                        help="perceptual-hash bits that may differ for a near duplicate (default 6)")
     audit.set_defaults(handler=_audit)
+    bounds = data_commands.add_parser("hsv-bounds", help="propose HSV bounds for the stained cells; mask grid")
+    bounds.add_argument("dir")
+    bounds.add_argument("--task", default=None)
+    bounds.add_argument("--out", default="hsv-bounds")
+    bounds.add_argument("--per-class", type=int, default=4, help="images per class in the mask grid")
+    bounds.set_defaults(handler=_hsv_bounds)
+
     probes = data_commands.add_parser("shortcuts", help="probes that see only colour or a corner patch")
     probes.add_argument("dir")
     probes.add_argument("--out", default="shortcuts")
@@ -206,9 +263,14 @@ def parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model on a leak-free split")
     train.add_argument("--data", default=_data_default(), help=f"data folder (default {DEFAULT_DATA})")
     train.add_argument("--model", default="basic-cnn",
-                       help="basic-cnn, or a backbone to fine-tune: efficientnet-lite0, mobilenet-v2, alexnet")
+                       help="basic-cnn, odrnn, or a backbone to fine-tune: efficientnet-lite0, mobilenet-v2, alexnet")
     train.add_argument("--weights", default="imagenet", help="backbones: imagenet (installed package), none "
                                                             "(from scratch) or a .pth path (AlexNet)")
+    train.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                       help="odrnn: sequence=rows|cnn, cell=lstm|gru, layers=N, units=N, bidirectional=true, dropout=F")
+    train.add_argument("--hsv-lower", type=int, nargs=3, metavar=("H", "S", "V"),
+                       help="keep only pixels within these HSV bounds (odrnn default: the cell finder's)")
+    train.add_argument("--hsv-upper", type=int, nargs=3, metavar=("H", "S", "V"))
     train.add_argument("--head-epochs", type=int, default=5, help="backbones: epochs for the new head alone")
     train.add_argument("--fine-tune-fraction", type=float, default=0.3,
                        help="backbones: share of the top layers trained after the head")
@@ -317,6 +379,28 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", default="explain")
     explain.set_defaults(handler=_explain)
 
+    search = commands.add_parser("search", help="ODRNN hyperparameters by Red Deer Algorithm or random search")
+    search.add_argument("--data", default=_data_default(), help=f"data folder (default {DEFAULT_DATA})")
+    search.add_argument("--task", default=None)
+    search.add_argument("--method", default="rda", choices=["rda", "random", "default"])
+    search.add_argument("--budget", type=int, default=20, help="evaluations (trainings) in the search")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--epochs", type=int, default=10, help="epochs per evaluation")
+    search.add_argument("--input-size", type=int, default=64)
+    search.add_argument("--hsv-lower", type=int, nargs=3, metavar=("H", "S", "V"))
+    search.add_argument("--hsv-upper", type=int, nargs=3, metavar=("H", "S", "V"))
+    search.add_argument("--final-epochs", type=int, default=40, help="full training of the best (0: none)")
+    search.add_argument("--out", default=None, help="folder; an interrupted search resumes from it")
+    search.set_defaults(handler=_search)
+
+    tune = commands.add_parser("tune-head", help="RDA on a trained run's output-layer weights (validation)")
+    tune.add_argument("run")
+    tune.add_argument("--out", required=True)
+    tune.add_argument("--budget", type=int, default=300)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--spread", type=float, default=0.5, help="largest move per weight, in weight std units")
+    tune.set_defaults(handler=_tune_head)
+
     classical = commands.add_parser("classical", help="thesis Model 1: frozen CNN features + classical classifiers")
     classical.add_argument("--data", default=_data_default(), help=f"data folder (default {DEFAULT_DATA})")
     classical.add_argument("--backbone", default="mobilenet-v2", choices=["mobilenet-v2", "efficientnet-lite0", "alexnet"])
@@ -339,6 +423,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--bench", nargs="*", help="bench.json files of those bundles")
     report.add_argument("--classical", nargs="*", help="`leukoscreen classical` folders (Model 1 tables)")
     report.add_argument("--no-gradcam", action="store_true", help="leave out the Grad-CAM grids")
+    report.add_argument("--searches", nargs="*", help="`leukoscreen search` folders (ODRNN ablation table)")
     report.set_defaults(handler=_report)
     return main
 

@@ -18,6 +18,8 @@ def test_model1_table_from_pretrained_features(aria_like, tmp_path):
         assert 0 <= result["test_split"]["macro_f1"] <= 1
     # ImageNet features separate the round blast-like nuclei from the lobed ones
     assert summary["classifiers"]["SVM linear"]["cross_validation"]["accuracy"] >= 0.9
+    from leukoscreen.training.report import classical_rows
+    assert len(classical_rows(out)) == 6
     table = (out / "classical.md").read_text()
     assert "| SVM cubic |" in table and "3-fold group cross-validation" in table
 

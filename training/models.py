@@ -38,17 +38,55 @@ def transfer_model(backbone: str, num_classes: int, input_size: int, weights: st
     return keras.Model(ported.model.input, _output(x, num_classes), name=f"{ported.model.name}_transfer")
 
 
+ODRNN_DEFAULTS = {"sequence": "rows", "cell": "lstm", "layers": 2, "units": 64, "bidirectional": False,
+                  "dropout": 0.2}
+
+
+def odrnn(num_classes: int, input_size: int = 64, sequence: str = "rows", cell: str = "lstm", layers_: int = 2,
+          units: int = 64, bidirectional: bool = False, dropout: float = 0.2) -> keras.Model:
+    """The thesis' deep recurrent network (3.17): the (HSV-masked) image read as a sequence, one step per
+    row of the image ("rows") or of a small CNN's feature map ("cnn"), by stacked LSTM or GRU layers
+    (optionally bidirectional), then a softmax. Recurrent layers are unrolled so the model converts to
+    TFLite without tensor-list (Flex) ops."""
+    if sequence not in ("rows", "cnn") or cell not in ("lstm", "gru") or layers_ < 1 or units < 1:
+        raise ValueError(f"odrnn: sequence {sequence!r} (rows|cnn), cell {cell!r} (lstm|gru), layers {layers_} "
+                         f"and units {units} (>= 1)")
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+    if sequence == "cnn":
+        for block, filters in enumerate((32, 64), start=1):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"stem_conv{block}")(x)
+            x = layers.MaxPooling2D(2, name=f"stem_pool{block}")(x)
+    rows, columns, channels = x.shape[1:]
+    x = layers.Reshape((rows, columns * channels), name="rows_as_steps")(x)
+    recurrent = {"lstm": layers.LSTM, "gru": layers.GRU}[cell]
+    for index in range(1, layers_ + 1):
+        layer = recurrent(units, return_sequences=index < layers_, unroll=True, name=f"{cell}{index}")
+        x = (layers.Bidirectional(layer, name=f"bidirectional_{cell}{index}") if bidirectional else layer)(x)
+        x = layers.Dropout(dropout, name=f"dropout{index}")(x)
+    return keras.Model(inputs, _output(x, num_classes), name="odrnn")
+
+
 MODELS = {"basic-cnn": (basic_cnn, 128), "mobilenet-v2": (None, 224), "efficientnet-lite0": (None, 224),
-          "alexnet": (None, 227)}
+          "alexnet": (None, 227), "odrnn": (odrnn, 64)}
 HEAD_LAYERS = ("head_dropout", "probabilities", "probability")
 
 
-def build_model(name: str, num_classes: int, input_size: int | None = None, weights: str = "none") -> keras.Model:
+def build_model(name: str, num_classes: int, input_size: int | None = None, weights: str = "none",
+                options: dict | None = None) -> keras.Model:
+    """A model by name; options: the ODRNN's hyperparameters (see ODRNN_DEFAULTS)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     builder, default_size = MODELS[name]
     if builder is None:
         return transfer_model(name, num_classes, input_size or default_size, weights)
+    if name == "odrnn":
+        values = ODRNN_DEFAULTS | (options or {})
+        unknown = set(values) - set(ODRNN_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown ODRNN options {sorted(unknown)}; known: {', '.join(ODRNN_DEFAULTS)}")
+        values["layers_"] = values.pop("layers")
+        return odrnn(num_classes, input_size or default_size, **values)
     return builder(num_classes, input_size or default_size)
 
 
@@ -65,12 +103,13 @@ def set_trainable_top(model: keras.Model, fraction: float) -> int:
     return sum(layer.trainable and bool(layer.weights) for layer in model.layers)
 
 
-def float32_copy(model: keras.Model, name: str, num_classes: int, input_size: int) -> keras.Model:
+def float32_copy(model: keras.Model, name: str, num_classes: int, input_size: int,
+                 options: dict | None = None) -> keras.Model:
     """The same network with float32 layers and the trained weights (for saving and conversion)."""
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        copy = build_model(name, num_classes, input_size)
+        copy = build_model(name, num_classes, input_size, options=options)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     copy.set_weights(model.get_weights())

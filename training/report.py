@@ -114,9 +114,25 @@ def classical_rows(folder: Path) -> list[dict]:
     return rows
 
 
+SEARCH_COLUMNS = ["search", "method", "seed", "evaluations", "best validation macro-F1", "best configuration",
+                  "test macro-F1 of the best [95% CI]", "search time"]
+
+
+def search_row(folder: Path) -> dict:
+    summary = json.loads((folder / "summary.json").read_text())
+    test = summary.get("test")
+    return {"search": folder.name, "method": summary["method"], "seed": summary["seed"],
+            "evaluations": summary["evaluations"], "best validation macro-F1": f"{summary['best_val_macro_f1']:.3f}",
+            "best configuration": ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in summary["best_params"].items()),
+            "test macro-F1 of the best [95% CI]": _interval(test, "macro_f1") if test else "-",
+            "search time": f"{summary['search_seconds'] / 60:.1f} min"}
+
+
 def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | None = None,
                  bundle_dirs: list[Path] | None = None, bench_files: list[Path] | None = None,
-                 classical_dirs: list[Path] | None = None, gradcam: bool = True) -> Path:
+                 classical_dirs: list[Path] | None = None, gradcam: bool = True,
+                 search_dirs: list[Path] | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [RunFolder(p) for p in run_paths if (p / "metrics.json").exists()]
     if not runs:
@@ -150,6 +166,10 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
                 figures.append((run.path.name, "Grad-CAM: true positives, false positives, false negatives", target))
     converted = [row for bundle in bundle_dirs or [] for row in bundle_rows(bundle, bench_files or [])]
     classical = [row for folder in classical_dirs or [] for row in classical_rows(folder)]
+    searches = [search_row(folder) for folder in search_dirs or []]
+    search_note = ("ODRNN hyperparameter searches at equal budgets of evaluations (each a short training scored "
+                   "on the validation part); the best configuration is then trained in full and scored on the "
+                   "test split. 'default' is the default configuration, evaluated once.")
     classical_note = ("Model 1 (thesis Table 1): frozen CNN features + classical classifiers, 10-fold group "
                       "cross-validation over the whole data set (whole groups in one fold), macro averages over "
                       "the classes with 95% group-bootstrap intervals; the last column is the foundation's test "
@@ -175,6 +195,9 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
     if classical:
         markdown += ["", "## Model 1: CNN features + classical classifiers", "", classical_note, ""]
         markdown += _markdown_table(CLASSICAL_COLUMNS, classical)
+    if searches:
+        markdown += ["", "## ODRNN: Red Deer Algorithm vs random search vs default", "", search_note, ""]
+        markdown += _markdown_table(SEARCH_COLUMNS, searches)
     if converted:
         markdown += ["", "## Converted models (test split, through the device runtime)", ""]
         markdown += _markdown_table(BUNDLE_COLUMNS, converted)
@@ -194,6 +217,9 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
     if classical:
         page += ["<h2>Model 1: CNN features + classical classifiers</h2>", f"<p>{html.escape(classical_note)}</p>",
                  _html_table(CLASSICAL_COLUMNS, classical)]
+    if searches:
+        page += ["<h2>ODRNN: Red Deer Algorithm vs random search vs default</h2>", f"<p>{html.escape(search_note)}</p>",
+                 _html_table(SEARCH_COLUMNS, searches)]
     if converted:
         page += ["<h2>Converted models (test split, through the device runtime)</h2>",
                  _html_table(BUNDLE_COLUMNS, converted)]

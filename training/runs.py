@@ -20,6 +20,7 @@ class TrainConfig:
     weights: str = "imagenet"        # backbones: imagenet, none (from scratch) or a .pth path
     head_epochs: int = 5             # backbones with weights: epochs training only the new head first
     fine_tune_fraction: float = 0.3  # then the top share of the backbone's layers trains too
+    model_options: dict = field(default_factory=dict)  # odrnn: sequence, cell, layers, units, bidirectional, dropout
     task: str | None = None          # None: the data set's first task (all-aria: subtype)
     kind: str = "auto"
     epochs: int = 40

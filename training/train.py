@@ -27,6 +27,7 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
     from leukoscreen.training import plots
     from leukoscreen.training.evaluation import evaluate_part, evaluate_with_variants, predict_probabilities
     from leukoscreen.training.input_pipeline import image_dataset
+    from leukoscreen.training.backbones import BACKBONES
     from leukoscreen.training.models import (build_model, cpu_has_bfloat16, default_input_size, float32_copy,
                                              set_trainable_top)
 
@@ -63,7 +64,7 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
     train_index, val_index = parts["train"], parts["val"]
     weights = compute_class_weight("balanced", classes=np.arange(len(classes)),
                                    y=prepared.labels[train_index])
-    model = build_model(config.model, len(classes), input_size, config.weights)
+    model = build_model(config.model, len(classes), input_size, config.weights, config.model_options)
     loss = "binary_crossentropy" if len(classes) == 2 else "sparse_categorical_crossentropy"
     train_data = image_dataset(images[train_index], targets_for(prepared.labels[train_index], len(classes)),
                                config.batch_size, training=True, augment=config.augment, seed=config.seed)
@@ -74,7 +75,7 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
                  keras.callbacks.CSVLogger(str(run.history_file))]
     class_weight = dict(enumerate(weights.tolist()))
     t0 = time.perf_counter()
-    pretrained = config.model != "basic-cnn" and config.weights != "none"
+    pretrained = config.model in BACKBONES and config.weights != "none"
     if pretrained and config.head_epochs:  # the new head first, on a frozen backbone
         print(f"head only: {set_trainable_top(model, 0.0)} trainable layers, {config.head_epochs} epochs")
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"])
@@ -87,7 +88,7 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
                         class_weight=class_weight)
     fit_seconds = time.perf_counter() - t0
     keras.mixed_precision.set_global_policy("float32")
-    model = float32_copy(model, config.model, len(classes), input_size)
+    model = float32_copy(model, config.model, len(classes), input_size, config.model_options)
     model.save(run.model_file)
 
     def predict(batch):

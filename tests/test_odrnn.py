@@ -1,0 +1,80 @@
+"""ODRNN: HSV-masked input, the recurrent network, its conversion without Flex ops, and the search's log
+and resumption."""
+import json
+
+import numpy as np
+import pytest
+
+from leukoscreen.cli import main
+from leukoscreen.training.odrnn_search import DEFAULT, run_search
+
+
+def test_odrnn_trains_on_masked_rows_and_converts_without_flex(aria_like, tmp_path):
+    from leukoscreen.convert.bundle_builder import convert_run
+    from leukoscreen.edge.screening import Screener
+    from leukoscreen.edge.synthetic_smear import synthetic_field
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(aria_like), "--model", "odrnn", "--model-option", "cell=gru",
+                 "--model-option", "bidirectional=true", "--model-option", "sequence=cnn", "--epochs", "1",
+                 "--batch-size", "8", "--block-size", "3", "--bootstrap", "10", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())["train"]
+    assert config["model_options"] == {"cell": "gru", "bidirectional": True, "sequence": "cnn"}
+    assert config["preprocess"]["hsv_lower"] == [118, 65, 0] and config["preprocess"]["input_size"] == 64
+    convert_run(run, tmp_path / "bundle", ["tflite-int8", "onnx-fp32"], representative=10, allow_drop=True)
+    for fmt in ("tflite-int8", "onnx-fp32"):  # each checked for Flex ops and evaluated by the device runtime
+        result = Screener(tmp_path / "bundle", fmt).screen(synthetic_field(1).image).to_dict()
+        assert result["decision"] != "retake" and sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+class FakeEvaluator:
+    """Scores configurations without training: best with GRU, 2 layers, about 96 units."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, params):
+        self.calls += 1
+        return float(np.clip(1 - abs(params["units"] - 96) / 200 - 0.2 * (params["cell"] != "gru")
+                             - 0.1 * abs(params["layers"] - 2), 0, 1))
+
+
+def test_search_logs_every_evaluation_and_resumes_where_it_stopped(tmp_path):
+    first = FakeEvaluator()
+    summary = run_search("data", tmp_path / "s", "rda", budget=24, seed=1, evaluator=first, final_epochs=0)
+    lines = (tmp_path / "s" / "evaluations.jsonl").read_text().splitlines()
+    assert first.calls == 24 and len(lines) == 24 and summary["evaluations"] == 24
+    assert summary["best_val_macro_f1"] == max(json.loads(line)["val_macro_f1"] for line in lines)
+    # stop after 10 evaluations: keep the first 10 lines of the log, then resume
+    (tmp_path / "s" / "evaluations.jsonl").write_text("\n".join(lines[:10]) + "\n")
+    again = FakeEvaluator()
+    resumed = run_search("data", tmp_path / "s", "rda", budget=24, seed=1, evaluator=again, final_epochs=0)
+    assert again.calls == 14 and resumed["best_params"] == summary["best_params"]
+    assert (tmp_path / "s" / "evaluations.jsonl").read_text().splitlines() == lines
+    with pytest.raises(ValueError, match="other settings"):
+        run_search("data", tmp_path / "s", "random", budget=24, seed=1, evaluator=again, final_epochs=0)
+    default = run_search("data", tmp_path / "d", "default", budget=24, evaluator=FakeEvaluator(), final_epochs=0)
+    assert default["evaluations"] == 1 and default["best_params"] == DEFAULT
+    from leukoscreen.training.report import search_row
+    assert search_row(tmp_path / "s")["method"] == "rda" and search_row(tmp_path / "d")["evaluations"] == 1
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"method": "annealing"}, "method 'annealing'"),
+    ({"method": "rda", "budget": 3}, "at least its population"),
+    ({"epochs": 0}, "epochs 0"),
+])
+def test_impossible_search_settings_stop_before_training(tmp_path, arguments, message):
+    evaluator = FakeEvaluator()
+    with pytest.raises(ValueError, match=message):
+        run_search("data", tmp_path / "x", evaluator=evaluator, final_epochs=0, **arguments)
+    assert evaluator.calls == 0
+
+
+def test_rda_adjusts_the_output_layer_on_validation_data(aria_like, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(aria_like), "--task", "binary", "--epochs", "2", "--batch-size", "8",
+                 "--block-size", "3", "--bootstrap", "10", "--out", str(run)]) == 0
+    assert main(["tune-head", str(run), "--budget", "60", "--out", str(tmp_path / "tuned")]) == 0
+    summary = json.loads((tmp_path / "tuned" / "head_tuning.json").read_text())
+    assert summary["val_macro_f1_after"] >= summary["val_macro_f1_before"]  # the trained weights are the floor
+    assert json.loads((tmp_path / "tuned" / "metrics.json").read_text())["macro_f1"] == summary["test_macro_f1_after"]
