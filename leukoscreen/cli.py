@@ -44,6 +44,9 @@ def _train(args) -> None:
                          f"{DEFAULT_DATA})")
     preprocess = PreprocessConfig(mask_corner=0.0 if args.no_mask_corner else SCALE_BAR_CORNER,
                                   colour=args.colour)
+    if args.preset == "thesis":  # thesis 3.9: learning rate 1e-4, batch 5, 6 epochs, 80/20 hold-out, its augmentation
+        args.learning_rate, args.batch_size, args.epochs = args.learning_rate or 1e-4, 5, 6
+        args.head_epochs, args.fine_tune_fraction, args.augmentation = 0, 1.0, "thesis"
     backbone = args.model in ("mobilenet-v2", "efficientnet-lite0", "alexnet")
     learning_rate = args.learning_rate or (1e-4 if backbone else 1e-3)
     hsv = {"hsv_lower": tuple(args.hsv_lower or ()), "hsv_upper": tuple(args.hsv_upper or ())}
@@ -56,7 +59,8 @@ def _train(args) -> None:
                          patience=args.patience, augment=not args.no_augment, seed=args.seed,
                          block_size=args.block_size, split_file=args.split, precision=args.precision,
                          preprocess=preprocess, weights=args.weights, head_epochs=args.head_epochs,
-                         fine_tune_fraction=args.fine_tune_fraction, model_options=_options(args.model_option))
+                         fine_tune_fraction=args.fine_tune_fraction, model_options=_options(args.model_option),
+                         augmentation=args.augmentation, holdout=args.preset == "thesis")
     out = args.out or f"runs/{args.model}-{Path(args.data).name}-{args.task or 'default'}"
     train(config, Path(out), n_boot=args.bootstrap)
 
@@ -266,6 +270,11 @@ def parser() -> argparse.ArgumentParser:
                        help="basic-cnn, odrnn, or a backbone to fine-tune: efficientnet-lite0, mobilenet-v2, alexnet")
     train.add_argument("--weights", default="imagenet", help="backbones: imagenet (installed package), none "
                                                             "(from scratch) or a .pth path (AlexNet)")
+    train.add_argument("--preset", default=None, choices=["thesis"],
+                       help="thesis: learning rate 1e-4, batch 5, 6 epochs, the whole network trained, 80/20 "
+                            "hold-out (train + validation parts; same test part), the thesis' augmentation")
+    train.add_argument("--augmentation", default="default", choices=["default", "thesis"],
+                       help="thesis: reflection, rotation 25-125 degrees, 15-25 px translation")
     train.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                        help="odrnn: sequence=rows|cnn, cell=lstm|gru, layers=N, units=N, bidirectional=true, dropout=F")
     train.add_argument("--hsv-lower", type=int, nargs=3, metavar=("H", "S", "V"),

@@ -2,6 +2,8 @@
 group cross-validation and the held-out test split."""
 import json
 
+import numpy as np
+
 from leukoscreen.cli import main
 
 
@@ -41,3 +43,28 @@ def test_model2_fine_tunes_a_pretrained_backbone_and_converts(aria_like, tmp_pat
     convert_run(run, tmp_path / "bundle", ["tflite-int8"], representative=10, allow_drop=True)
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.manifest["input"]["size"] == 224 and bundle.manifest["preprocess"]["input_size"] == 224
+
+
+def test_thesis_augmentation_stays_in_its_ranges():
+    import tensorflow as tf
+
+    from leukoscreen.training.input_pipeline import thesis_augment_batch
+    image = np.zeros((16, 129, 129, 3), np.float32)
+    image[:, 62:67, 62:67] = 255.0  # a bright square at the centre: rotation and reflection keep it there
+    moved = thesis_augment_batch(tf.constant(image), tf.random.Generator.from_seed(0)).numpy()
+    for picture in moved:
+        ys, xs = np.nonzero(picture[..., 0] > 128)
+        dy, dx = abs(ys.mean() - 64), abs(xs.mean() - 64)
+        assert 14 <= dx <= 26 and 14 <= dy <= 26, (dx, dy)  # 15-25 px either way on each axis
+
+
+def test_thesis_preset_trains_on_80_percent_and_tests_on_the_same_part(aria_like, tmp_path):
+    assert main(["train", "--data", str(aria_like), "--preset", "thesis", "--block-size", "3", "--bootstrap", "10",
+                 "--out", str(tmp_path / "thesis")]) == 0
+    config = json.loads((tmp_path / "thesis" / "config.json").read_text())["train"]
+    assert (config["learning_rate"], config["batch_size"], config["epochs"]) == (1e-4, 5, 6)
+    assert config["holdout"] and config["augmentation"] == "thesis"
+    metrics = json.loads((tmp_path / "thesis" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 6 and metrics["val_accuracy"] is None  # fixed epochs, no early stopping
+    split = (tmp_path / "thesis" / "split.csv").read_text()
+    assert split.count(",test") == metrics["n"]  # the test part is the group split's, untouched

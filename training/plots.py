@@ -19,7 +19,7 @@ def training_curves(history_csv: Path, out: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy")):
         for prefix, label in (("", "train"), ("val_", "validation")):
-            if f"{prefix}{metric}" in rows[0]:
+            if rows[0].get(f"{prefix}{metric}", "NA") != "NA":  # no validation curve with the 80/20 hold-out
                 axis.plot(epochs, [float(r[f"{prefix}{metric}"]) for r in rows], marker="o", label=label)
         axis.set_xlabel("epoch")
         axis.set_ylabel(metric)

@@ -35,6 +35,10 @@ def _interval(metrics: dict, key: str) -> str:
     return f"{metrics[key]:.3f} [{low:.3f}-{high:.3f}]"
 
 
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def run_row(run: RunFolder) -> dict:
     config, metrics = run.config(), run.metrics()
     variant = metrics.get("variants", {})
@@ -43,8 +47,7 @@ def run_row(run: RunFolder) -> dict:
         return f"{variant[name]['macro_f1']:.3f}" if name in variant else "-"
 
     return {"run": run.path.name, "model": config.model, "task": f"{config.task} ({Path(config.data).name})",
-            "train acc": f"{metrics.get('train_accuracy', float('nan')):.3f}",
-            "val acc": f"{metrics.get('val_accuracy', float('nan')):.3f}",
+            "train acc": _number(metrics.get("train_accuracy")), "val acc": _number(metrics.get("val_accuracy")),
             "test acc [95% CI]": _interval(metrics, "accuracy"),
             "test macro-F1 [95% CI]": _interval(metrics, "macro_f1"),
             "corner masked F1": f1("corner_masked"), "corner unmasked F1": f1("corner_unmasked"),

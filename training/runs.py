@@ -28,6 +28,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     patience: int = 8
     augment: bool = True
+    augmentation: str = "default"    # "default" or "thesis" (reflection, rotation 25-125 degrees, 15-25 px shifts)
+    holdout: bool = False            # thesis preset: train on train + validation (80%), fixed epochs, no early stop
     seed: int = 0
     block_size: int = 20
     near_distance: int = 6

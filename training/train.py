@@ -62,17 +62,21 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
     images = preprocessed_images(prepared.paths, prepared.sha256s, config.preprocess)
     preprocess_seconds = time.perf_counter() - t0
     train_index, val_index = parts["train"], parts["val"]
+    if config.holdout:  # the thesis' 80/20 hold-out: the test part stays the same, validation joins training
+        train_index = np.concatenate([train_index, val_index])
     weights = compute_class_weight("balanced", classes=np.arange(len(classes)),
                                    y=prepared.labels[train_index])
     model = build_model(config.model, len(classes), input_size, config.weights, config.model_options)
     loss = "binary_crossentropy" if len(classes) == 2 else "sparse_categorical_crossentropy"
     train_data = image_dataset(images[train_index], targets_for(prepared.labels[train_index], len(classes)),
-                               config.batch_size, training=True, augment=config.augment, seed=config.seed)
-    val_data = image_dataset(images[val_index], targets_for(prepared.labels[val_index], len(classes)),
-                             config.batch_size)
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                               restore_best_weights=True),
-                 keras.callbacks.CSVLogger(str(run.history_file))]
+                               config.batch_size, training=True, augment=config.augment, seed=config.seed,
+                               augmentation=config.augmentation)
+    val_data = None if config.holdout else image_dataset(
+        images[val_index], targets_for(prepared.labels[val_index], len(classes)), config.batch_size)
+    callbacks = [keras.callbacks.CSVLogger(str(run.history_file))]
+    if not config.holdout:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                                       restore_best_weights=True))
     class_weight = dict(enumerate(weights.tolist()))
     t0 = time.perf_counter()
     pretrained = config.model in BACKBONES and config.weights != "none"
@@ -94,8 +98,8 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
     def predict(batch):
         return predict_probabilities(model, batch)
 
-    accuracy = {}
-    for name in ("train", "val"):
+    accuracy = {"val": None}  # with the 80/20 hold-out the validation images were trained on
+    for name in ("train",) if config.holdout else ("train", "val"):
         part_metrics, _, _ = evaluate_part(predict, prepared, name, config.preprocess, n_boot=0)
         accuracy[name] = part_metrics["accuracy"]
     metrics = evaluate_with_variants(predict, prepared, "test", config.preprocess, run.path, n_boot)
@@ -119,7 +123,8 @@ def split_description(config: TrainConfig) -> str:
     return (f"stratified group split 60/20/20 (seed {config.seed}); groups = patient id, or blocks of "
             f"{config.block_size} neighbouring file numbers, merged across exact and near duplicates "
             f"(perceptual-hash distance <= {config.near_distance})"
-            + (f"; re-used from {config.split_file}" if config.split_file else ""))
+            + (f"; re-used from {config.split_file}" if config.split_file else "")
+            + ("; 80/20 hold-out: trained on the train and validation parts, fixed epochs" if config.holdout else ""))
 
 
 def summary(config: TrainConfig, metrics: dict, classes: list[str]) -> str:
@@ -128,7 +133,9 @@ def summary(config: TrainConfig, metrics: dict, classes: list[str]) -> str:
              "Research use only. Not for use in diagnostic procedures.", "",
              f"- classes: {', '.join(classes)}",
              f"- split: {split_description(config)}",
-             f"- accuracy: train {metrics['train_accuracy']:.3f}, validation {metrics['val_accuracy']:.3f}, "
+             f"- accuracy: train {metrics['train_accuracy']:.3f}, validation "
+             + ("(trained on: 80/20 hold-out)" if metrics["val_accuracy"] is None else f"{metrics['val_accuracy']:.3f}")
+             + ", "
              f"test {metrics['accuracy']:.3f} [{ci['accuracy'][0]:.3f}-{ci['accuracy'][1]:.3f}]",
              f"- test macro-F1 {metrics['macro_f1']:.3f} [{ci['macro_f1'][0]:.3f}-{ci['macro_f1'][1]:.3f}]",
              f"- training wall time {metrics['timing_seconds']['fit']:.0f} s "
