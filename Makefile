@@ -35,8 +35,7 @@ run: install-edge
 	$(BIN)/leukoscreen serve --port $(PORT) $(if $(CAMERA_FOLDER),--camera folder --camera-folder $(CAMERA_FOLDER),--camera synthetic)
 
 RUNS := runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-subtype-colourstd runs/basic-cnn-subtype-grayscale \
-	runs/efficientnet-lite0-subtype runs/efficientnet-lite0-subtype-colourstd runs/efficientnet-lite0-binary \
-	runs/mobilenet-v2-subtype-colourstd
+	runs/efficientnet-lite0-subtype runs/efficientnet-lite0-subtype-colourstd runs/efficientnet-lite0-binary
 PROBES := runs/shortcuts-subtype runs/shortcuts-binary runs/shortcuts-subtype-colourstd runs/shortcuts-subtype-grayscale
 MODEL1 := runs/model1-mobilenet-v2-subtype runs/model1-mobilenet-v2-subtype-colourstd \
 	runs/model1-efficientnet-lite0-subtype runs/model1-efficientnet-lite0-subtype-colourstd \
@@ -80,29 +79,27 @@ research-transfer: install
 	$(L) train --data $(DATA) --model efficientnet-lite0 --task subtype --colour standardize --epochs 30 \
 		--out runs/efficientnet-lite0-subtype-colourstd
 	$(L) train --data $(DATA) --model efficientnet-lite0 --task binary --epochs 30 --out runs/efficientnet-lite0-binary
-	$(L) train --data $(DATA) --model mobilenet-v2 --task subtype --colour standardize --epochs 30 \
-		--out runs/mobilenet-v2-subtype-colourstd
 
 research-odrnn: install
-	$(L) search --data $(DATA) --method rda --budget 16 --epochs 8 --final-epochs 30 --task subtype \
+	$(L) search --data $(DATA) --method rda --budget 12 --epochs 6 --final-epochs 30 --task subtype \
 		--out runs/search-odrnn-rda-seed0
-	$(L) search --data $(DATA) --method random --budget 16 --epochs 8 --final-epochs 30 --task subtype \
+	$(L) search --data $(DATA) --method random --budget 12 --epochs 6 --final-epochs 30 --task subtype \
 		--out runs/search-odrnn-random-seed0
-	$(L) search --data $(DATA) --method default --epochs 8 --final-epochs 30 --task subtype \
+	$(L) search --data $(DATA) --method default --epochs 6 --final-epochs 30 --task subtype \
 		--out runs/search-odrnn-default-seed0
 
 test: install
 	$(BIN)/python -m pytest
 
-# The shipped default model: the 4-class Basic CNN trained on colour-standardised fields (it cannot lean
-# on all-aria's colour differences), as int8 TFLite plus int8 ONNX.
-BUNDLE_RUN ?= runs/basic-cnn-subtype-colourstd
+# The shipped default model: EfficientNet-Lite0 (ImageNet weights) fine-tuned on colour-standardised fields
+# (it cannot lean on all-aria's colour differences), as int8 TFLite plus int8 ONNX.
+BUNDLE_RUN ?= runs/efficientnet-lite0-subtype-colourstd
 default-bundle: install
-	test -f $(BUNDLE_RUN)/model.keras || $(BIN)/leukoscreen train --data $(DATA) --task subtype \
-		--colour standardize --out $(BUNDLE_RUN)
+	test -f $(BUNDLE_RUN)/model.keras || $(BIN)/leukoscreen train --data $(DATA) --model efficientnet-lite0 \
+		--task subtype --colour standardize --epochs 30 --out $(BUNDLE_RUN)
 	rm -rf edge/default_bundle
 	$(BIN)/leukoscreen convert $(BUNDLE_RUN) --formats tflite-int8,onnx-int8 --name leukoscreen-default \
-		--out edge/default_bundle
+		--bundle-version 2 --out edge/default_bundle
 
 bench: install
 	$(BIN)/leukoscreen bench edge/default_bundle --out runs/bench-default

@@ -1,6 +1,7 @@
 """Shared fixtures: the real data folder when it is there, and small generated images otherwise."""
 from __future__ import annotations
 
+import json
 import struct
 import threading
 import zlib
@@ -22,6 +23,8 @@ class Blocker:
 sys.meta_path.insert(0, Blocker())
 """
 SHARED_DATA = REPO.parent / "shared" / "data"
+# "name version" of the shipped default bundle, as the device shows it
+DEFAULT_TITLE = "{name} {version}".format(**json.loads((REPO / "edge" / "default_bundle" / "manifest.json").read_text()))
 
 
 def smear_image(rng: np.random.Generator, blast: bool, size: int = 96) -> np.ndarray:

@@ -15,7 +15,7 @@ from leukoscreen.edge.bundle import BundleError
 
 from leukoscreen.edge.synthetic_smear import synthetic_field
 
-from conftest import smear_image, write_rgb
+from conftest import DEFAULT_TITLE, smear_image, write_rgb
 
 
 def device(tmp_path, bundle, **values):
@@ -149,12 +149,12 @@ def test_compared_bundles_run_side_by_side_and_only_one_decides(tmp_path, bundle
     from leukoscreen.edge.screening import DEFAULT_BUNDLE
     daemon = Daemon(device(tmp_path, bundle, compare_bundles=[str(DEFAULT_BUNDLE)]), EmulatedDisplay())
     result = daemon.classify_frame(synthetic_field(4).image, "S-9")
-    assert result["bundle"] == daemon.screener.bundle.title != "leukoscreen-default 1"
-    assert [c["bundle"] for c in result["compared"]] == ["leukoscreen-default 1"]
+    assert result["bundle"] == daemon.screener.bundle.title != DEFAULT_TITLE
+    assert [c["bundle"] for c in result["compared"]] == [DEFAULT_TITLE]
     assert result["compared"][0]["decision"] in ("no_blasts", "indeterminate", "possible_blasts")
     stored = json.loads(daemon.store.captures("S-9")[0]["result"])
     assert stored["compared"] == result["compared"]
-    assert daemon.status_dict()["compared_bundles"] == ["leukoscreen-default 1"]
+    assert daemon.status_dict()["compared_bundles"] == [DEFAULT_TITLE]
     daemon.close()
 
 
@@ -183,7 +183,7 @@ def test_reload_takes_a_valid_bundle_and_keeps_the_last_good_one(tmp_path, bundl
         time.sleep(0.05)
     daemon.stop()
     loop.join(10)
-    assert daemon.screener.bundle.title == "leukoscreen-default 1"
+    assert daemon.screener.bundle.title == DEFAULT_TITLE
     events = [row[0] for row in daemon.store.db.execute("SELECT event FROM audit")]
     assert "bundle_reload_refused" in events and "bundle_reloaded" in events
     daemon.close()

@@ -14,7 +14,7 @@ from leukoscreen.edge.cameras import CameraError
 from leukoscreen.edge.synthetic_smear import synthetic_field
 from leukoscreen.edge.web_access import COOKIE
 
-from conftest import Device, png_bomb
+from conftest import DEFAULT_TITLE, Device, png_bomb
 
 
 def encode(image: np.ndarray, suffix: str = ".png") -> bytes:
@@ -45,7 +45,7 @@ def test_status_preview_classify_results_samples(device):
     assert capture["sample_id"] == "S-1" and capture["decision"] in ("no_blasts", "indeterminate", "possible_blasts")
     assert "Research use only" in capture["message"] and capture["result"]["source"] == "camera"
     assert len(capture["result"]["cells"]) == capture["result"]["cells_found"] >= 1
-    assert capture["bundle"] == "leukoscreen-default 1"
+    assert capture["bundle"] == DEFAULT_TITLE
     image = client.get(capture["image_url"])
     assert image.headers["content-type"] == "image/png"
     assert cv2.imdecode(np.frombuffer(image.content, np.uint8), cv2.IMREAD_COLOR).shape == (320, 320, 3)

@@ -10,7 +10,7 @@ import zipfile
 import cv2
 import pytest
 
-from conftest import Device
+from conftest import DEFAULT_TITLE, Device
 
 CHROMIUM = os.environ.get("LEUKOSCREEN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 # Chromium as root in a container, on a machine with no network beyond the local device.
@@ -58,7 +58,7 @@ def test_classify_result_history_export_in_a_browser(page, tmp_path):
         page.wait_for_function(f"document.querySelectorAll('#result-boxes rect.cell-box').length === {cells}")
         assert page.text_content("#result-decision") == stored["message"]
         assert "Research use only" in stored["message"]
-        assert "leukoscreen-default 1" in page.text_content("#result-meta")
+        assert DEFAULT_TITLE in page.text_content("#result-meta")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # fits a phone
 
         upload = tmp_path / "upload.jpg"
@@ -144,6 +144,6 @@ def test_boxes_are_coloured_by_each_cells_class(page, tmp_path):
         assert "coloured by each cell's class" in page.text_content("#result-legend")
         # the field model runs beside it and is shown, but does not decide
         assert page.is_visible("#result-compared")
-        assert "leukoscreen-default 1" in page.text_content("#result-compared-table")
+        assert DEFAULT_TITLE in page.text_content("#result-compared-table")
     finally:
         device.close()
