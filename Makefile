@@ -81,11 +81,11 @@ research-transfer: install
 	$(L) train --data $(DATA) --model efficientnet-lite0 --task binary --epochs 30 --out runs/efficientnet-lite0-binary
 
 research-odrnn: install
-	$(L) search --data $(DATA) --method rda --budget 12 --epochs 6 --final-epochs 30 --task subtype \
+	$(L) search --data $(DATA) --method rda --budget 12 --epochs 4 --final-epochs 30 --task subtype \
 		--out runs/search-odrnn-rda-seed0
-	$(L) search --data $(DATA) --method random --budget 12 --epochs 6 --final-epochs 30 --task subtype \
+	$(L) search --data $(DATA) --method random --budget 12 --epochs 4 --final-epochs 30 --task subtype \
 		--out runs/search-odrnn-random-seed0
-	$(L) search --data $(DATA) --method default --epochs 6 --final-epochs 30 --task subtype \
+	$(L) search --data $(DATA) --method default --epochs 4 --final-epochs 30 --task subtype \
 		--out runs/search-odrnn-default-seed0
 
 test: install
