@@ -36,10 +36,11 @@ run: install-edge
 
 RUNS := runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-subtype-colourstd runs/basic-cnn-subtype-grayscale \
 	runs/efficientnet-lite0-subtype runs/efficientnet-lite0-subtype-colourstd runs/efficientnet-lite0-binary
-PROBES := runs/shortcuts-subtype runs/shortcuts-binary runs/shortcuts-subtype-colourstd runs/shortcuts-subtype-grayscale
+PROBES := runs/shortcuts-subtype runs/shortcuts-binary runs/shortcuts-subtype-colourstd runs/shortcuts-subtype-grayscale \
+	runs/shortcuts-subtype-reinhard
 MODEL1 := runs/model1-mobilenet-v2-subtype runs/model1-mobilenet-v2-subtype-colourstd \
 	runs/model1-efficientnet-lite0-subtype runs/model1-efficientnet-lite0-subtype-colourstd \
-	runs/model1-alexnet-scratch-subtype
+	runs/model1-alexnet-scratch-subtype runs/model1-mobilenet-v2-subtype-reinhard
 SEARCHES := runs/search-odrnn-rda-seed0 runs/search-odrnn-random-seed0 runs/search-odrnn-default-seed0
 L := $(BIN)/leukoscreen
 
@@ -75,6 +76,10 @@ research-transfer: install
 	$(L) classical --data $(DATA) --backbone efficientnet-lite0 --task subtype --colour standardize \
 		--out runs/model1-efficientnet-lite0-subtype-colourstd
 	$(L) classical --data $(DATA) --backbone alexnet --weights none --task subtype --out runs/model1-alexnet-scratch-subtype
+	$(L) data shortcuts $(DATA) --task subtype --colour reinhard --probes colour_mean_std colour_histogram \
+		--out runs/shortcuts-subtype-reinhard
+	$(L) classical --data $(DATA) --backbone mobilenet-v2 --task subtype --colour reinhard \
+		--out runs/model1-mobilenet-v2-subtype-reinhard
 	$(L) train --data $(DATA) --model efficientnet-lite0 --task subtype --epochs 30 --out runs/efficientnet-lite0-subtype
 	$(L) train --data $(DATA) --model efficientnet-lite0 --task subtype --colour standardize --epochs 30 \
 		--out runs/efficientnet-lite0-subtype-colourstd
