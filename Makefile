@@ -47,8 +47,9 @@ L := $(BIN)/leukoscreen
 # Every figure of the README: about four hours on a 2-core machine.
 research: research-basic research-transfer research-odrnn
 	$(L) report $(RUNS) --probes $(PROBES) --classical $(MODEL1) --searches $(SEARCHES) \
-		--bundles runs/bundle-basic-cnn-subtype runs/bundle-basic-cnn-subtype-colourstd \
-		--bench runs/bench-basic-cnn-subtype/bench.json runs/bench-basic-cnn-subtype-colourstd/bench.json --out report
+		--bundles runs/bundle-basic-cnn-subtype runs/bundle-basic-cnn-subtype-colourstd runs/bundle-efficientnet-lite0-subtype \
+		--bench runs/bench-basic-cnn-subtype/bench.json runs/bench-basic-cnn-subtype-colourstd/bench.json \
+		runs/bench-efficientnet-lite0-subtype/bench.json --out report
 
 research-basic: install
 	$(L) data shortcuts $(DATA) --task subtype --out runs/shortcuts-subtype
@@ -84,6 +85,9 @@ research-transfer: install
 	$(L) train --data $(DATA) --model efficientnet-lite0 --task subtype --colour standardize --epochs 30 \
 		--out runs/efficientnet-lite0-subtype-colourstd
 	$(L) train --data $(DATA) --model efficientnet-lite0 --task binary --epochs 30 --out runs/efficientnet-lite0-binary
+	rm -rf runs/bundle-efficientnet-lite0-subtype
+	$(L) convert runs/efficientnet-lite0-subtype --out runs/bundle-efficientnet-lite0-subtype
+	$(L) bench runs/bundle-efficientnet-lite0-subtype --out runs/bench-efficientnet-lite0-subtype
 
 research-odrnn: install
 	$(L) search --data $(DATA) --method rda --budget 12 --epochs 4 --final-epochs 30 --task subtype \
