@@ -96,9 +96,12 @@ def benchmark_web(bundle: Path, folder: Path, classifications: int = 1000, reque
 def _measure(process: subprocess.Popen, port: int, started: float, classifications: int, requests: int,
              clients: int) -> dict:
     print(f"starting the device on port {port}...", flush=True)
+    deadline = time.monotonic() + 120
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"the device did not start: {process.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the device did not answer on /api/status within 120 s")
         try:
             if Client(port).request("GET", "/api/status")[0] == 200:
                 break

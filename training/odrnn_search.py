@@ -110,7 +110,7 @@ def run_search(data: str, out: Path, method: str = "rda", budget: int = 20, seed
             score, seconds, resumed = earlier[index]["val_macro_f1"], earlier[index]["seconds"], True
         else:
             t0 = time.perf_counter()
-            score, seconds, resumed = evaluate(params), 0.0, False
+            score, resumed = evaluate(params), False
             seconds = time.perf_counter() - t0
             with open(log, "a") as handle:
                 handle.write(json.dumps({"index": index, "params": params, "val_macro_f1": score,
