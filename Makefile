@@ -6,6 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 DATA ?= ../shared/data/all-aria
+PBC ?= ../shared/data/pbc-subset
 CAMERA_FOLDER ?=
 PORT ?= 8080
 BIN := $(VENV)/bin
@@ -60,8 +61,9 @@ research-basic: install
 		--probes colour_mean_std colour_histogram --out runs/shortcuts-subtype-grayscale
 	$(L) train --data $(DATA) --task subtype --out runs/basic-cnn-subtype
 	$(L) train --data $(DATA) --task binary --out runs/basic-cnn-binary
-	$(L) train --data $(DATA) --task subtype --colour standardize --out runs/basic-cnn-subtype-colourstd
-	$(L) train --data $(DATA) --task subtype --colour grayscale --learning-rate 3e-4 \
+	$(L) train --data $(DATA) --task subtype --colour standardize --epochs 40 --schedule constant \
+		--out runs/basic-cnn-subtype-colourstd
+	$(L) train --data $(DATA) --task subtype --colour grayscale --learning-rate 3e-4 --epochs 40 --schedule constant \
 		--out runs/basic-cnn-subtype-grayscale
 	for run in basic-cnn-subtype basic-cnn-subtype-colourstd; do \
 		rm -rf runs/bundle-$$run && \
@@ -85,9 +87,14 @@ research-transfer: install
 	$(L) train --data $(DATA) --model efficientnet-lite0 --task subtype --colour standardize --epochs 30 \
 		--out runs/efficientnet-lite0-subtype-colourstd
 	$(L) train --data $(DATA) --model efficientnet-lite0 --task binary --epochs 30 --out runs/efficientnet-lite0-binary
-	rm -rf runs/bundle-efficientnet-lite0-subtype
+	$(L) train --data $(DATA) --model mobilenet-v2 --task subtype --epochs 30 --out runs/mobilenet-v2-subtype
+	$(L) train --data $(DATA) --model alexnet --weights none --task subtype --epochs 30 --out runs/alexnet-scratch-subtype
+	rm -rf runs/bundle-efficientnet-lite0-subtype runs/bundle-model1-mobilenet-v2-subtype
 	$(L) convert runs/efficientnet-lite0-subtype --out runs/bundle-efficientnet-lite0-subtype
 	$(L) bench runs/bundle-efficientnet-lite0-subtype --out runs/bench-efficientnet-lite0-subtype
+	$(L) convert runs/model1-mobilenet-v2-subtype --formats tflite-int8,tflite-fp32,onnx-int8,onnx-fp32 \
+		--out runs/bundle-model1-mobilenet-v2-subtype
+	$(L) bench runs/bundle-model1-mobilenet-v2-subtype --out runs/bench-model1-mobilenet-v2-subtype
 
 research-odrnn: install
 	$(L) search --data $(DATA) --method rda --budget 12 --epochs 4 --final-epochs 30 --task subtype \
@@ -96,6 +103,17 @@ research-odrnn: install
 		--out runs/search-odrnn-random-seed0
 	$(L) search --data $(DATA) --method default --epochs 4 --final-epochs 30 --task subtype \
 		--out runs/search-odrnn-default-seed0
+	for seed in 1 2; do for method in rda random; do \
+		$(L) search --data $(DATA) --method $$method --seed $$seed --budget 12 --epochs 4 --final-epochs 30 \
+			--task subtype --out runs/search-odrnn-$$method-seed$$seed || exit 1; done; done
+	$(L) data hsv-bounds $(PBC) --out runs/hsv-bounds-pbc
+	for method in rda random; do \
+		$(L) search --data $(PBC) --method $$method --budget 12 --epochs 4 --final-epochs 30 $$($(BIN)/python -c \
+			"import json; d = json.load(open('runs/hsv-bounds-pbc/hsv_bounds.json')); print('--hsv-lower', *d['hsv_lower'], '--hsv-upper', *d['hsv_upper'])") \
+			--out runs/search-odrnn-pbc-$$method-seed0 || exit 1; \
+		$(L) search --data $(DATA) --method $$method --budget 12 --epochs 4 --final-epochs 30 --task binary \
+			--out runs/search-odrnn-binary-$$method-seed0 || exit 1; \
+	done
 
 test: install
 	$(BIN)/python -m pytest

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from leukoscreen import __version__
 from leukoscreen.edge.bundle import FORMATS, INTENDED_USE, SCHEMA_VERSION, write_manifest
-from leukoscreen.edge.runtimes import open_runner
+from leukoscreen.edge.preprocessing import PreprocessConfig
+from leukoscreen.edge.runtimes import TwoStageRunner, open_runner
 from leukoscreen.training.metrics import classification_metrics
-from leukoscreen.training.prepared_data import prepare, preprocessed_images
+from leukoscreen.training.prepared_data import PreparedData, prepare, preprocessed_images
 from leukoscreen.training.runs import RunFolder
 from leukoscreen.training.splits import load_split, save_split
 
@@ -60,35 +62,67 @@ def _format_metrics(probabilities, reference, labels, class_names, groups) -> di
     return keep
 
 
-def convert_run(run_path: Path, out: Path, formats: list[str], representative: int = 500,
-                max_accuracy_drop: float = 0.01, allow_drop: bool = False, target_sensitivity: float = 0.99,
-                negative_classes: list[str] | None = None, name: str | None = None, version: str = "1",
-                io_type: str = "int8", threads: int = 2) -> dict:
-    from leukoscreen.convert.calibration import decision_parameters
-    from leukoscreen.convert.exporters import quantize_onnx, to_onnx, to_tflite
-    from leukoscreen.training.evaluation import predict_probabilities
+@dataclass
+class Source:
+    """What a bundle is made from: the Keras model each format exports, and what describes it."""
+    model: object                  # Keras model; for a two-stage bundle the feature extractor
+    reference: Callable            # uint8 images -> the float model's class probabilities
+    prepared: PreparedData         # the data set with the run's split
+    preprocess: PreprocessConfig
+    split_file: Path
+    training: dict                 # recorded in the manifest
+    seed: int = 0
+    # two-stage (thesis Model 1): (features, labels) -> a fitted scikit-learn classifier; each format gets
+    # one fitted on the features that format computes, so int8 feature drift is learnt, not suffered
+    fit_classifier: Callable | None = None
 
-    run = RunFolder(Path(run_path))
+
+def run_source(run: RunFolder) -> Source:
+    """A trained run folder (`leukoscreen train`)."""
+    from leukoscreen.training.evaluation import predict_probabilities
     config, extra = run.config(), run.extra()
-    classes = extra["class_names"]
-    negative_classes = negative_classes or default_negative_classes(classes)
-    print(f"[1/4] loading {run.path} and its split")
     model = run.load_model()
     prepared = prepare(config.data, config.task, config.kind, config.block_size, config.near_distance,
                        config.seed, split_file=run.split_file)
+    training = {"model": config.model, "data": Path(config.data).name, "task": config.task,
+                "split_method": extra.get("split_method", ""), "run": run.path.name,
+                "trained_precision": extra.get("trained_precision", "float32")}
+    return Source(model, lambda images: predict_probabilities(model, images), prepared, config.preprocess,
+                  run.split_file, training, config.seed)
+
+
+def convert_run(run_path: Path, out: Path, formats: list[str], representative: int = 500,
+                max_accuracy_drop: float = 0.01, allow_drop: bool = False, target_sensitivity: float = 0.99,
+                negative_classes: list[str] | None = None, name: str | None = None, version: str = "1",
+                io_type: str = "int8", threads: int = 2, classifier: str | None = None) -> dict:
+    """Convert a trained run, or a Model 1 run (`leukoscreen classical`: a two-stage bundle of the
+    backbone's feature extractor and the chosen classifier, `classifier` or the best cross-validated)."""
+    from leukoscreen.convert.calibration import decision_parameters
+    from leukoscreen.convert.exporters import classifier_to_onnx, quantize_onnx, to_onnx, to_tflite
+
+    run_path = Path(run_path)
+    print(f"[1/4] loading {run_path} and its split")
+    if (run_path / "classical.json").exists():
+        from leukoscreen.training.classical import classical_source
+        source = classical_source(run_path, classifier)
+    else:
+        source = run_source(RunFolder(run_path))
+    model, prepared, preprocess = source.model, source.prepared, source.preprocess
+    classes = prepared.class_names
+    negative_classes = negative_classes or default_negative_classes(classes)
 
     def images(part):
         index = prepared.part(part)
         return preprocessed_images([prepared.paths[i] for i in index], [prepared.sha256s[i] for i in index],
-                                   config.preprocess), prepared.labels[index], index
+                                   preprocess), prepared.labels[index], index
 
-    train_images, _, _ = images("train")
+    train_images, train_labels, _ = images("train")
     val_images, val_labels, _ = images("val")
     test_images, test_labels, test_index = images("test")
     groups = [prepared.rows[i].group for i in test_index]
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(source.seed)
     calibration_set = train_images[rng.permutation(len(train_images))[:representative]]
-    keras_test = predict_probabilities(model, test_images)
+    keras_test = source.reference(test_images)
     metrics = {"keras-fp32": _format_metrics(keras_test, None, test_labels, classes, groups)}
 
     out.mkdir(parents=True, exist_ok=True)
@@ -101,19 +135,30 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
         print(f"[2/4] ({step}/{len(formats)}) writing {fmt}: {target.name}")
         if fmt.startswith("tflite"):
             target.write_bytes(to_tflite(model, fmt.split("-")[1], calibration_set, io_type))
-        elif fmt == "onnx-int8":
-            quantize_onnx(onnx_fp32, target, calibration_set)
-        runner = open_runner(target, threads=threads)  # the device's code; rejects Flex ops
+        elif fmt == "onnx-int8":  # recurrent networks: dynamic quantization (int8 weights)
+            quantize_onnx(onnx_fp32, target, calibration_set, dynamic=source.training.get("model") == "odrnn")
+        runner = features = open_runner(target, threads=threads)  # the device's code; rejects Flex ops
+        files[fmt] = {"file": target.name}
+        size = target.stat().st_size
+        if source.fit_classifier:
+            classifier_file = out / f"classifier-{fmt}.onnx"
+            print(f"      fitting {source.training['classifier']} on the {fmt} features of {len(train_images)} "
+                  "training images")
+            train_features = features.outputs(train_images).reshape(len(train_images), -1)
+            classifier_to_onnx(source.fit_classifier(train_features, train_labels), train_features.shape[1],
+                               classifier_file)
+            runner = TwoStageRunner(features, classifier_file)
+            files[fmt]["classifier"] = {"file": classifier_file.name}
+            size += classifier_file.stat().st_size
         print(f"[3/4] ({step}/{len(formats)}) evaluating {fmt} through {runner.name} on {len(test_images)} "
               "test images")
         probabilities = runner.predict(test_images)
         metrics[fmt] = _format_metrics(probabilities, keras_test, test_labels, classes, groups)
-        metrics[fmt]["size_bytes"] = target.stat().st_size
+        metrics[fmt]["size_bytes"] = size
         val_outputs[fmt] = runner.predict(val_images)
-        files[fmt] = {"file": target.name}
         if fmt.startswith("tflite"):
-            scale, zero_point = runner.input["quantization"]
-            inputs[fmt] = {"dtype": np.dtype(runner.input["dtype"]).name, "scale": float(scale),
+            scale, zero_point = features.input["quantization"]
+            inputs[fmt] = {"dtype": np.dtype(features.input["dtype"]).name, "scale": float(scale),
                            "zero_point": int(zero_point)}
         else:
             inputs[fmt] = {"dtype": "float32", "scale": 1.0, "zero_point": 0}
@@ -126,20 +171,18 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
     print(f"[4/4] calibration and threshold on {len(val_images)} validation images ({primary})")
     decision = decision_parameters(val_outputs[primary], val_labels, classes, negative_classes, target_sensitivity)
     # the split travels with the bundle (files by sha256, paths relative to the data folder)
-    save_split(out / "split.csv", [replace(row, path=os.path.relpath(row.path, config.data))
-                                   for row in load_split(run.split_file)])
+    data = str(prepared.dataset.root)
+    save_split(out / "split.csv", [replace(row, path=os.path.relpath(row.path, data))
+                                   for row in load_split(source.split_file)])
     manifest = {
-        "schema_version": SCHEMA_VERSION, "name": name or run.path.name, "version": version,
-        "task": config.task, "class_names": classes, "default_format": primary,
-        "input": {"size": config.preprocess.input_size, "channels": 3, "layout": "NHWC",
+        "schema_version": SCHEMA_VERSION, "name": name or run_path.name, "version": version,
+        "task": prepared.task, "class_names": classes, "default_format": primary,
+        "input": {"size": preprocess.input_size, "channels": 3, "layout": "NHWC",
                   "pixels": "uint8 RGB 0-255 after preprocessing", "per_format": inputs},
-        "preprocess": config.preprocess.to_dict(), "input_kind": "field",
-        "output": "sigmoid" if len(classes) == 2 else "softmax",
+        "preprocess": preprocess.to_dict(), "input_kind": "field",
+        "output": "sigmoid" if len(classes) == 2 and not source.fit_classifier else "softmax",
         **decision, "files": files, "metrics": metrics,
-        "training": {"model": config.model, "data": Path(config.data).name, "task": config.task,
-                     "split_method": extra.get("split_method", ""), "split_file": "split.csv",
-                     "metrics_on": "test split", "run": run.path.name,
-                     "trained_precision": extra.get("trained_precision", "float32")},
+        "training": {**source.training, "split_file": "split.csv", "metrics_on": "test split"},
         "software_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "intended_use": INTENDED_USE,

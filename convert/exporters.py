@@ -40,10 +40,15 @@ def to_onnx(model, path: Path, opset: int = 17) -> None:
     tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(path))
 
 
-def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
-    """Static int8 quantization in QDQ format, calibrated on real training images (uint8)."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_static)
+def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, dynamic: bool = False) -> None:
+    """Static int8 quantization in QDQ format, calibrated on real training images (uint8); or, for
+    recurrent networks (dynamic=True), int8 weights with activations quantized at run time."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
+    if dynamic:
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+        return
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -60,3 +65,16 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
     finally:
         prepared.unlink(missing_ok=True)
+
+
+def classifier_to_onnx(classifier, n_features: int, path: Path) -> None:
+    """A fitted scikit-learn classifier -> ONNX with skl2onnx: float32 features (N x n_features) in,
+    outputs `label` and `probabilities` (N x K; no zipmap), as the device's two-stage runner reads them."""
+    import warnings
+
+    from skl2onnx import to_onnx as sklearn_to_onnx
+    example = np.zeros((1, n_features), np.float32)
+    with warnings.catch_warnings():  # skl2onnx reads SVC attributes scikit-learn 1.9 marks as deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        onnx_model = sklearn_to_onnx(classifier, example, options={"zipmap": False}, target_opset=17)
+    path.write_bytes(onnx_model.SerializeToString())

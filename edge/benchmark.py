@@ -19,11 +19,12 @@ import numpy as np
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mobilenet_v2_1.0_224_quant.tflite"
 
 
-def measure(path: str, runtime: str, threads: int, runs: int) -> dict:
-    """Load time, first-inference time, median and p95 latency, peak RSS of this process."""
+def measure(path: str, runtime: str, threads: int, runs: int, classifier: str | None = None) -> dict:
+    """Load time, first-inference time, median and p95 latency, peak RSS of this process (a two-stage
+    model: the feature model and its classifier)."""
     started = time.perf_counter()
     from leukoscreen.edge.runtimes import open_runner
-    runner = open_runner(path, runtime, threads)
+    runner = open_runner(path, runtime, threads, classifier=classifier)
     loaded = time.perf_counter()
     image = np.random.default_rng(0).integers(0, 256, (1, runner.input_size, runner.input_size, 3), np.uint8)
     runner.predict(image)
@@ -37,12 +38,13 @@ def measure(path: str, runtime: str, threads: int, runs: int) -> dict:
             "first_inference_ms": first * 1e3, "median_ms": statistics.median(latencies) * 1e3,
             "p95_ms": float(np.percentile(latencies, 95)) * 1e3,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "size_mb": Path(path).stat().st_size / 1e6, "runs": runs}
+            "size_mb": sum(Path(p).stat().st_size for p in (path, classifier) if p) / 1e6, "runs": runs}
 
 
-def measure_in_subprocess(path: Path, runtime: str, threads: int, runs: int) -> dict:
+def measure_in_subprocess(path: Path, runtime: str, threads: int, runs: int, classifier: Path | None = None) -> dict:
+    classifier = str(classifier) if classifier else None
     code = ("import json, sys; from leukoscreen.edge.benchmark import measure; "
-            f"print(json.dumps(measure({str(path)!r}, {runtime!r}, {threads}, {runs})))")
+            f"print(json.dumps(measure({str(path)!r}, {runtime!r}, {threads}, {runs}, {classifier!r})))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if result.returncode != 0:
         return {"file": str(path), "threads": threads, "error": result.stderr.strip().splitlines()[-1]}
@@ -57,16 +59,16 @@ def benchmark_bundle(bundle_path: Path, runtime: str = "auto", threads: tuple[in
     for fmt in bundle.formats:
         if runtime != "auto" and (runtime == "onnx") != fmt.startswith("onnx"):
             continue  # this runtime cannot run that format
-        targets.append((fmt, bundle.file(fmt), runtime))
+        targets.append((fmt, bundle.file(fmt), runtime, bundle.classifier_file(fmt)))
     if reference and reference.is_file():
-        targets.append(("reference MobileNetV2 int8", reference, "auto" if runtime == "onnx" else runtime))
+        targets.append(("reference MobileNetV2 int8", reference, "auto" if runtime == "onnx" else runtime, None))
     else:
         print(f"note: reference model not found at {reference}; no ratios")
     rows = []
     for count in threads:
-        for label, path, file_runtime in targets:
+        for label, path, file_runtime, classifier in targets:
             print(f"timing {label} with {count} thread(s)...", flush=True)
-            row = measure_in_subprocess(path, file_runtime, count, runs)
+            row = measure_in_subprocess(path, file_runtime, count, runs, classifier)
             row["model"] = label
             rows.append(row)
     for count in threads:

@@ -58,6 +58,18 @@ class ModelBundle:
     def default_format(self) -> str:
         return self.manifest.get("default_format", self.formats[0])
 
+    def classifier_file(self, fmt: str) -> Path | None:
+        """Two-stage bundles (thesis Model 1): the ONNX classifier that reads this format's features."""
+        entry = self.manifest["files"].get(fmt, {}).get("classifier")
+        return self.path / entry["file"] if entry else None
+
+    def runner(self, fmt: str | None = None, runtime: str = "auto", threads: int = 2,
+               providers: list[str] | None = None):
+        """The device runtime for one of this bundle's formats (default: the bundle's default format)."""
+        from leukoscreen.edge.runtimes import open_runner
+        fmt = fmt or self.default_format
+        return open_runner(self.file(fmt), runtime, threads, providers, self.classifier_file(fmt))
+
     def file(self, fmt: str) -> Path:
         if fmt not in self.manifest["files"]:
             raise BundleError(f"bundle {self.path} has no {fmt!r} model; it has: {', '.join(self.formats)}")
@@ -66,6 +78,17 @@ class ModelBundle:
     @property
     def title(self) -> str:
         return f"{self.manifest['name']} {self.manifest['version']}"
+
+
+def _file_entries(manifest: dict) -> list[tuple[str, dict]]:
+    """Every file the manifest lists: the model of each format, and in a two-stage bundle the classifier
+    fitted on that format's features."""
+    entries = []
+    for fmt, entry in manifest["files"].items():
+        entries.append((fmt, entry))
+        if isinstance(entry, dict) and "classifier" in entry:
+            entries.append((f"{fmt}.classifier", entry["classifier"]))
+    return entries
 
 
 def validate_manifest(manifest: dict, where: str = "manifest.json") -> None:
@@ -90,13 +113,15 @@ def validate_manifest(manifest: dict, where: str = "manifest.json") -> None:
         raise BundleError(f"{where}: input_kind {manifest['input_kind']!r} should be 'field' or 'cell'")
     if not manifest["files"]:
         raise BundleError(f"{where}: lists no model files")
-    for fmt, entry in manifest["files"].items():
-        if fmt not in FORMATS:
+    for fmt, entry in _file_entries(manifest):
+        if fmt.split(".")[0] not in FORMATS:
             raise BundleError(f"{where}: unknown model format {fmt!r}; known: {', '.join(FORMATS)}")
         if not isinstance(entry, dict) or not {"file", "sha256"} <= set(entry):
             raise BundleError(f"{where}: files.{fmt} needs 'file' and 'sha256'")
         if Path(entry["file"]).name != entry["file"]:
             raise BundleError(f"{where}: files.{fmt}.file {entry['file']!r} must be a plain file name")
+        if fmt.endswith(".classifier") and not entry["file"].endswith(".onnx"):
+            raise BundleError(f"{where}: files.{fmt}.file must be an .onnx file (a skl2onnx classifier)")
     decision = manifest["decision"]
     for key in ("negative_classes", "threshold", "indeterminate_band"):
         if key not in decision:
@@ -134,7 +159,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
     except (OSError, ValueError) as error:
         raise BundleError(f"{manifest_file}: cannot be read as JSON ({error})") from error
     validate_manifest(manifest, str(manifest_file))
-    for fmt, entry in manifest["files"].items():
+    for fmt, entry in _file_entries(manifest):
         model_file = path / entry["file"]
         if not model_file.is_file():
             raise BundleError(f"{path}: the {fmt} model file {entry['file']} is missing; copy the whole bundle")
@@ -146,7 +171,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
 
 def write_manifest(path: Path, manifest: dict) -> None:
     """Fill in file hashes, validate and write manifest.json (used by the converter)."""
-    for entry in manifest["files"].values():
+    for _, entry in _file_entries(manifest):
         entry["sha256"] = sha256_of(path / entry["file"])
     validate_manifest(manifest)
     (path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

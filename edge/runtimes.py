@@ -53,6 +53,10 @@ class ModelRunner:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N x K) for preprocessed uint8 images (N x S x S x 3)."""
+        return to_probabilities(self.outputs(images))
+
+    def outputs(self, images: np.ndarray) -> np.ndarray:
+        """The model's raw outputs (N x K) for preprocessed uint8 images (N x S x S x 3)."""
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
@@ -63,7 +67,7 @@ class ModelRunner:
                              "preprocess with the bundle's parameters first")
         if images.dtype != np.uint8:
             raise ValueError(f"model input must be uint8 pixels, got {images.dtype}")
-        return to_probabilities(self._run(images))
+        return self._run(images)
 
 
 class TFLiteRunner(ModelRunner):
@@ -133,14 +137,42 @@ class OnnxRunner(ModelRunner):
         self.input = self.session.get_inputs()[0]
         self.input_size = int(self.input.shape[1])
 
+    def _run(self, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
+        # a few images per call: a whole data set at once would hold every layer's activations for all of it
+        return np.concatenate([self.session.run(None, {self.input.name: batch[i:i + chunk].astype(np.float32)})[0]
+                               for i in range(0, len(batch), chunk)])
+
+
+class TwoStageRunner(ModelRunner):
+    """Thesis Model 1 on the device: a feature-extractor model, then a classical classifier (scikit-learn,
+    converted to ONNX by skl2onnx) that turns the features into class probabilities."""
+
+    def __init__(self, features: ModelRunner, classifier: Path, threads: int = 1):
+        self.features = features
+        self.classifier = OnnxRunner(classifier, threads)
+        self.name = f"{features.name} + onnxruntime"
+        self.input_size = features.input_size
+        if len(self.classifier.session.get_outputs()) != 2:
+            raise RuntimeProblem(f"{classifier}: a classifier needs the outputs (label, probabilities); "
+                                 "convert it with skl2onnx and zipmap off")
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input.name: batch.astype(np.float32)})[0]
+        features = np.asarray(self.features._run(batch), dtype=np.float32).reshape(len(batch), -1)
+        width = self.classifier.input_size
+        if features.shape[1] != width:
+            raise RuntimeProblem(f"the feature model gives {features.shape[1]} numbers per image but the "
+                                 f"classifier expects {width}; the bundle's files do not belong together")
+        return self.classifier.session.run(None, {self.classifier.input.name: features})[1]
 
 
 def open_runner(path: str | Path, runtime: str = "auto", threads: int = 2,
-                providers: list[str] | None = None) -> ModelRunner:
+                providers: list[str] | None = None, classifier: str | Path | None = None) -> ModelRunner:
     """A runner for a .tflite or .onnx file. runtime: "auto", "litert", "tflite-runtime" or "onnx"
-    ("auto" picks LiteRT for .tflite, falling back to tflite-runtime, and onnxruntime for .onnx)."""
+    ("auto" picks LiteRT for .tflite, falling back to tflite-runtime, and onnxruntime for .onnx).
+    With `classifier` (an ONNX classifier file) the model file is a feature extractor and the classifier
+    turns its features into probabilities."""
+    if classifier is not None:
+        return TwoStageRunner(open_runner(path, runtime, threads, providers), Path(classifier))
     path = Path(path)
     if not path.is_file():
         raise RuntimeProblem(f"model file {path} does not exist")

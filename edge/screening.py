@@ -17,7 +17,6 @@ from leukoscreen.edge.cell_finder import CellFinderConfig, crop, find_cells, sta
 from leukoscreen.edge.decision import Decision, blast_score, calibrate, decide
 from leukoscreen.edge.preprocessing import preprocess
 from leukoscreen.edge.quality import QualityConfig, QualityReport, check_quality
-from leukoscreen.edge.runtimes import open_runner
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
 
@@ -64,7 +63,7 @@ class Screener:
                  runtime: str = "auto", threads: int = 2, finder: CellFinderConfig = CellFinderConfig(),
                  quality: QualityConfig = QualityConfig(), providers: list[str] | None = None):
         self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
-        self.runner = open_runner(self.bundle.file(fmt or self.bundle.default_format), runtime, threads, providers)
+        self.runner = self.bundle.runner(fmt, runtime, threads, providers)
         self.finder, self.quality = finder, quality
         manifest = self.bundle.manifest
         self.temperature = manifest["calibration"]["temperature"]

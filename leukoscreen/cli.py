@@ -47,16 +47,22 @@ def _train(args) -> None:
     if args.preset == "thesis":  # thesis 3.9: learning rate 1e-4, batch 5, 6 epochs, 80/20 hold-out, its augmentation
         args.learning_rate, args.batch_size, args.epochs = args.learning_rate or 1e-4, 5, 6
         args.head_epochs, args.fine_tune_fraction, args.augmentation = 0, 1.0, "thesis"
+        args.schedule = args.schedule or "constant"
     backbone = args.model in ("mobilenet-v2", "efficientnet-lite0", "alexnet")
     learning_rate = args.learning_rate or (1e-4 if backbone else 1e-3)
+    basic = args.model == "basic-cnn"  # its defaults keep a full run within 10 minutes on 2 cores
+    epochs = args.epochs or (30 if basic else 40)
+    schedule = args.schedule or ("cosine" if basic else "constant")
+    # a cosine schedule runs its course (its last, small steps matter); the best validation epoch is kept
+    patience = args.patience or (epochs if schedule == "cosine" else 8)
     hsv = {"hsv_lower": tuple(args.hsv_lower or ()), "hsv_upper": tuple(args.hsv_upper or ())}
     if args.model == "odrnn" and not args.hsv_lower:  # the thesis' HSV-masked input, with the device's bounds
         from leukoscreen.edge.cell_finder import CellFinderConfig
         hsv = {"hsv_lower": CellFinderConfig().hsv_lower, "hsv_upper": CellFinderConfig().hsv_upper}
     preprocess = replace(preprocess, **hsv)
     config = TrainConfig(data=args.data, model=args.model, task=args.task, kind=args.kind,
-                         epochs=args.epochs, batch_size=args.batch_size, learning_rate=learning_rate,
-                         patience=args.patience, augment=not args.no_augment, seed=args.seed,
+                         epochs=epochs, batch_size=args.batch_size, learning_rate=learning_rate, schedule=schedule,
+                         patience=patience, augment=not args.no_augment, seed=args.seed,
                          block_size=args.block_size, split_file=args.split, precision=args.precision,
                          preprocess=preprocess, weights=args.weights, head_epochs=args.head_epochs,
                          fine_tune_fraction=args.fine_tune_fraction, model_options=_options(args.model_option),
@@ -82,7 +88,7 @@ def _convert(args) -> None:
                 max_accuracy_drop=args.max_accuracy_drop / 100, allow_drop=args.allow_accuracy_drop,
                 target_sensitivity=args.target_sensitivity,
                 negative_classes=args.negative_classes.split(",") if args.negative_classes else None,
-                name=args.name, version=args.bundle_version, io_type=args.int8_io)
+                name=args.name, version=args.bundle_version, io_type=args.int8_io, classifier=args.classifier)
 
 
 def _bench(args) -> None:
@@ -287,11 +293,15 @@ def parser() -> argparse.ArgumentParser:
                                                      "set's first task)")
     train.add_argument("--kind", default="auto", choices=["auto", "aria", "cnmc", "folders"])
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATA-TASK)")
-    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--epochs", type=int, default=None, help="default 30 for basic-cnn, 40 otherwise")
+    train.add_argument("--schedule", default=None, choices=["constant", "cosine"],
+                       help="learning rate over the epochs (default cosine for basic-cnn, constant otherwise)")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--learning-rate", type=float, default=None,
                        help="default 1e-3 for basic-cnn, 1e-4 for fine-tuning a backbone")
-    train.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")
+    train.add_argument("--patience", type=int, default=None,
+                       help="early-stopping patience in epochs (default 8; with a cosine schedule none: all epochs "
+                            "run and the best validation epoch is kept)")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--no-mask-corner", action="store_true",
                        help="keep the bottom-right corner (all-aria's scale-bar label) in training")
@@ -315,7 +325,11 @@ def parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     convert = commands.add_parser("convert", help="turn a run into a TFLite/ONNX model bundle for the device")
-    convert.add_argument("run")
+    convert.add_argument("run", help="a run folder of `leukoscreen train`, or of `leukoscreen classical` (a "
+                                     "two-stage bundle: the backbone's features, then the classifier)")
+    convert.add_argument("--classifier", default=None,
+                         help="Model 1 runs: the classifier to ship, e.g. 'SVM cubic' (default: the best "
+                              "cross-validated macro-F1)")
     convert.add_argument("--out", required=True, help="bundle folder to write")
     convert.add_argument("--formats", default="tflite-int8,tflite-dynamic,tflite-fp32,onnx-fp32,onnx-int8",
                          help="comma-separated; the first is the bundle's default")

@@ -1,13 +1,18 @@
 """Thesis Model 1 on generated images: frozen-backbone features, six classical classifiers, 10-fold-style
 group cross-validation and the held-out test split."""
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 from leukoscreen.cli import main
 
+from conftest import BLOCK_DESKTOP_IMPORTS
 
-def test_model1_table_from_pretrained_features(aria_like, tmp_path):
+
+def test_model1_table_from_pretrained_features(aria_like, tmp_path, capsys):
     out = tmp_path / "model1"
     assert main(["classical", "--data", str(aria_like), "--backbone", "mobilenet-v2", "--folds", "3",
                  "--block-size", "3", "--bootstrap", "20", "--out", str(out)]) == 0
@@ -24,6 +29,42 @@ def test_model1_table_from_pretrained_features(aria_like, tmp_path):
     assert len(classical_rows(out)) == 6
     table = (out / "classical.md").read_text()
     assert "| SVM cubic |" in table and "3-fold group cross-validation" in table
+
+    # the device's two-stage bundle: features (TFLite int8 / ONNX), then the classifier (skl2onnx)
+    from leukoscreen.edge.bundle import BundleError, load_bundle
+    bundle_dir = tmp_path / "bundle"
+    assert main(["convert", str(out), "--classifier", "SVM linear", "--formats", "tflite-int8,onnx-fp32",
+                 "--representative", "10", "--allow-accuracy-drop", "--out", str(bundle_dir)]) == 0
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["training"]["classifier"] == "SVM linear" and manifest["output"] == "softmax"
+    for fmt in ("tflite-int8", "onnx-fp32"):  # each format's classifier learnt that format's features
+        assert manifest["files"][fmt]["classifier"]["file"] == f"classifier-{fmt}.onnx"
+    # ONNX float features + the ONNX classifier give the desktop's answers
+    assert manifest["metrics"]["onnx-fp32"]["top1_agreement"] == 1.0
+    assert manifest["metrics"]["onnx-fp32"]["max_probability_difference"] < 1e-3
+    code = BLOCK_DESKTOP_IMPORTS + f"""
+import numpy as np
+from leukoscreen.edge.bundle import load_bundle
+bundle = load_bundle({str(bundle_dir)!r})
+x = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), np.uint8)
+for fmt in bundle.formats:
+    p = bundle.runner(fmt).predict(x)
+    assert p.shape == (2, 2) and np.allclose(p.sum(axis=1), 1), (fmt, p)
+print('two-stage ran', len(bundle.formats))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("two-stage ran 2")
+    with open(bundle_dir / "classifier-tflite-int8.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError, match="classifier-tflite-int8.onnx does not match its sha256"):
+        load_bundle(bundle_dir)
+    manifest["files"]["tflite-int8"]["classifier"]["file"] = "classifier.pkl"  # only ONNX, never a pickle
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="must be an .onnx file"):
+        load_bundle(bundle_dir)
+    assert main(["convert", str(out), "--classifier", "SVM quartic", "--out", str(tmp_path / "other")]) == 2
+    assert "classifier 'SVM quartic' is not in" in capsys.readouterr().err
 
 
 def test_model2_fine_tunes_a_pretrained_backbone_and_converts(aria_like, tmp_path):

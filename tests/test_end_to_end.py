@@ -4,6 +4,7 @@ import shutil
 
 import cv2
 import numpy as np
+import pytest
 
 from leukoscreen.cli import main
 from leukoscreen.edge.image_io import read_image
@@ -29,7 +30,7 @@ def test_training_pipeline_feeds_exactly_the_device_preprocessing(aria_like):
 
 def test_train_evaluate_report_on_generated_images(aria_like, tmp_path):
     run = tmp_path / "run"
-    metrics = train(TrainConfig(data=str(aria_like), **QUICK), run, n_boot=20)
+    metrics = train(TrainConfig(data=str(aria_like), schedule="cosine", **QUICK), run, n_boot=20)
     folder = RunFolder(run)
     for name in ("model.keras", "split.csv", "history.csv", "metrics.json", "config.json",
                  "training_curves.png", "confusion.png", "roc.png", "summary.md", "predictions.csv"):
@@ -61,6 +62,17 @@ def test_train_evaluate_report_on_generated_images(aria_like, tmp_path):
     assert overlay.shape == (128, 256, 3)  # the model input beside its heat map
     assert "Research use only" in page and "80.91%" in page and run.name in page
     assert (tmp_path / "report" / "report.html").exists()
+
+
+def test_cosine_schedule_decays_to_zero_over_all_epochs():
+    from leukoscreen.training.train import learning_rate_for
+    config = TrainConfig(data="unused", schedule="cosine", epochs=3, batch_size=8, learning_rate=1e-3)
+    schedule = learning_rate_for(config, train_images=20)  # 3 steps per epoch
+    assert float(schedule(0)) == pytest.approx(1e-3) and float(schedule(9)) == pytest.approx(0.0, abs=1e-9)
+    assert float(schedule(4)) == pytest.approx(5e-4, rel=0.2)
+    assert learning_rate_for(TrainConfig(data="unused"), 20) == 1e-3
+    with pytest.raises(ValueError, match="schedule 'linear': use constant or cosine"):
+        learning_rate_for(TrainConfig(data="unused", schedule="linear"), 20)
 
 
 def test_real_images_end_to_end(shared_data, tmp_path):

@@ -16,7 +16,8 @@ spec.loader.exec_module(runtimes)
 out = {}
 for path in sys.argv[2:]:
     try:
-        p = runtimes.open_runner(path, "tflite-runtime").predict(np.zeros((1, 128, 128, 3), np.uint8))
+        runner = runtimes.open_runner(path, "tflite-runtime")
+        p = runner.predict(np.zeros((1, runner.input_size, runner.input_size, 3), np.uint8))
         out[path.rsplit("/", 1)[1]] = "ok %.3f" % p.sum()
     except runtimes.RuntimeProblem as error:
         out[path.rsplit("/", 1)[1]] = str(error)
@@ -45,3 +46,12 @@ def test_legacy_runtime_runs_int8_and_explains_new_op_versions(legacy_python, bu
     assert outcome["model-fp32.tflite"] == "ok 1.000"
     assert "too old for an operator version" in outcome["model-dynamic.tflite"]
     assert "use ai-edge-litert or the ONNX model" in outcome["model-dynamic.tflite"]
+
+
+def test_legacy_runtime_runs_the_shipped_default_bundle(legacy_python):
+    import json
+    default = Path(__file__).resolve().parent.parent / "edge" / "default_bundle" / "model-int8.tflite"
+    result = subprocess.run([str(legacy_python), "-c", CHECK, str(RUNTIMES), str(default)], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"model-int8.tflite": "ok 1.000"}

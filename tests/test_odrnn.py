@@ -20,8 +20,12 @@ def test_odrnn_trains_on_masked_rows_and_converts_without_flex(aria_like, tmp_pa
     config = json.loads((run / "config.json").read_text())["train"]
     assert config["model_options"] == {"cell": "gru", "bidirectional": True, "sequence": "cnn"}
     assert config["preprocess"]["hsv_lower"] == [118, 65, 0] and config["preprocess"]["input_size"] == 64
-    convert_run(run, tmp_path / "bundle", ["tflite-int8", "onnx-fp32"], representative=10, allow_drop=True)
-    for fmt in ("tflite-int8", "onnx-fp32"):  # each checked for Flex ops and evaluated by the device runtime
+    convert_run(run, tmp_path / "bundle", ["tflite-int8", "onnx-fp32", "onnx-int8"], representative=10,
+                allow_drop=True)
+    import onnx
+    ops = {node.op_type for node in onnx.load(tmp_path / "bundle" / "model-int8.onnx").graph.node}
+    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, ops
+    for fmt in ("tflite-int8", "onnx-fp32", "onnx-int8"):  # each checked for Flex ops and run by the device runtime
         result = Screener(tmp_path / "bundle", fmt).screen(synthetic_field(1).image).to_dict()
         assert result["decision"] != "retake" and sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
 
@@ -54,8 +58,14 @@ def test_search_logs_every_evaluation_and_resumes_where_it_stopped(tmp_path):
         run_search("data", tmp_path / "s", "random", budget=24, seed=1, evaluator=again, final_epochs=0)
     default = run_search("data", tmp_path / "d", "default", budget=24, evaluator=FakeEvaluator(), final_epochs=0)
     assert default["evaluations"] == 1 and default["best_params"] == DEFAULT
-    from leukoscreen.training.report import search_row
+    from leukoscreen.training.report import ablation_rows, search_row
     assert search_row(tmp_path / "s")["method"] == "rda" and search_row(tmp_path / "d")["evaluations"] == 1
+    other_seed = run_search("data", tmp_path / "s2", "rda", budget=24, seed=2, evaluator=FakeEvaluator(), final_epochs=0)
+    rows = {row["method"]: row for row in ablation_rows([tmp_path / "s", tmp_path / "s2", tmp_path / "d"])}
+    values = sorted([summary["best_val_macro_f1"], other_seed["best_val_macro_f1"]])
+    assert rows["rda"]["seeds"] == 2 and rows["default"]["seeds"] == 1
+    assert rows["rda"]["best validation macro-F1, mean (range)"] == (
+        f"{np.mean(values):.3f} ({values[0]:.3f}-{values[1]:.3f})")
 
 
 @pytest.mark.parametrize("arguments, message", [

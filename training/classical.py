@@ -43,15 +43,69 @@ def classifiers() -> dict:
     }
 
 
-def extract_features(backbone: str, weights: str, images: np.ndarray, seed: int = 0,
-                     batch_size: int = 32) -> np.ndarray:
+def with_probabilities(model):
+    """A classifier as the device needs it, giving class probabilities: an SVM's scores are calibrated
+    (sigmoid, cross-validated on the training images); the other classifiers have their own."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+    step, final = model.steps[-1] if hasattr(model, "steps") else (None, model)
+    if not isinstance(final, SVC):
+        return model
+    calibrated = CalibratedClassifierCV(final, ensemble=False)
+    if step is None:
+        return calibrated
+    model.steps[-1] = (step, calibrated)
+    return model
+
+
+def feature_extractor(backbone: str, weights: str, input_size: int, seed: int = 0):
+    """The frozen backbone up to its feature layer, as a Keras model (uint8-range float pixels in)."""
     import keras
 
     from leukoscreen.training.backbones import build_backbone
     keras.utils.set_random_seed(seed)  # weights "none": a seeded random network
-    ported = build_backbone(backbone, None if weights == "none" else weights, images.shape[1])
-    extractor = keras.Model(ported.model.input, ported.model.get_layer(ported.feature_layer).output)
+    ported = build_backbone(backbone, None if weights == "none" else weights, input_size)
+    return keras.Model(ported.model.input, ported.model.get_layer(ported.feature_layer).output)
+
+
+def extract_features(backbone: str, weights: str, images: np.ndarray, seed: int = 0,
+                     batch_size: int = 32) -> np.ndarray:
+    extractor = feature_extractor(backbone, weights, images.shape[1], seed)
     return extractor.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+
+
+def classical_source(path: Path, classifier: str | None = None):
+    """What `leukoscreen convert` needs to make a two-stage bundle of a Model 1 run: the feature extractor
+    and the chosen classifier (default: the best cross-validated macro-F1), refitted on the run's train
+    part so that the validation part stays free for calibration and the test part for the figures."""
+    from leukoscreen.convert.bundle_builder import Source
+    summary = json.loads((path / "classical.json").read_text())
+    results = summary["classifiers"]
+    name = classifier or max(results, key=lambda n: results[n]["cross_validation"]["macro_f1"])
+    if name not in results:
+        raise ValueError(f"classifier {name!r} is not in {path}; it has: {', '.join(results)}")
+    seed = summary.get("seed", 0)
+    config = PreprocessConfig.from_dict(summary["preprocess"])
+    prepared = prepare(summary["data"], summary["task"], block_size=summary.get("block_size", 20),
+                       split_file=path / "split.csv")
+    extractor = feature_extractor(summary["backbone"], summary["weights"], config.input_size, seed)
+    train = prepared.part("train")
+    images = preprocessed_images([prepared.paths[i] for i in train], [prepared.sha256s[i] for i in train], config)
+    print(f"fitting {name} on the float features of {len(train)} training images (the desktop reference)")
+
+    def fit(features: np.ndarray, labels: np.ndarray):
+        return with_probabilities(classifiers()[name]()).fit(features, labels)
+    reference_model = fit(extractor.predict(images.astype(np.float32), batch_size=32, verbose=0),
+                          prepared.labels[train])
+
+    def reference(batch: np.ndarray) -> np.ndarray:
+        return reference_model.predict_proba(extractor.predict(batch.astype(np.float32), batch_size=32, verbose=0))
+    training = {"model": f"Model 1: {summary['backbone']} features ({summary['weights']}) + {name}",
+                "backbone": summary["backbone"], "weights": summary["weights"], "classifier": name,
+                "classifier_fitted_on": "the train part's features as each format computes them",
+                "data": Path(summary["data"]).name, "task": summary["task"],
+                "split_method": f"the group split of the Model 1 run ({path.name}/split.csv)", "run": path.name}
+    return Source(extractor, reference, prepared, config, path / "split.csv", training, seed, fit)
 
 
 def cached_features(backbone: str, weights: str, images: np.ndarray, sha256s: list[str],
@@ -110,7 +164,8 @@ def run_classical(data: str, out: Path, backbone: str = "mobilenet-v2", weights:
               f"test split macro-F1 {held['macro_f1']:.3f}")
     summary = {"model": f"Model 1: {backbone} features ({'from scratch: random weights' if weights == 'none' else weights})"
                         " + classical classifiers",
-               "backbone": backbone, "weights": weights, "task": prepared.task, "classes": names,
+               "backbone": backbone, "weights": weights, "seed": seed, "block_size": block_size,
+               "task": prepared.task, "classes": names,
                "data": str(prepared.dataset.root), "colour": colour, "folds": folds, "n": int(len(labels)),
                "n_groups": int(len(np.unique(groups))), "feature_seconds": feature_seconds,
                "feature_size": int(features.shape[1]), "preprocess": config.to_dict(), "classifiers": results}

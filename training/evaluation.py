@@ -106,7 +106,6 @@ def evaluate_bundle(bundle_path: Path, data_dir: Path | None, out_dir: Path | No
     """`leukoscreen evaluate BUNDLE`: metrics through the device runtime (not TensorFlow). Images that
     are in the bundle's saved split are evaluated on its test part only; other folders in full."""
     from leukoscreen.edge.bundle import load_bundle
-    from leukoscreen.edge.runtimes import open_runner
     bundle = load_bundle(bundle_path)
     if data_dir is None:
         raise RunError("evaluating a bundle needs --data FOLDER")
@@ -120,7 +119,7 @@ def evaluate_bundle(bundle_path: Path, data_dir: Path | None, out_dir: Path | No
         raise RunError(f"{data_dir} has the classes {prepared.class_names} for task {task!r}; the bundle "
                        f"was trained on {bundle.class_names}")
     fmt = fmt or bundle.default_format
-    runner = open_runner(bundle.file(fmt), runtime)
+    runner = bundle.runner(fmt, runtime)
     out = Path(out_dir) if out_dir else bundle.path.parent / f"{bundle.path.name}-evaluation-{fmt}"
     metrics = evaluate_with_variants(runner.predict, prepared, "test", bundle.preprocess, out, n_boot)
     metrics.update(bundle=str(bundle.path), format=fmt, runtime=runner.name)

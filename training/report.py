@@ -10,6 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from leukoscreen import RESEARCH_USE_NOTICE
 from leukoscreen.training.runs import RunFolder
 
@@ -117,19 +119,45 @@ def classical_rows(folder: Path) -> list[dict]:
     return rows
 
 
-SEARCH_COLUMNS = ["search", "method", "seed", "evaluations", "best validation macro-F1", "best configuration",
+SEARCH_COLUMNS = ["search", "data / task", "method", "seed", "evaluations", "best validation macro-F1", "best configuration",
                   "test macro-F1 of the best [95% CI]", "search time"]
 
 
 def search_row(folder: Path) -> dict:
     summary = json.loads((folder / "summary.json").read_text())
     test = summary.get("test")
-    return {"search": folder.name, "method": summary["method"], "seed": summary["seed"],
+    return {"search": folder.name, "data / task": f"{Path(summary['data']).name} / {summary['task']}",
+            "method": summary["method"], "seed": summary["seed"],
             "evaluations": summary["evaluations"], "best validation macro-F1": f"{summary['best_val_macro_f1']:.3f}",
             "best configuration": ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in summary["best_params"].items()),
             "test macro-F1 of the best [95% CI]": _interval(test, "macro_f1") if test else "-",
             "search time": f"{summary['search_seconds'] / 60:.1f} min"}
+
+
+ABLATION_COLUMNS = ["data / task", "method", "seeds", "evaluations each", "best validation macro-F1, mean (range)",
+                    "test macro-F1 of the best, mean (range)", "search time, mean"]
+
+
+def _mean_range(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def ablation_rows(search_dirs: list[Path]) -> list[dict]:
+    """The ablation: per data set, task and search method, the mean and range over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for folder in search_dirs:
+        summary = json.loads((folder / "summary.json").read_text())
+        groups.setdefault((f"{Path(summary['data']).name} / {summary['task']}", summary["method"]), []).append(summary)
+    return [{"data / task": data, "method": method, "seeds": len(items),
+             "evaluations each": items[0]["evaluations"],
+             "best validation macro-F1, mean (range)": _mean_range([i["best_val_macro_f1"] for i in items]),
+             "test macro-F1 of the best, mean (range)": _mean_range([i["test"]["macro_f1"] for i in items
+                                                                     if i.get("test")]),
+             "search time, mean": f"{np.mean([i['search_seconds'] for i in items]) / 60:.1f} min"}
+            for (data, method), items in groups.items()]
 
 
 def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | None = None,
@@ -170,6 +198,7 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
     converted = [row for bundle in bundle_dirs or [] for row in bundle_rows(bundle, bench_files or [])]
     classical = [row for folder in classical_dirs or [] for row in classical_rows(folder)]
     searches = [search_row(folder) for folder in search_dirs or []]
+    ablation = ablation_rows(search_dirs or [])
     search_note = ("ODRNN hyperparameter searches at equal budgets of evaluations (each a short training scored "
                    "on the validation part); the best configuration is then trained in full and scored on the "
                    "test split. 'default' is the default configuration, evaluated once.")
@@ -200,6 +229,7 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
         markdown += _markdown_table(CLASSICAL_COLUMNS, classical)
     if searches:
         markdown += ["", "## ODRNN: Red Deer Algorithm vs random search vs default", "", search_note, ""]
+        markdown += _markdown_table(ABLATION_COLUMNS, ablation) + ["", "Each search:", ""]
         markdown += _markdown_table(SEARCH_COLUMNS, searches)
     if converted:
         markdown += ["", "## Converted models (test split, through the device runtime)", ""]
@@ -222,7 +252,7 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
                  _html_table(CLASSICAL_COLUMNS, classical)]
     if searches:
         page += ["<h2>ODRNN: Red Deer Algorithm vs random search vs default</h2>", f"<p>{html.escape(search_note)}</p>",
-                 _html_table(SEARCH_COLUMNS, searches)]
+                 _html_table(ABLATION_COLUMNS, ablation), "<p>Each search:</p>", _html_table(SEARCH_COLUMNS, searches)]
     if converted:
         page += ["<h2>Converted models (test split, through the device runtime)</h2>",
                  _html_table(BUNDLE_COLUMNS, converted)]

@@ -26,6 +26,7 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 32
     learning_rate: float = 1e-3
+    schedule: str = "constant"       # "constant" or "cosine" (decays to zero over the epochs)
     patience: int = 8
     augment: bool = True
     augmentation: str = "default"    # "default" or "thesis" (reflection, rotation 25-125 degrees, 15-25 px shifts)

@@ -87,7 +87,8 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
                   class_weight=class_weight)
     if pretrained:
         print(f"fine-tuning: {set_trainable_top(model, config.fine_tune_fraction)} trainable layers")
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate_for(config, len(train_index))), loss=loss,
+                  metrics=["accuracy"])
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs, verbose=2, callbacks=callbacks,
                         class_weight=class_weight)
     fit_seconds = time.perf_counter() - t0
@@ -117,6 +118,17 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
     run.summary_file.write_text(summary(config, metrics, classes))
     print(f"run folder: {run.path}  (training {fit_seconds:.0f} s, total {total_seconds:.0f} s)")
     return metrics
+
+
+def learning_rate_for(config: TrainConfig, train_images: int):
+    """The configured learning rate, or a cosine decay from it to zero over all the epochs' steps."""
+    import keras
+    if config.schedule == "constant":
+        return config.learning_rate
+    if config.schedule == "cosine":
+        steps = config.epochs * -(-train_images // config.batch_size)
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
+    raise ValueError(f"schedule {config.schedule!r}: use constant or cosine")
 
 
 def split_description(config: TrainConfig) -> str:
