@@ -36,21 +36,26 @@ run: install-edge
 	$(BIN)/leukoscreen serve --port $(PORT) $(if $(CAMERA_FOLDER),--camera folder --camera-folder $(CAMERA_FOLDER),--camera synthetic)
 
 RUNS := runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-subtype-colourstd runs/basic-cnn-subtype-grayscale \
-	runs/efficientnet-lite0-subtype runs/efficientnet-lite0-subtype-colourstd runs/efficientnet-lite0-binary
+	runs/efficientnet-lite0-subtype runs/efficientnet-lite0-subtype-colourstd runs/efficientnet-lite0-binary \
+	runs/mobilenet-v2-subtype runs/alexnet-scratch-subtype
 PROBES := runs/shortcuts-subtype runs/shortcuts-binary runs/shortcuts-subtype-colourstd runs/shortcuts-subtype-grayscale \
 	runs/shortcuts-subtype-reinhard
 MODEL1 := runs/model1-mobilenet-v2-subtype runs/model1-mobilenet-v2-subtype-colourstd \
 	runs/model1-efficientnet-lite0-subtype runs/model1-efficientnet-lite0-subtype-colourstd \
 	runs/model1-alexnet-scratch-subtype runs/model1-mobilenet-v2-subtype-reinhard
-SEARCHES := runs/search-odrnn-rda-seed0 runs/search-odrnn-random-seed0 runs/search-odrnn-default-seed0
+SEARCHES := runs/search-odrnn-rda-seed0 runs/search-odrnn-random-seed0 runs/search-odrnn-default-seed0 \
+	runs/search-odrnn-rda-seed1 runs/search-odrnn-random-seed1 runs/search-odrnn-rda-seed2 runs/search-odrnn-random-seed2 \
+	runs/search-odrnn-pbc-rda-seed0 runs/search-odrnn-pbc-random-seed0 \
+	runs/search-odrnn-binary-rda-seed0 runs/search-odrnn-binary-random-seed0
 L := $(BIN)/leukoscreen
 
-# Every figure of the README: about four hours on a 2-core machine.
+# Every figure of the README: about six hours on a 2-core machine.
 research: research-basic research-transfer research-odrnn
 	$(L) report $(RUNS) --probes $(PROBES) --classical $(MODEL1) --searches $(SEARCHES) \
 		--bundles runs/bundle-basic-cnn-subtype runs/bundle-basic-cnn-subtype-colourstd runs/bundle-efficientnet-lite0-subtype \
+		runs/bundle-model1-mobilenet-v2-subtype \
 		--bench runs/bench-basic-cnn-subtype/bench.json runs/bench-basic-cnn-subtype-colourstd/bench.json \
-		runs/bench-efficientnet-lite0-subtype/bench.json --out report
+		runs/bench-efficientnet-lite0-subtype/bench.json runs/bench-model1-mobilenet-v2-subtype/bench.json --out report
 
 research-basic: install
 	$(L) data shortcuts $(DATA) --task subtype --out runs/shortcuts-subtype
