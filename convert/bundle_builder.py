@@ -94,7 +94,8 @@ def run_source(run: RunFolder) -> Source:
 def convert_run(run_path: Path, out: Path, formats: list[str], representative: int = 500,
                 max_accuracy_drop: float = 0.01, allow_drop: bool = False, target_sensitivity: float = 0.99,
                 negative_classes: list[str] | None = None, name: str | None = None, version: str = "1",
-                io_type: str = "int8", threads: int = 2, classifier: str | None = None) -> dict:
+                io_type: str = "int8", threads: int = 2, classifier: str | None = None,
+                per_channel: bool = True) -> dict:
     """Convert a trained run, or a Model 1 run (`leukoscreen classical`: a two-stage bundle of the
     backbone's feature extractor and the chosen classifier, `classifier` or the best cross-validated)."""
     from leukoscreen.convert.calibration import decision_parameters
@@ -127,6 +128,11 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
 
     out.mkdir(parents=True, exist_ok=True)
     files, inputs, val_outputs = {}, {}, {}
+    recurrent = source.training.get("model") == "odrnn"
+    quantization = {"representative_images": len(calibration_set),
+                    "tflite-int8": "full integer, " + ("per-channel" if per_channel else "per-tensor") + " weights",
+                    "onnx-int8": "dynamic: int8 weights, activations at run time" if recurrent
+                    else "static QDQ, per-channel weights"}
     onnx_fp32 = out / FILE_NAMES["onnx-fp32"]
     if any(f.startswith("onnx") for f in formats):
         to_onnx(model, onnx_fp32)  # the float32 file, and the source of the int8 one
@@ -134,9 +140,9 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
         target = out / FILE_NAMES[fmt]
         print(f"[2/4] ({step}/{len(formats)}) writing {fmt}: {target.name}")
         if fmt.startswith("tflite"):
-            target.write_bytes(to_tflite(model, fmt.split("-")[1], calibration_set, io_type))
+            target.write_bytes(to_tflite(model, fmt.split("-")[1], calibration_set, io_type, per_channel))
         elif fmt == "onnx-int8":  # recurrent networks: dynamic quantization (int8 weights)
-            quantize_onnx(onnx_fp32, target, calibration_set, dynamic=source.training.get("model") == "odrnn")
+            quantize_onnx(onnx_fp32, target, calibration_set, dynamic=recurrent)
         runner = features = open_runner(target, threads=threads)  # the device's code; rejects Flex ops
         files[fmt] = {"file": target.name}
         size = target.stat().st_size
@@ -182,6 +188,7 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
         "preprocess": preprocess.to_dict(), "input_kind": "field",
         "output": "sigmoid" if len(classes) == 2 and not source.fit_classifier else "softmax",
         **decision, "files": files, "metrics": metrics,
+        "quantization": {k: v for k, v in quantization.items() if k in formats or k == "representative_images"},
         "training": {**source.training, "split_file": "split.csv", "metrics_on": "test split"},
         "software_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 
 
-def to_tflite(model, mode: str, representative: np.ndarray | None = None, io_type: str = "int8") -> bytes:
+def to_tflite(model, mode: str, representative: np.ndarray | None = None, io_type: str = "int8",
+              per_channel: bool = True) -> bytes:
     """TFLite flatbuffer of a Keras model. mode: "fp32", "dynamic" or "int8" (full integer, needs
-    `representative`: uint8 training images). io_type: "int8" or "uint8" input/output for full int8."""
+    `representative`: uint8 training images). io_type: "int8" or "uint8" input/output for full int8.
+    per_channel=False quantizes each weight tensor with one scale (smaller files, usually less accurate)."""
     import tensorflow as tf
     if mode not in ("fp32", "dynamic", "int8"):
         raise ValueError(f"unknown TFLite mode {mode!r}; use fp32, dynamic or int8")
@@ -28,6 +30,9 @@ def to_tflite(model, mode: str, representative: np.ndarray | None = None, io_typ
         dtype = {"int8": tf.int8, "uint8": tf.uint8}[io_type]
         converter.inference_input_type = dtype
         converter.inference_output_type = dtype
+        # TF 2.21 has no public switch; convolutions and dense layers have one flag each
+        converter._experimental_disable_per_channel = not per_channel
+        converter._experimental_disable_per_channel_quantization_for_dense_layers = not per_channel
     return converter.convert()
 
 

@@ -88,7 +88,8 @@ def _convert(args) -> None:
                 max_accuracy_drop=args.max_accuracy_drop / 100, allow_drop=args.allow_accuracy_drop,
                 target_sensitivity=args.target_sensitivity,
                 negative_classes=args.negative_classes.split(",") if args.negative_classes else None,
-                name=args.name, version=args.bundle_version, io_type=args.int8_io, classifier=args.classifier)
+                name=args.name, version=args.bundle_version, io_type=args.int8_io, classifier=args.classifier,
+                per_channel=not args.per_tensor)
 
 
 def _bench(args) -> None:
@@ -341,6 +342,9 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("--target-sensitivity", type=float, default=0.99)
     convert.add_argument("--negative-classes", default=None, help="comma-separated non-blast classes")
     convert.add_argument("--int8-io", default="int8", choices=["int8", "uint8"])
+    convert.add_argument("--per-tensor", action="store_true",
+                         help="TFLite int8 with one scale per convolution kernel instead of per output channel "
+                              "(smaller files; usually less accurate)")
     convert.add_argument("--name", default=None)
     convert.add_argument("--bundle-version", default="1")
     convert.set_defaults(handler=_convert)

@@ -142,3 +142,17 @@ def test_bench_prints_latency_and_ratio(bundle, tmp_path, capsys):
 def test_convert_errors(tmp_path):
     assert main(["convert", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
     assert main(["convert", str(tmp_path), "--out", str(tmp_path / "b"), "--formats", "tflite-int4"]) == 2
+
+
+def test_per_tensor_int8_has_one_scale_per_weight_tensor(bundle, tmp_path):
+    from leukoscreen.convert.bundle_builder import convert_run
+    convert_run(bundle.parent / "run", tmp_path / "pt", ["tflite-int8"], representative=10, allow_drop=True,
+                per_channel=False)
+    runner = open_runner(tmp_path / "pt" / "model-int8.tflite")
+    details = runner.interpreter.get_tensor_details()
+    conv_scales = [len(t["quantization_parameters"]["scales"]) for t in details if len(t["shape"]) == 4]
+    assert max(conv_scales) == 1  # convolution kernels: one scale each
+    assert json.loads((tmp_path / "pt" / "manifest.json").read_text())["quantization"]["tflite-int8"] == (
+        "full integer, per-tensor weights")
+    per_channel = json.loads((bundle / "manifest.json").read_text())["quantization"]
+    assert per_channel["tflite-int8"] == "full integer, per-channel weights" and per_channel["representative_images"] == 20
