@@ -42,7 +42,8 @@ PROBES := runs/shortcuts-subtype runs/shortcuts-binary runs/shortcuts-subtype-co
 	runs/shortcuts-subtype-reinhard
 MODEL1 := runs/model1-mobilenet-v2-subtype runs/model1-mobilenet-v2-subtype-colourstd \
 	runs/model1-efficientnet-lite0-subtype runs/model1-efficientnet-lite0-subtype-colourstd \
-	runs/model1-alexnet-scratch-subtype runs/model1-mobilenet-v2-subtype-reinhard
+	runs/model1-alexnet-scratch-subtype runs/model1-mobilenet-v2-subtype-reinhard \
+	runs/model1-mobilenet-v2-binary runs/model1-alexnet-scratch-binary
 SEARCHES := runs/search-odrnn-rda-seed0 runs/search-odrnn-random-seed0 runs/search-odrnn-default-seed0 \
 	runs/search-odrnn-rda-seed1 runs/search-odrnn-random-seed1 runs/search-odrnn-rda-seed2 runs/search-odrnn-random-seed2 \
 	runs/search-odrnn-pbc-rda-seed0 runs/search-odrnn-pbc-random-seed0 \
@@ -84,6 +85,8 @@ research-transfer: install
 	$(L) classical --data $(DATA) --backbone efficientnet-lite0 --task subtype --colour standardize \
 		--out runs/model1-efficientnet-lite0-subtype-colourstd
 	$(L) classical --data $(DATA) --backbone alexnet --weights none --task subtype --out runs/model1-alexnet-scratch-subtype
+	$(L) classical --data $(DATA) --backbone mobilenet-v2 --task binary --out runs/model1-mobilenet-v2-binary
+	$(L) classical --data $(DATA) --backbone alexnet --weights none --task binary --out runs/model1-alexnet-scratch-binary
 	$(L) data shortcuts $(DATA) --task subtype --colour reinhard --probes colour_mean_std colour_histogram \
 		--out runs/shortcuts-subtype-reinhard
 	$(L) classical --data $(DATA) --backbone mobilenet-v2 --task subtype --colour reinhard \

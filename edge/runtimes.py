@@ -56,7 +56,7 @@ class ModelRunner:
         return to_probabilities(self.outputs(images))
 
     def outputs(self, images: np.ndarray) -> np.ndarray:
-        """The model's raw outputs (N x K) for preprocessed uint8 images (N x S x S x 3)."""
+        """The model's raw outputs (N x K scores, or N x F features) for preprocessed uint8 images."""
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]

@@ -48,7 +48,12 @@ def run_row(run: RunFolder) -> dict:
     def f1(name):
         return f"{variant[name]['macro_f1']:.3f}" if name in variant else "-"
 
-    return {"run": run.path.name, "model": config.model, "task": f"{config.task} ({Path(config.data).name})",
+    model = config.model
+    if model == "alexnet" and config.weights == "none":
+        model = "alexnet (from scratch)"
+    elif model in ("efficientnet-lite0", "mobilenet-v2"):
+        model += " (ImageNet, fine-tuned)"
+    return {"run": run.path.name, "model": model, "task": f"{config.task} ({Path(config.data).name})",
             "train acc": _number(metrics.get("train_accuracy")), "val acc": _number(metrics.get("val_accuracy")),
             "test acc [95% CI]": _interval(metrics, "accuracy"),
             "test macro-F1 [95% CI]": _interval(metrics, "macro_f1"),
