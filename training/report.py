@@ -131,7 +131,7 @@ SEARCH_COLUMNS = ["search", "data / task", "method", "seed", "evaluations", "bes
 def search_row(folder: Path) -> dict:
     summary = json.loads((folder / "summary.json").read_text())
     test = summary.get("test")
-    return {"search": folder.name, "data / task": f"{Path(summary['data']).name} / {summary['task']}",
+    return {"search": folder.name, "data / task": _data_task(summary),
             "method": summary["method"], "seed": summary["seed"],
             "evaluations": summary["evaluations"], "best validation macro-F1": f"{summary['best_val_macro_f1']:.3f}",
             "best configuration": ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}"
@@ -142,6 +142,10 @@ def search_row(folder: Path) -> dict:
 
 ABLATION_COLUMNS = ["data / task", "method", "seeds", "evaluations each", "best validation macro-F1, mean (range)",
                     "test macro-F1 of the best, mean (range)", "search time, mean"]
+
+
+def _data_task(summary: dict) -> str:
+    return f"{Path(summary['data']).name} / {summary['task'] or 'its first task'}"
 
 
 def _mean_range(values: list[float]) -> str:
@@ -155,7 +159,7 @@ def ablation_rows(search_dirs: list[Path]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for folder in search_dirs:
         summary = json.loads((folder / "summary.json").read_text())
-        groups.setdefault((f"{Path(summary['data']).name} / {summary['task']}", summary["method"]), []).append(summary)
+        groups.setdefault((_data_task(summary), summary["method"]), []).append(summary)
     return [{"data / task": data, "method": method, "seeds": len(items),
              "evaluations each": items[0]["evaluations"],
              "best validation macro-F1, mean (range)": _mean_range([i["best_val_macro_f1"] for i in items]),
@@ -183,7 +187,7 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
                       "reinhard": " (Reinhard-normalised)"}.get(
                 summary.get("colour"), "")
             probe_rows.append({"probe": name + colour,
-                               "data / task": f"{Path(summary['data']).name} / {summary['task']}",
+                               "data / task": _data_task(summary),
                                "features": result["features"],
                                "test accuracy": f"{result['accuracy']:.3f}",
                                "test macro-F1 [95% CI]": f"{result['macro_f1']:.3f} "
