@@ -37,7 +37,7 @@ run: install-edge
 
 RUNS := runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-subtype-colourstd runs/basic-cnn-subtype-grayscale \
 	runs/efficientnet-lite0-subtype runs/efficientnet-lite0-subtype-colourstd runs/efficientnet-lite0-binary \
-	runs/mobilenet-v2-subtype runs/alexnet-scratch-subtype
+	runs/mobilenet-v2-subtype runs/alexnet-scratch-subtype runs/mobilenet-v2-binary runs/alexnet-scratch-binary
 PROBES := runs/shortcuts-subtype runs/shortcuts-binary runs/shortcuts-subtype-colourstd runs/shortcuts-subtype-grayscale \
 	runs/shortcuts-subtype-reinhard
 MODEL1 := runs/model1-mobilenet-v2-subtype runs/model1-mobilenet-v2-subtype-colourstd \
@@ -97,6 +97,8 @@ research-transfer: install
 	$(L) train --data $(DATA) --model efficientnet-lite0 --task binary --epochs 30 --out runs/efficientnet-lite0-binary
 	$(L) train --data $(DATA) --model mobilenet-v2 --task subtype --epochs 30 --out runs/mobilenet-v2-subtype
 	$(L) train --data $(DATA) --model alexnet --weights none --task subtype --epochs 30 --out runs/alexnet-scratch-subtype
+	$(L) train --data $(DATA) --model mobilenet-v2 --task binary --epochs 30 --out runs/mobilenet-v2-binary
+	$(L) train --data $(DATA) --model alexnet --weights none --task binary --epochs 30 --out runs/alexnet-scratch-binary
 	rm -rf runs/bundle-efficientnet-lite0-subtype runs/bundle-model1-mobilenet-v2-subtype
 	$(L) convert runs/efficientnet-lite0-subtype --out runs/bundle-efficientnet-lite0-subtype
 	$(L) bench runs/bundle-efficientnet-lite0-subtype --out runs/bench-efficientnet-lite0-subtype
