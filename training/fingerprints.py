@@ -69,7 +69,7 @@ def fingerprint_files(paths: list[Path], cache_dir: Path | None = None) -> list[
     if cache_file:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         fresh = {key(Path(info.path)): asdict(info) for info in infos}
-        temporary = cache_file.with_suffix(".tmp")
+        temporary = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")  # commands may run side by side
         temporary.write_text(json.dumps(fresh))
         os.replace(temporary, cache_file)
     return infos

@@ -104,7 +104,7 @@ def preprocessed_images(paths: list[str], sha256s: list[str], config: Preprocess
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         images = np.stack(list(pool.map(lambda p: preprocess(read_image(p), config), paths)))
     cache_dir.mkdir(parents=True, exist_ok=True)
-    temporary = cache_file.with_name(cache_file.name + ".tmp")
+    temporary = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")  # commands may run side by side
     with open(temporary, "wb") as handle:
         np.save(handle, images)
     os.replace(temporary, cache_file)
