@@ -48,13 +48,8 @@ def with_probabilities(model):
     (sigmoid, cross-validated on the training images); the other classifiers have their own."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import SVC
-    step, final = model.steps[-1] if hasattr(model, "steps") else (None, model)
-    if not isinstance(final, SVC):
-        return model
-    calibrated = CalibratedClassifierCV(final, ensemble=False)
-    if step is None:
-        return calibrated
-    model.steps[-1] = (step, calibrated)
+    if hasattr(model, "steps") and isinstance(model.steps[-1][1], SVC):  # the SVMs are scaled pipelines
+        model.steps[-1] = (model.steps[-1][0], CalibratedClassifierCV(model.steps[-1][1], ensemble=False))
     return model
 
 
