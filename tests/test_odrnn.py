@@ -32,6 +32,7 @@ def test_odrnn_trains_on_masked_rows_and_converts_without_flex(aria_like, tmp_pa
 
 class FakeEvaluator:
     """Scores configurations without training: best with GRU, 2 layers, about 96 units."""
+    task = "subtype"
 
     def __init__(self):
         self.calls = 0
@@ -57,7 +58,7 @@ def test_search_logs_every_evaluation_and_resumes_where_it_stopped(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         run_search("data", tmp_path / "s", "random", budget=24, seed=1, evaluator=again, final_epochs=0)
     default = run_search("data", tmp_path / "d", "default", budget=24, evaluator=FakeEvaluator(), final_epochs=0)
-    assert default["evaluations"] == 1 and default["best_params"] == DEFAULT
+    assert default["evaluations"] == 1 and default["best_params"] == DEFAULT and default["task"] == "subtype"
     from leukoscreen.training.report import ablation_rows, search_row
     assert search_row(tmp_path / "s")["method"] == "rda" and search_row(tmp_path / "d")["evaluations"] == 1
     other_seed = run_search("data", tmp_path / "s2", "rda", budget=24, seed=2, evaluator=FakeEvaluator(), final_epochs=0)

@@ -50,6 +50,7 @@ class Evaluator:
         from leukoscreen.training.models import cpu_has_bfloat16
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if cpu_has_bfloat16() else "float32")
         self.prepared = prepare(data, task, seed=seed)
+        self.task = self.prepared.task
         self.preprocess = PreprocessConfig(input_size=input_size, mask_corner=SCALE_BAR_CORNER,
                                            hsv_lower=hsv[0], hsv_upper=hsv[1])
         self.images = preprocessed_images(self.prepared.paths, self.prepared.sha256s, self.preprocess)
@@ -129,12 +130,12 @@ def run_search(data: str, out: Path, method: str = "rda", budget: int = 20, seed
         best_params, best_score = result.best_params, 1.0 - result.best_value
     else:
         best_params, best_score = DEFAULT, 1.0 - objective(DEFAULT)
-    summary = {**settings, "evaluations": len(calls), "best_params": best_params, "best_val_macro_f1": best_score,
+    summary = {**settings, "task": evaluate.task, "evaluations": len(calls), "best_params": best_params, "best_val_macro_f1": best_score,
                "search_seconds": round(time.perf_counter() - started, 1),
                "evaluation_seconds": round(sum(e.get("seconds", 0) for e in _read(log)), 1)}
     if final_epochs:
         from leukoscreen.training.train import train
-        config = TrainConfig(data=data, model="odrnn", task=task, epochs=final_epochs, seed=seed,
+        config = TrainConfig(data=data, model="odrnn", task=evaluate.task, epochs=final_epochs, seed=seed,
                              learning_rate=best_params["learning_rate"],
                              model_options={k: v for k, v in best_params.items() if k != "learning_rate"},
                              preprocess=PreprocessConfig(input_size=input_size, mask_corner=SCALE_BAR_CORNER,

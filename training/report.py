@@ -145,7 +145,7 @@ ABLATION_COLUMNS = ["data / task", "method", "seeds", "evaluations each", "best 
 
 
 def _data_task(summary: dict) -> str:
-    return f"{Path(summary['data']).name} / {summary['task'] or 'its first task'}"
+    return f"{Path(summary['data']).name} / {summary['task']}"
 
 
 def _mean_range(values: list[float]) -> str:
