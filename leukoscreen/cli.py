@@ -66,7 +66,8 @@ def _train(args) -> None:
                          block_size=args.block_size, split_file=args.split, precision=args.precision,
                          preprocess=preprocess, weights=args.weights, head_epochs=args.head_epochs,
                          fine_tune_fraction=args.fine_tune_fraction, model_options=_options(args.model_option),
-                         augmentation=args.augmentation, holdout=args.preset == "thesis")
+                         augmentation=args.augmentation, holdout=args.preset == "thesis",
+                         balanced_validation=args.balanced_validation)
     out = args.out or f"runs/{args.model}-{Path(args.data).name}-{args.task or 'default'}"
     train(config, Path(out), n_boot=args.bootstrap)
 
@@ -212,7 +213,8 @@ def _search(args) -> None:
     hsv = (tuple(args.hsv_lower), tuple(args.hsv_upper)) if args.hsv_lower and args.hsv_upper else None
     out = Path(args.out or f"runs/search-odrnn-{args.method}-seed{args.seed}")
     summary = run_search(args.data, out, args.method, args.budget, args.seed, args.task, args.epochs,
-                         args.input_size, hsv, final_epochs=args.final_epochs)
+                         args.input_size, hsv, final_epochs=args.final_epochs,
+                         balanced_validation=args.balanced_validation)
     print(f"best validation macro-F1 {summary['best_val_macro_f1']:.3f} with {summary['best_params']} "
           f"after {summary['evaluations']} evaluations in {summary['search_seconds'] / 60:.1f} min")
 
@@ -236,6 +238,10 @@ def _report(args) -> None:
                  [Path(b) for b in args.bundles or []], [Path(b) for b in args.bench or []],
                  [Path(c) for c in args.classical or []], gradcam=not args.no_gradcam,
                  search_dirs=[Path(f) for f in args.searches or []])
+
+
+BALANCED_VALIDATION_HELP = ("weight the validation loss by class as training does, so early stopping and the kept "
+                            "epoch follow the class-balanced objective (advised for imbalanced tasks such as binary)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -303,6 +309,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=None,
                        help="early-stopping patience in epochs (default 8; with a cosine schedule none: all epochs "
                             "run and the best validation epoch is kept)")
+    train.add_argument("--balanced-validation", action="store_true", help=BALANCED_VALIDATION_HELP)
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--no-mask-corner", action="store_true",
                        help="keep the bottom-right corner (all-aria's scale-bar label) in training")
@@ -417,6 +424,7 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--hsv-lower", type=int, nargs=3, metavar=("H", "S", "V"))
     search.add_argument("--hsv-upper", type=int, nargs=3, metavar=("H", "S", "V"))
     search.add_argument("--final-epochs", type=int, default=40, help="full training of the best (0: none)")
+    search.add_argument("--balanced-validation", action="store_true", help=BALANCED_VALIDATION_HELP)
     search.add_argument("--out", default=None, help="folder; an interrupted search resumes from it")
     search.set_defaults(handler=_search)
 

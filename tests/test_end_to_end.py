@@ -105,3 +105,31 @@ def test_corrupt_files_are_skipped_and_reported(aria_like, tmp_path, capsys):
     prepared = prepare(aria_like, block_size=3)
     assert len(prepared.rows) == 60 and len(prepared.skipped) == 1
     assert "WBC-Malignant-Early-099.jpg: the JPEG is truncated" in capsys.readouterr().out
+
+
+def test_balanced_validation_weights_each_image_by_its_class():
+    """Sample weights travel with their images through shuffling, and Keras's loss uses them."""
+    import keras
+
+    from leukoscreen.training.input_pipeline import image_dataset
+    images = np.arange(12, dtype=np.uint8).repeat(4 * 4 * 3).reshape(12, 4, 4, 3)
+    labels = np.array([0] * 3 + [1] * 9)
+    weights = np.array([2.0, 2 / 3])[labels]  # "balanced": n / (classes * count)
+    batches = list(image_dataset(images, labels.astype("float32")[:, None], 5, training=True, seed=3,
+                                 sample_weights=weights))
+    assert all(len(batch) == 3 for batch in batches)
+    x, y, w = (np.concatenate([b[k].numpy() for b in batches]) for k in range(3))
+    assert sorted(x[:, 0, 0, 0].tolist()) == list(range(12)) and not np.array_equal(x[:, 0, 0, 0], np.arange(12))
+    assert np.array_equal(w, np.array([2.0, 2 / 3], dtype=np.float32)[y[:, 0].astype(int)])
+    assert np.array_equal(y[:, 0], (x[:, 0, 0, 0] >= 3).astype(np.float32))
+    constant = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(dtype="float32"),
+                                 keras.layers.Dense(1, activation="sigmoid", kernel_initializer="zeros", dtype="float32",
+                                                    bias_initializer=keras.initializers.Constant(2.0))])
+    constant.compile(loss="binary_crossentropy")
+    p = 1 / (1 + np.exp(-2.0))
+    per_image = np.where(labels == 1, -np.log(p), -np.log(1 - p))
+    balanced = constant.evaluate(image_dataset(images, labels.astype("float32")[:, None], 5,
+                                               sample_weights=weights), verbose=0)
+    plain = constant.evaluate(image_dataset(images, labels.astype("float32")[:, None], 5), verbose=0)
+    assert balanced == pytest.approx(np.sum(per_image * weights) / len(labels), rel=1e-4)
+    assert plain == pytest.approx(per_image.mean(), rel=1e-4) and balanced > plain

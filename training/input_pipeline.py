@@ -65,22 +65,28 @@ AUGMENTATIONS = {"default": augment_batch, "thesis": thesis_augment_batch}
 
 def image_dataset(images: np.ndarray, targets: np.ndarray | None = None, batch_size: int = 32,
                   training: bool = False, augment: bool = False, seed: int = 0,
-                  augmentation: str = "default") -> tf.data.Dataset:
-    """Batches of (float32 images 0-255, targets), or images alone when targets is None."""
+                  augmentation: str = "default", sample_weights: np.ndarray | None = None) -> tf.data.Dataset:
+    """Batches of (float32 images 0-255, targets[, sample weights]), or images alone when targets is None."""
     if images.dtype != np.uint8:
         raise TypeError(f"image_dataset expects uint8 images, got {images.dtype}")
-    data = tf.data.Dataset.from_tensor_slices(images if targets is None else (images, targets))
+    if targets is None:
+        if sample_weights is not None:
+            raise ValueError("sample weights need targets")
+        elements = images
+    elif sample_weights is None:
+        elements = (images, targets)
+    else:
+        elements = (images, targets, sample_weights.astype("float32"))
+    data = tf.data.Dataset.from_tensor_slices(elements)
     if training:
         data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     data = data.batch(batch_size)
     generator = tf.random.Generator.from_seed(seed) if training and augment else None
 
-    def to_model_input(x):
+    def to_model_input(x, *rest):
         x = tf.cast(x, tf.float32)
-        return AUGMENTATIONS[augmentation](x, generator) if generator is not None else x
+        x = AUGMENTATIONS[augmentation](x, generator) if generator is not None else x
+        return (x, *rest) if rest else x
 
-    if targets is None:
-        data = data.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        data = data.map(lambda x, y: (to_model_input(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    data = data.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE)

@@ -44,7 +44,8 @@ def _macro_f1(labels: np.ndarray, probabilities: np.ndarray) -> float:
 class Evaluator:
     """Trains one configuration for a few epochs and scores it on the validation part."""
 
-    def __init__(self, data: str, task: str | None, input_size: int, hsv: tuple, epochs: int, seed: int):
+    def __init__(self, data: str, task: str | None, input_size: int, hsv: tuple, epochs: int, seed: int,
+                 balanced_validation: bool = False):
         import keras
 
         from leukoscreen.training.models import cpu_has_bfloat16
@@ -55,7 +56,7 @@ class Evaluator:
                                            hsv_lower=hsv[0], hsv_upper=hsv[1])
         self.images = preprocessed_images(self.prepared.paths, self.prepared.sha256s, self.preprocess)
         self.train_index, self.val_index = self.prepared.part("train"), self.prepared.part("val")
-        self.epochs, self.seed = epochs, seed
+        self.epochs, self.seed, self.balanced_validation = epochs, seed, balanced_validation
 
     def __call__(self, params: dict) -> float:
         import keras
@@ -75,7 +76,8 @@ class Evaluator:
         weights = compute_class_weight("balanced", classes=np.arange(len(classes)), y=labels[self.train_index])
         train = image_dataset(self.images[self.train_index], targets_for(labels[self.train_index], len(classes)),
                               32, training=True, augment=True, seed=self.seed)
-        val = image_dataset(self.images[self.val_index], targets_for(labels[self.val_index], len(classes)), 64)
+        val = image_dataset(self.images[self.val_index], targets_for(labels[self.val_index], len(classes)), 64,
+                            sample_weights=weights[labels[self.val_index]] if self.balanced_validation else None)
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
         model.fit(train, validation_data=val, epochs=self.epochs, verbose=0, callbacks=[stop],
                   class_weight=dict(enumerate(weights.tolist())))
@@ -84,7 +86,7 @@ class Evaluator:
 
 def run_search(data: str, out: Path, method: str = "rda", budget: int = 20, seed: int = 0, task: str | None = None,
                epochs: int = 10, input_size: int = 64, hsv: tuple | None = None, population: int = 8,
-               males: int = 3, final_epochs: int = 40, evaluator=None) -> dict:
+               males: int = 3, final_epochs: int = 40, balanced_validation: bool = False, evaluator=None) -> dict:
     if method not in METHODS:
         raise ValueError(f"method {method!r}: use one of {', '.join(METHODS)}")
     if method != "default" and budget < (population if method == "rda" else 1):
@@ -96,12 +98,14 @@ def run_search(data: str, out: Path, method: str = "rda", budget: int = 20, seed
     log = out / "evaluations.jsonl"
     settings = {"data": data, "method": method, "budget": budget, "seed": seed, "task": task, "epochs": epochs,
                 "input_size": input_size, "hsv_lower": list(hsv[0]), "hsv_upper": list(hsv[1])}
+    if balanced_validation:  # recorded only when set, so searches made before the option still resume
+        settings["balanced_validation"] = True
     settings_file = out / "search.json"
     if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
         raise ValueError(f"{out} holds a search with other settings ({settings_file}); use another --out")
     settings_file.write_text(json.dumps(settings, indent=2))
     earlier = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-    evaluate = evaluator or Evaluator(data, task, input_size, hsv, epochs, seed)
+    evaluate = evaluator or Evaluator(data, task, input_size, hsv, epochs, seed, balanced_validation)
     calls = []
     started = time.perf_counter()
 
@@ -136,6 +140,7 @@ def run_search(data: str, out: Path, method: str = "rda", budget: int = 20, seed
     if final_epochs:
         from leukoscreen.training.train import train
         config = TrainConfig(data=data, model="odrnn", task=evaluate.task, epochs=final_epochs, seed=seed,
+                             balanced_validation=balanced_validation,
                              learning_rate=best_params["learning_rate"],
                              model_options={k: v for k, v in best_params.items() if k != "learning_rate"},
                              preprocess=PreprocessConfig(input_size=input_size, mask_corner=SCALE_BAR_CORNER,

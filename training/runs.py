@@ -28,6 +28,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     schedule: str = "constant"       # "constant" or "cosine" (decays to zero over the epochs)
     patience: int = 8
+    balanced_validation: bool = False  # weight the validation loss by class like the training loss (early stopping
+    #                                    and the kept epoch then follow the class-balanced objective)
     augment: bool = True
     augmentation: str = "default"    # "default" or "thesis" (reflection, rotation 25-125 degrees, 15-25 px shifts)
     holdout: bool = False            # thesis preset: train on train + validation (80%), fixed epochs, no early stop

@@ -72,7 +72,8 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
                                config.batch_size, training=True, augment=config.augment, seed=config.seed,
                                augmentation=config.augmentation)
     val_data = None if config.holdout else image_dataset(
-        images[val_index], targets_for(prepared.labels[val_index], len(classes)), config.batch_size)
+        images[val_index], targets_for(prepared.labels[val_index], len(classes)), config.batch_size,
+        sample_weights=weights[prepared.labels[val_index]] if config.balanced_validation else None)
     callbacks = [keras.callbacks.CSVLogger(str(run.history_file))]
     if not config.holdout:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
