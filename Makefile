@@ -35,7 +35,7 @@ install: $(VENV)/.all-installed
 run: install-edge
 	$(BIN)/leukoscreen serve --port $(PORT) $(if $(CAMERA_FOLDER),--camera folder --camera-folder $(CAMERA_FOLDER),--camera synthetic)
 
-RUNS := runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-subtype-colourstd runs/basic-cnn-subtype-grayscale \
+RUNS := runs/basic-cnn-subtype runs/basic-cnn-binary runs/basic-cnn-binary-balanced runs/basic-cnn-subtype-colourstd runs/basic-cnn-subtype-grayscale \
 	runs/efficientnet-lite0-subtype runs/efficientnet-lite0-subtype-colourstd runs/efficientnet-lite0-binary \
 	runs/mobilenet-v2-subtype runs/alexnet-scratch-subtype runs/mobilenet-v2-binary runs/alexnet-scratch-binary
 PROBES := runs/shortcuts-subtype runs/shortcuts-binary runs/shortcuts-subtype-colourstd runs/shortcuts-subtype-grayscale \
@@ -46,7 +46,7 @@ MODEL1 := runs/model1-mobilenet-v2-subtype runs/model1-mobilenet-v2-subtype-colo
 	runs/model1-mobilenet-v2-binary runs/model1-alexnet-scratch-binary
 SEARCHES := runs/search-odrnn-rda-seed0 runs/search-odrnn-random-seed0 runs/search-odrnn-default-seed0 \
 	runs/search-odrnn-rda-seed1 runs/search-odrnn-random-seed1 runs/search-odrnn-rda-seed2 runs/search-odrnn-random-seed2 \
-	runs/search-odrnn-pbc-rda-seed0 runs/search-odrnn-pbc-random-seed0 \
+	$(foreach seed,0 1 2,runs/search-odrnn-pbc-rda-seed$(seed) runs/search-odrnn-pbc-random-seed$(seed)) \
 	runs/search-odrnn-binary-rda-seed0 runs/search-odrnn-binary-random-seed0
 L := $(BIN)/leukoscreen
 
@@ -67,6 +67,7 @@ research-basic: install
 		--probes colour_mean_std colour_histogram --out runs/shortcuts-subtype-grayscale
 	$(L) train --data $(DATA) --task subtype --out runs/basic-cnn-subtype
 	$(L) train --data $(DATA) --task binary --out runs/basic-cnn-binary
+	$(L) train --data $(DATA) --task binary --balanced-validation --out runs/basic-cnn-binary-balanced
 	$(L) train --data $(DATA) --task subtype --colour standardize --epochs 40 --schedule constant \
 		--out runs/basic-cnn-subtype-colourstd
 	$(L) train --data $(DATA) --task subtype --colour grayscale --learning-rate 3e-4 --epochs 40 --schedule constant \
@@ -117,12 +118,14 @@ research-odrnn: install
 		$(L) search --data $(DATA) --method $$method --seed $$seed --budget 12 --epochs 4 --final-epochs 30 \
 			--task subtype --out runs/search-odrnn-$$method-seed$$seed || exit 1; done; done
 	$(L) data hsv-bounds $(PBC) --out runs/hsv-bounds-pbc
+	for seed in 0 1 2; do for method in rda random; do \
+		$(L) search --data $(PBC) --method $$method --seed $$seed --budget 12 --epochs 4 --final-epochs 30 \
+			$$($(BIN)/python -c "import json; d = json.load(open('runs/hsv-bounds-pbc/hsv_bounds.json')); \
+			print('--hsv-lower', *d['hsv_lower'], '--hsv-upper', *d['hsv_upper'])") \
+			--out runs/search-odrnn-pbc-$$method-seed$$seed || exit 1; done; done
 	for method in rda random; do \
-		$(L) search --data $(PBC) --method $$method --budget 12 --epochs 4 --final-epochs 30 $$($(BIN)/python -c \
-			"import json; d = json.load(open('runs/hsv-bounds-pbc/hsv_bounds.json')); print('--hsv-lower', *d['hsv_lower'], '--hsv-upper', *d['hsv_upper'])") \
-			--out runs/search-odrnn-pbc-$$method-seed0 || exit 1; \
-		$(L) search --data $(DATA) --method $$method --budget 12 --epochs 4 --final-epochs 30 --task binary \
-			--out runs/search-odrnn-binary-$$method-seed0 || exit 1; \
+		$(L) search --data $(DATA) --method $$method --budget 12 --epochs 8 --final-epochs 30 --task binary \
+			--balanced-validation --out runs/search-odrnn-binary-$$method-seed0 || exit 1; \
 	done
 
 test: install
