@@ -98,7 +98,7 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
                 per_channel: bool = True) -> dict:
     """Convert a trained run, or a Model 1 run (`leukoscreen classical`: a two-stage bundle of the
     backbone's feature extractor and the chosen classifier, `classifier` or the best cross-validated)."""
-    from leukoscreen.convert.calibration import decision_parameters
+    from leukoscreen.convert.calibration import decision_parameters, describe_outcomes, screening_outcomes
     from leukoscreen.convert.exporters import classifier_to_onnx, quantize_onnx, to_onnx, to_tflite
 
     run_path = Path(run_path)
@@ -127,7 +127,7 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
     metrics = {"keras-fp32": _format_metrics(keras_test, None, test_labels, classes, groups)}
 
     out.mkdir(parents=True, exist_ok=True)
-    files, inputs, val_outputs = {}, {}, {}
+    files, inputs, val_outputs, test_outputs = {}, {}, {}, {}
     recurrent = source.training.get("model") == "odrnn"
     quantization = {"representative_images": len(calibration_set),
                     "tflite-int8": "full integer, " + ("per-channel" if per_channel else "per-tensor") + " weights",
@@ -158,8 +158,8 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
             size += classifier_file.stat().st_size
         print(f"[3/4] ({step}/{len(formats)}) evaluating {fmt} through {runner.name} on {len(test_images)} "
               "test images")
-        probabilities = runner.predict(test_images)
-        metrics[fmt] = _format_metrics(probabilities, keras_test, test_labels, classes, groups)
+        test_outputs[fmt] = runner.predict(test_images)
+        metrics[fmt] = _format_metrics(test_outputs[fmt], keras_test, test_labels, classes, groups)
         metrics[fmt]["size_bytes"] = size
         val_outputs[fmt] = runner.predict(val_images)
         if fmt.startswith("tflite"):
@@ -176,6 +176,9 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
     primary = formats[0]
     print(f"[4/4] calibration and threshold on {len(val_images)} validation images ({primary})")
     decision = decision_parameters(val_outputs[primary], val_labels, classes, negative_classes, target_sensitivity)
+    metrics[primary]["screening"] = screening_outcomes(test_outputs[primary], test_labels, classes,
+                                                       decision["calibration"]["temperature"], decision["decision"])
+    print(f"      on the test split: {describe_outcomes(metrics[primary]['screening'])}")
     # the split travels with the bundle (files by sha256, paths relative to the data folder)
     data = str(prepared.dataset.root)
     save_split(out / "split.csv", [replace(row, path=os.path.relpath(row.path, data))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from leukoscreen.edge.decision import blast_score, calibrate
+from leukoscreen.edge.decision import WORDING, blast_score, calibrate, decide
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -39,3 +39,28 @@ def decision_parameters(probabilities: np.ndarray, labels: np.ndarray, class_nam
             "decision": {"negative_classes": negative_classes, "threshold": threshold,
                          "indeterminate_band": list(band), "target_sensitivity": target_sensitivity,
                          "chosen_on": "validation split"}}
+
+
+def screening_outcomes(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
+                       temperature: float, decision: dict) -> dict:
+    """The device's three answers on labelled images: counts per answer for blast and non-blast images;
+    sensitivity = blast images not answered "no blasts" (referred or retaken), specificity = non-blast
+    images answered "no blasts"."""
+    scores = blast_score(calibrate(probabilities, temperature), class_names, decision["negative_classes"])
+    band = tuple(decision["indeterminate_band"])
+    answers = np.array([decide(score, decision["threshold"], band).code for score in scores])
+    blast = ~np.isin(labels, [class_names.index(name) for name in decision["negative_classes"]])
+    counts = {kind: {"n": int(rows.sum()), **{code: int((answers[rows] == code).sum()) for code in WORDING}}
+              for kind, rows in (("blast", blast), ("non_blast", ~blast))}
+    return {**counts,
+            "sensitivity": 1.0 - counts["blast"]["no_blasts"] / max(counts["blast"]["n"], 1),
+            "specificity": counts["non_blast"]["no_blasts"] / max(counts["non_blast"]["n"], 1),
+            "indeterminate_share": float(np.mean(answers == "indeterminate"))}
+
+
+def describe_outcomes(outcomes: dict) -> str:
+    return (f"sensitivity {outcomes['sensitivity']:.3f} (blast images: {outcomes['blast']['possible_blasts']} "
+            f"possible blasts, {outcomes['blast']['indeterminate']} indeterminate, {outcomes['blast']['no_blasts']} "
+            f"missed of {outcomes['blast']['n']}), specificity {outcomes['specificity']:.3f} (non-blast images: "
+            f"{outcomes['non_blast']['no_blasts']} no blasts, {outcomes['non_blast']['indeterminate']} indeterminate, "
+            f"{outcomes['non_blast']['possible_blasts']} possible blasts of {outcomes['non_blast']['n']})")

@@ -77,6 +77,19 @@ def test_calibration_keeps_ranking_and_blast_score():
     assert np.allclose(blast_score(p, ["Benign", "Early", "Pre"], ["Benign"]), [0.3, 0.9])
 
 
+def test_screening_outcomes_count_the_devices_answers():
+    from leukoscreen.convert.calibration import screening_outcomes
+    p_benign = np.array([0.9, 0.5, 0.1, 0.95, 0.6, 0.2])  # blast scores 0.1, 0.5, 0.9, 0.05, 0.4, 0.8
+    probabilities = np.stack([p_benign, 1 - p_benign], axis=1)
+    labels = np.array([1, 1, 1, 0, 0, 0])  # 0 = Benign
+    decision = {"negative_classes": ["Benign"], "threshold": 0.3, "indeterminate_band": [0.3, 0.7]}
+    outcomes = screening_outcomes(probabilities, labels, ["Benign", "Early"], 1.0, decision)
+    assert outcomes["blast"] == {"n": 3, "no_blasts": 1, "indeterminate": 1, "possible_blasts": 1}
+    assert outcomes["non_blast"] == {"n": 3, "no_blasts": 1, "indeterminate": 1, "possible_blasts": 1}
+    assert outcomes["sensitivity"] == pytest.approx(2 / 3) and outcomes["specificity"] == pytest.approx(1 / 3)
+    assert outcomes["indeterminate_share"] == pytest.approx(2 / 6)
+
+
 def test_screener_gives_decision_or_retake(bundle):
     screener = Screener(bundle)
     result = screener.screen(synthetic_field(3).image).to_dict()

@@ -27,6 +27,10 @@ def test_manifest_holds_the_contract(bundle):
     low, high = manifest["decision"]["indeterminate_band"]
     assert low == manifest["decision"]["threshold"] <= high
     assert manifest["calibration"]["temperature"] > 0
+    screening = manifest["metrics"][manifest["default_format"]]["screening"]  # the decision on the test split
+    test_images = sum(c["support"] for c in manifest["metrics"]["keras-fp32"]["per_class"].values())
+    assert screening["blast"]["n"] + screening["non_blast"]["n"] == test_images
+    assert 0 <= screening["sensitivity"] <= 1 and 0 <= screening["specificity"] <= 1
     assert (bundle / "split.csv").exists()
 
 
@@ -121,6 +125,7 @@ def test_evaluate_bundle_through_device_runtime(bundle, tmp_path):
                  "--bootstrap", "10"]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n"] == 10 and metrics["format"] == "tflite-int8" and metrics["runtime"] == "litert"
+    assert metrics["screening"]["blast"]["n"] == 5 and metrics["screening"]["non_blast"]["n"] == 5
 
 
 def test_bench_prints_latency_and_ratio(bundle, tmp_path, capsys):

@@ -54,11 +54,14 @@ def evaluate_part(predict, prepared: PreparedData, part: str, config: Preprocess
 
 
 def evaluate_with_variants(predict, prepared: PreparedData, part: str, config: PreprocessConfig,
-                           out_dir: Path, n_boot: int = 1000) -> dict:
-    """Evaluate a part as trained and under every variant; write metrics.json, predictions.csv, plots."""
+                           out_dir: Path, n_boot: int = 1000, screening=None) -> dict:
+    """Evaluate a part as trained and under every variant; write metrics.json, predictions.csv, plots.
+    screening: (probabilities, labels) -> the device's answers (bundles, which carry a decision)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics, probabilities, index = evaluate_part(predict, prepared, part, config, n_boot)
     print(format_table(metrics, f"{part} split ({prepared.dataset.root.name}, {prepared.task}), as trained"))
+    if screening:
+        metrics["screening"] = screening(probabilities, prepared.labels[index])
     as_trained = dict(metrics)
     metrics["variants"] = {}
     for name, variant in variants(config).items():
@@ -105,6 +108,7 @@ def evaluate_bundle(bundle_path: Path, data_dir: Path | None, out_dir: Path | No
                     fmt: str | None = None, runtime: str = "auto", n_boot: int = 1000) -> dict:
     """`leukoscreen evaluate BUNDLE`: metrics through the device runtime (not TensorFlow). Images that
     are in the bundle's saved split are evaluated on its test part only; other folders in full."""
+    from leukoscreen.convert.calibration import describe_outcomes, screening_outcomes
     from leukoscreen.edge.bundle import load_bundle
     bundle = load_bundle(bundle_path)
     if data_dir is None:
@@ -121,7 +125,15 @@ def evaluate_bundle(bundle_path: Path, data_dir: Path | None, out_dir: Path | No
     fmt = fmt or bundle.default_format
     runner = bundle.runner(fmt, runtime)
     out = Path(out_dir) if out_dir else bundle.path.parent / f"{bundle.path.name}-evaluation-{fmt}"
-    metrics = evaluate_with_variants(runner.predict, prepared, "test", bundle.preprocess, out, n_boot)
+    manifest = bundle.manifest
+
+    def screening(probabilities, labels):
+        outcomes = screening_outcomes(probabilities, labels, bundle.class_names,
+                                      manifest["calibration"]["temperature"], manifest["decision"])
+        print(f"the bundle's decision: {describe_outcomes(outcomes)}")
+        return outcomes
+
+    metrics = evaluate_with_variants(runner.predict, prepared, "test", bundle.preprocess, out, n_boot, screening)
     metrics.update(bundle=str(bundle.path), format=fmt, runtime=runner.name)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
