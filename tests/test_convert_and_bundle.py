@@ -142,6 +142,8 @@ def test_bench_prints_latency_and_ratio(bundle, tmp_path, capsys):
                  str(tmp_path / "bench.json"), "--out", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "report.md").read_text()
     assert "Converted models" in page and "| tflite-int8 |" in page
+    screening = json.loads((bundle / "manifest.json").read_text())["metrics"]["tflite-int8"]["screening"]
+    assert f"| {screening['sensitivity']:.3f} / {screening['specificity']:.3f} / " in page
 
 
 def test_convert_errors(tmp_path):

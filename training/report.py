@@ -78,7 +78,7 @@ def _html_table(columns: list[str], rows: list[dict]) -> str:
 
 BUNDLE_COLUMNS = ["bundle", "format", "size MB", "x smaller than fp32", "test accuracy", "change vs Keras",
                   "macro-F1 change", "top-1 agreement", "median ms (1 thread)", "median ms (2 threads)",
-                  "x reference", "peak RSS MB"]
+                  "x reference", "peak RSS MB", "decision on test: sensitivity / specificity / indeterminate"]
 
 
 def bundle_rows(bundle_dir: Path, bench_files: list[Path]) -> list[dict]:
@@ -104,7 +104,10 @@ def bundle_rows(bundle_dir: Path, bench_files: list[Path]) -> list[dict]:
             "median ms (2 threads)": f"{timed[2]['median_ms']:.2f}" if 2 in timed else "-",
             "x reference": f"{timed[min(timed)]['ratio_to_reference']:.2f}"
             if timed and "ratio_to_reference" in timed[min(timed)] else "-",
-            "peak RSS MB": f"{max(r['peak_rss_mb'] for r in timed.values()):.0f}" if timed else "-"})
+            "peak RSS MB": f"{max(r['peak_rss_mb'] for r in timed.values()):.0f}" if timed else "-",
+            "decision on test: sensitivity / specificity / indeterminate":
+                "{sensitivity:.3f} / {specificity:.3f} / {indeterminate_share:.3f}".format(**m["screening"])
+                if "screening" in m else "-"})
     return rows
 
 
