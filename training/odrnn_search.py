@@ -134,7 +134,8 @@ def run_search(data: str, out: Path, method: str = "rda", budget: int = 20, seed
         best_params, best_score = result.best_params, 1.0 - result.best_value
     else:
         best_params, best_score = DEFAULT, 1.0 - objective(DEFAULT)
-    summary = {**settings, "task": evaluate.task, "evaluations": len(calls), "best_params": best_params, "best_val_macro_f1": best_score,
+    summary = {**settings, "task": evaluate.task, "evaluations": len(calls), "best_params": best_params,
+               "best_val_macro_f1": best_score,
                "search_seconds": round(time.perf_counter() - started, 1),
                "evaluation_seconds": round(sum(e.get("seconds", 0) for e in _read(log)), 1)}
     if final_epochs:
