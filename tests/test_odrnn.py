@@ -64,7 +64,12 @@ def test_search_logs_every_evaluation_and_resumes_where_it_stopped(tmp_path):
     other_seed = run_search("data", tmp_path / "s2", "rda", budget=24, seed=2, evaluator=FakeEvaluator(), final_epochs=0)
     rows = {row["method"]: row for row in ablation_rows([tmp_path / "s", tmp_path / "s2", tmp_path / "d"])}
     values = sorted([summary["best_val_macro_f1"], other_seed["best_val_macro_f1"]])
-    assert rows["rda"]["seeds"] == 2 and rows["default"]["seeds"] == 1
+    assert rows["rda"]["seeds"] == 2 and rows["default"]["seeds"] == 1 and rows["rda"]["each evaluation"] == "10 epochs"
+    balanced = run_search("data", tmp_path / "b", "rda", budget=24, seed=2, evaluator=FakeEvaluator(), final_epochs=0,
+                          balanced_validation=True)
+    assert json.loads((tmp_path / "b" / "search.json").read_text())["balanced_validation"] is True
+    kinds = {row["each evaluation"] for row in ablation_rows([tmp_path / "s", tmp_path / "b"])}
+    assert kinds == {"10 epochs", "10 epochs, balanced validation"} and balanced["task"] == "subtype"
     assert rows["rda"]["best validation macro-F1, mean (range)"] == (
         f"{np.mean(values):.3f} ({values[0]:.3f}-{values[1]:.3f})")
 

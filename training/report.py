@@ -127,7 +127,8 @@ def classical_rows(folder: Path) -> list[dict]:
     return rows
 
 
-SEARCH_COLUMNS = ["search", "data / task", "method", "seed", "evaluations", "best validation macro-F1", "best configuration",
+SEARCH_COLUMNS = ["search", "data / task", "method", "seed", "evaluations", "each evaluation", "best validation macro-F1",
+                  "best configuration",
                   "test macro-F1 of the best [95% CI]", "search time"]
 
 
@@ -136,19 +137,25 @@ def search_row(folder: Path) -> dict:
     test = summary.get("test")
     return {"search": folder.name, "data / task": _data_task(summary),
             "method": summary["method"], "seed": summary["seed"],
-            "evaluations": summary["evaluations"], "best validation macro-F1": f"{summary['best_val_macro_f1']:.3f}",
+            "evaluations": summary["evaluations"], "each evaluation": _evaluation_kind(summary),
+            "best validation macro-F1": f"{summary['best_val_macro_f1']:.3f}",
             "best configuration": ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in summary["best_params"].items()),
             "test macro-F1 of the best [95% CI]": _interval(test, "macro_f1") if test else "-",
             "search time": f"{summary['search_seconds'] / 60:.1f} min"}
 
 
-ABLATION_COLUMNS = ["data / task", "method", "seeds", "evaluations each", "best validation macro-F1, mean (range)",
+ABLATION_COLUMNS = ["data / task", "method", "seeds", "evaluations each", "each evaluation",
+                    "best validation macro-F1, mean (range)",
                     "test macro-F1 of the best, mean (range)", "search time, mean"]
 
 
 def _data_task(summary: dict) -> str:
     return f"{Path(summary['data']).name} / {summary['task']}"
+
+
+def _evaluation_kind(summary: dict) -> str:
+    return f"{summary['epochs']} epochs" + (", balanced validation" if summary.get("balanced_validation") else "")
 
 
 def _mean_range(values: list[float]) -> str:
@@ -162,14 +169,14 @@ def ablation_rows(search_dirs: list[Path]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for folder in search_dirs:
         summary = json.loads((folder / "summary.json").read_text())
-        groups.setdefault((_data_task(summary), summary["method"]), []).append(summary)
+        groups.setdefault((_data_task(summary), summary["method"], _evaluation_kind(summary)), []).append(summary)
     return [{"data / task": data, "method": method, "seeds": len(items),
-             "evaluations each": items[0]["evaluations"],
+             "evaluations each": items[0]["evaluations"], "each evaluation": kind,
              "best validation macro-F1, mean (range)": _mean_range([i["best_val_macro_f1"] for i in items]),
              "test macro-F1 of the best, mean (range)": _mean_range([i["test"]["macro_f1"] for i in items
                                                                      if i.get("test")]),
              "search time, mean": f"{np.mean([i['search_seconds'] for i in items]) / 60:.1f} min"}
-            for (data, method), items in groups.items()]
+            for (data, method, kind), items in groups.items()]
 
 
 def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | None = None,
