@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 
 import cv2
@@ -80,7 +81,12 @@ def test_exports_zip_csv_json(device):
     assert table[0].startswith("id,sample_id") and len(table) == 4 and "Research use only" in table[1]
     records = client.post("/api/export", json={"format": "json", "sample_id": "B"}).json()
     assert len(records["captures"]) == 1 and "Research use only" in records["notice"]
-    assert not list(device.daemon.store.root.glob(".export-*"))  # the temporary zip is removed
+    # the temporary zip is removed by a background task once the response is sent, which the
+    # access-control middleware may finish after the client has its response: allow it a moment
+    deadline = time.monotonic() + 5
+    while list(device.daemon.store.root.glob(".export-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not list(device.daemon.store.root.glob(".export-*"))
     assert client.post("/api/export", json={"format": "rar"}).status_code == 400
     assert client.post("/api/export", json={"sample_id": "nobody"}).status_code == 404
 
