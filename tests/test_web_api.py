@@ -81,8 +81,8 @@ def test_exports_zip_csv_json(device):
     assert table[0].startswith("id,sample_id") and len(table) == 4 and "Research use only" in table[1]
     records = client.post("/api/export", json={"format": "json", "sample_id": "B"}).json()
     assert len(records["captures"]) == 1 and "Research use only" in records["notice"]
-    # the temporary zip is removed by a background task once the response is sent, which the
-    # access-control middleware may finish after the client has its response: allow it a moment
+    # the temporary zip is removed by a background task after the server has sent the response, so
+    # possibly after the client has it: allow the server a moment
     deadline = time.monotonic() + 5
     while list(device.daemon.store.root.glob(".export-*")) and time.monotonic() < deadline:
         time.sleep(0.05)
