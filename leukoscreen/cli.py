@@ -214,7 +214,7 @@ def _search(args) -> None:
     out = Path(args.out or f"runs/search-odrnn-{args.method}-seed{args.seed}")
     summary = run_search(args.data, out, args.method, args.budget, args.seed, args.task, args.epochs,
                          args.input_size, hsv, final_epochs=args.final_epochs,
-                         balanced_validation=args.balanced_validation)
+                         balanced_validation=args.balanced_validation, deterministic=args.deterministic)
     print(f"best validation macro-F1 {summary['best_val_macro_f1']:.3f} with {summary['best_params']} "
           f"after {summary['evaluations']} evaluations in {summary['search_seconds'] / 60:.1f} min")
 
@@ -425,6 +425,8 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--hsv-upper", type=int, nargs=3, metavar=("H", "S", "V"))
     search.add_argument("--final-epochs", type=int, default=40, help="full training of the best (0: none)")
     search.add_argument("--balanced-validation", action="store_true", help=BALANCED_VALIDATION_HELP)
+    search.add_argument("--deterministic", action="store_true",
+                        help="TensorFlow op determinism for the whole search: a configuration scores the same each time")
     search.add_argument("--out", default=None, help="folder; an interrupted search resumes from it")
     search.set_defaults(handler=_search)
 

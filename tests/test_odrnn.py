@@ -1,6 +1,7 @@
 """ODRNN: HSV-masked input, the recurrent network, its conversion without Flex ops, and the search's log
 and resumption."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,3 +95,23 @@ def test_rda_adjusts_the_output_layer_on_validation_data(aria_like, tmp_path):
     summary = json.loads((tmp_path / "tuned" / "head_tuning.json").read_text())
     assert summary["val_macro_f1_after"] >= summary["val_macro_f1_before"]  # the trained weights are the floor
     assert json.loads((tmp_path / "tuned" / "metrics.json").read_text())["macro_f1"] == summary["test_macro_f1_after"]
+
+
+def test_deterministic_search_turns_on_tensorflow_op_determinism(tmp_path):
+    """Op determinism is process-wide, so the search runs in its own process."""
+    import subprocess
+    import sys
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from tensorflow.python.framework.config import is_op_determinism_enabled\n"
+        "from pathlib import Path\n"
+        "from test_odrnn import FakeEvaluator\n"
+        "from leukoscreen.training.odrnn_search import run_search\n"
+        "before = is_op_determinism_enabled()\n"
+        f"run_search('data', Path({str(tmp_path / 's')!r}), 'default', evaluator=FakeEvaluator(), final_epochs=0,"
+        " deterministic=True)\n"
+        "print(before, is_op_determinism_enabled())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["False", "True"]
+    assert json.loads((tmp_path / "s" / "search.json").read_text())["deterministic"] is True

@@ -86,7 +86,10 @@ class Evaluator:
 
 def run_search(data: str, out: Path, method: str = "rda", budget: int = 20, seed: int = 0, task: str | None = None,
                epochs: int = 10, input_size: int = 64, hsv: tuple | None = None, population: int = 8,
-               males: int = 3, final_epochs: int = 40, balanced_validation: bool = False, evaluator=None) -> dict:
+               males: int = 3, final_epochs: int = 40, balanced_validation: bool = False, deterministic: bool = False,
+               evaluator=None) -> dict:
+    """deterministic: TensorFlow's op determinism for the whole process, so that a configuration scores the
+    same every time it is evaluated with the same seed (without it, short trainings on 2 threads differ)."""
     if method not in METHODS:
         raise ValueError(f"method {method!r}: use one of {', '.join(METHODS)}")
     if method != "default" and budget < (population if method == "rda" else 1):
@@ -98,13 +101,17 @@ def run_search(data: str, out: Path, method: str = "rda", budget: int = 20, seed
     log = out / "evaluations.jsonl"
     settings = {"data": data, "method": method, "budget": budget, "seed": seed, "task": task, "epochs": epochs,
                 "input_size": input_size, "hsv_lower": list(hsv[0]), "hsv_upper": list(hsv[1])}
-    if balanced_validation:  # recorded only when set, so searches made before the option still resume
-        settings["balanced_validation"] = True
+    # options recorded only when set, so searches made before they existed still resume
+    settings.update({name: True for name, value in (("balanced_validation", balanced_validation),
+                                                     ("deterministic", deterministic)) if value})
     settings_file = out / "search.json"
     if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
         raise ValueError(f"{out} holds a search with other settings ({settings_file}); use another --out")
     settings_file.write_text(json.dumps(settings, indent=2))
     earlier = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    if deterministic:
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
     evaluate = evaluator or Evaluator(data, task, input_size, hsv, epochs, seed, balanced_validation)
     calls = []
     started = time.perf_counter()
