@@ -97,6 +97,25 @@ def test_rda_adjusts_the_output_layer_on_validation_data(aria_like, tmp_path):
     assert json.loads((tmp_path / "tuned" / "metrics.json").read_text())["macro_f1"] == summary["test_macro_f1_after"]
 
 
+def test_search_trains_real_configurations_and_leaves_float32(tmp_path):
+    import keras
+
+    from conftest import smear_image, write_rgb
+    rng = np.random.default_rng(0)
+    data = tmp_path / "aria"
+    for number in range(20, 260, 20):  # one image per block of 20 file numbers: 12 groups per class
+        write_rgb(data / "Benign" / f"WBC-Benign-{number:03d}.jpg", smear_image(rng, False))
+        write_rgb(data / "Early" / f"WBC-Malignant-Early-{number:03d}.jpg", smear_image(rng, True))
+    out = tmp_path / "search"
+    assert main(["search", "--data", str(data), "--method", "random", "--budget", "2", "--epochs", "1",
+                 "--final-epochs", "0", "--balanced-validation", "--out", str(out)]) == 0
+    scores = [json.loads(line)["val_macro_f1"] for line in (out / "evaluations.jsonl").read_text().splitlines()]
+    assert len(scores) == 2 and all(0.0 <= score <= 1.0 for score in scores)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "subtype" and summary["balanced_validation"] is True
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
 def test_deterministic_search_turns_on_tensorflow_op_determinism(tmp_path):
     """Op determinism is process-wide, so the search runs in its own process."""
     import subprocess

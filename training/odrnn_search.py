@@ -46,10 +46,8 @@ class Evaluator:
 
     def __init__(self, data: str, task: str | None, input_size: int, hsv: tuple, epochs: int, seed: int,
                  balanced_validation: bool = False):
-        import keras
-
         from leukoscreen.training.models import cpu_has_bfloat16
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if cpu_has_bfloat16() else "float32")
+        self.precision = "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
         self.prepared = prepare(data, task, seed=seed)
         self.task = self.prepared.task
         self.preprocess = PreprocessConfig(input_size=input_size, mask_corner=SCALE_BAR_CORNER,
@@ -59,6 +57,14 @@ class Evaluator:
         self.epochs, self.seed, self.balanced_validation = epochs, seed, balanced_validation
 
     def __call__(self, params: dict) -> float:
+        import keras
+        keras.mixed_precision.set_global_policy(self.precision)
+        try:
+            return self._score(params)
+        finally:  # the process's other models (the final training, tests) start from float32
+            keras.mixed_precision.set_global_policy("float32")
+
+    def _score(self, params: dict) -> float:
         import keras
         from sklearn.utils.class_weight import compute_class_weight
 
