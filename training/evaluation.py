@@ -60,8 +60,6 @@ def evaluate_with_variants(predict, prepared: PreparedData, part: str, config: P
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics, probabilities, index = evaluate_part(predict, prepared, part, config, n_boot)
     print(format_table(metrics, f"{part} split ({prepared.dataset.root.name}, {prepared.task}), as trained"))
-    if screening:
-        metrics["screening"] = screening(probabilities, prepared.labels[index])
     as_trained = dict(metrics)
     metrics["variants"] = {}
     for name, variant in variants(config).items():
@@ -69,6 +67,8 @@ def evaluate_with_variants(predict, prepared: PreparedData, part: str, config: P
         metrics["variants"][name] = result
         print(f"  {name:<20} accuracy {result['accuracy']:.3f}  macro-F1 {result['macro_f1']:.3f} "
               f"[{result['ci95']['macro_f1'][0]:.3f}-{result['ci95']['macro_f1'][1]:.3f}]")
+    if screening:  # once, beside the variants rather than inside the as-trained one
+        metrics["screening"] = screening(probabilities, prepared.labels[index])
     metrics.update(part=part, data=str(prepared.dataset.root), task=prepared.task)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with open(out_dir / "predictions.csv", "w", newline="") as handle:
