@@ -95,11 +95,17 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
                 max_accuracy_drop: float = 0.01, allow_drop: bool = False, target_sensitivity: float = 0.99,
                 negative_classes: list[str] | None = None, name: str | None = None, version: str = "1",
                 io_type: str = "int8", threads: int = 2, classifier: str | None = None,
-                per_channel: bool = True) -> dict:
+                per_channel: bool = True, size_ratio: float | None = None) -> dict:
     """Convert a trained run, or a Model 1 run (`leukoscreen classical`: a two-stage bundle of the
-    backbone's feature extractor and the chosen classifier, `classifier` or the best cross-validated)."""
+    backbone's feature extractor and the chosen classifier, `classifier` or the best cross-validated).
+    size_ratio: make the int8 TFLite file at least this many times smaller than float32 by giving some
+    convolutions per-tensor weights (`to_tflite_mixed`)."""
     from leukoscreen.convert.calibration import decision_parameters, describe_outcomes, screening_outcomes
-    from leukoscreen.convert.exporters import classifier_to_onnx, quantize_onnx, to_onnx, to_tflite
+    from leukoscreen.convert.exporters import classifier_to_onnx, quantize_onnx, to_onnx, to_tflite, to_tflite_mixed
+    if size_ratio and (io_type != "int8" or not per_channel):
+        raise ConversionError("a size ratio chooses which convolutions get per-tensor weights: it works with "
+                              "int8 input and output and per-channel quantization; drop --int8-io uint8 or "
+                              "--per-tensor, or drop --size-ratio")
 
     run_path = Path(run_path)
     print(f"[1/4] loading {run_path} and its split")
@@ -139,7 +145,14 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
     for step, fmt in enumerate(formats, 1):
         target = out / FILE_NAMES[fmt]
         print(f"[2/4] ({step}/{len(formats)}) writing {fmt}: {target.name}")
-        if fmt.startswith("tflite"):
+        if fmt == "tflite-int8" and size_ratio:
+            data, per_tensor = to_tflite_mixed(to_tflite(model, "fp32"), calibration_set, size_ratio)
+            target.write_bytes(data)
+            quantization[fmt] = (f"full integer, per-channel weights except {per_tensor} convolutions with "
+                                 f"per-tensor weights (OCTAV clipping, ai-edge-quantizer), for at least "
+                                 f"{size_ratio}x smaller than float32")
+            print(f"      {per_tensor} convolutions have per-tensor weights")
+        elif fmt.startswith("tflite"):
             target.write_bytes(to_tflite(model, fmt.split("-")[1], calibration_set, io_type, per_channel))
         elif fmt == "onnx-int8":  # recurrent networks: dynamic quantization (int8 weights)
             quantize_onnx(onnx_fp32, target, calibration_set, dynamic=recurrent)

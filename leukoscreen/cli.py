@@ -90,7 +90,7 @@ def _convert(args) -> None:
                 target_sensitivity=args.target_sensitivity,
                 negative_classes=args.negative_classes.split(",") if args.negative_classes else None,
                 name=args.name, version=args.bundle_version, io_type=args.int8_io, classifier=args.classifier,
-                per_channel=not args.per_tensor)
+                per_channel=not args.per_tensor, size_ratio=args.size_ratio)
 
 
 def _bench(args) -> None:
@@ -352,6 +352,10 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("--per-tensor", action="store_true",
                          help="TFLite int8 with one scale per convolution kernel instead of per output channel "
                               "(smaller files; usually less accurate)")
+    convert.add_argument("--size-ratio", type=float, default=None, metavar="R",
+                         help="make the int8 TFLite file at least R times smaller than float32: convolutions "
+                              "get one scale per kernel, depthwise and widest first, until it is (the rest stay "
+                              "per-channel; needs ai-edge-quantizer)")
     convert.add_argument("--name", default=None)
     convert.add_argument("--bundle-version", default="1")
     convert.set_defaults(handler=_convert)

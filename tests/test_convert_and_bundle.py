@@ -151,6 +151,29 @@ def test_convert_errors(tmp_path):
     assert main(["convert", str(tmp_path), "--out", str(tmp_path / "b"), "--formats", "tflite-int4"]) == 2
 
 
+def test_size_ratio_makes_convolutions_per_tensor_until_the_file_is_small_enough(bundle, tmp_path):
+    from leukoscreen.convert.bundle_builder import ConversionError, convert_run
+    metrics = json.loads((bundle / "manifest.json").read_text())["metrics"]
+    per_channel = metrics["tflite-fp32"]["size_bytes"] / metrics["tflite-int8"]["size_bytes"]
+    target = per_channel * 1.001  # just beyond what per-channel weights give
+    manifest = convert_run(bundle.parent / "run", tmp_path / "mixed", ["tflite-int8", "tflite-fp32"],
+                           representative=10, allow_drop=True, size_ratio=target)
+    sizes = {fmt: manifest["metrics"][fmt]["size_bytes"] for fmt in ("tflite-int8", "tflite-fp32")}
+    assert sizes["tflite-fp32"] / sizes["tflite-int8"] >= target
+    runner = open_runner(tmp_path / "mixed" / "model-int8.tflite")
+    assert runner.input["dtype"] == np.int8 and runner.input["quantization"][0] == pytest.approx(1.0)  # 0-255 pixels
+    kernels = [len(t["quantization_parameters"]["scales"]) for t in runner.interpreter.get_tensor_details()
+               if len(t["shape"]) == 4 and t["dtype"] == np.int8 and t["shape"][0] > 1]
+    assert 1 in kernels and max(kernels) > 1  # some convolutions per-tensor, the others still per-channel
+    assert "per-tensor weights (OCTAV clipping" in manifest["quantization"]["tflite-int8"]
+    assert abs(manifest["metrics"]["tflite-int8"]["accuracy_change"]) <= 0.2
+    with pytest.raises(ValueError, match="short of 10.0x; ask for a smaller --size-ratio"):
+        convert_run(bundle.parent / "run", tmp_path / "too-small", ["tflite-int8"], representative=10,
+                    allow_drop=True, size_ratio=10.0)
+    with pytest.raises(ConversionError, match="drop --int8-io uint8"):
+        convert_run(bundle.parent / "run", tmp_path / "uint8", ["tflite-int8"], io_type="uint8", size_ratio=4.0)
+
+
 def test_per_tensor_int8_has_one_scale_per_weight_tensor(bundle, tmp_path):
     from leukoscreen.convert.bundle_builder import convert_run
     convert_run(bundle.parent / "run", tmp_path / "pt", ["tflite-int8"], representative=10, allow_drop=True,
