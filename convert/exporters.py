@@ -66,7 +66,7 @@ def to_tflite_mixed(float_tflite: bytes, representative: np.ndarray, size_ratio:
             convolutions.append((not depthwise, -int(channels), op["op_name"], scope))
     convolutions.sort()
 
-    def recipe(per_tensor):
+    def quantizer_for(per_tensor):
         recipe = quantizer.Quantizer(float_tflite)
         recipe.add_static_config(".*", "*", 8, 8, qtyping.QuantGranularity.CHANNELWISE)
         for *_, op_name, scope in per_tensor:
@@ -76,12 +76,12 @@ def to_tflite_mixed(float_tflite: bytes, representative: np.ndarray, size_ratio:
 
     signature, names = next(iter(interpreter.get_signature_list().items()))
     samples = [{names["inputs"][0]: image[None].astype(np.float32)} for image in representative]
-    ranges = recipe([]).calibrate({signature: samples}, num_threads=os.cpu_count() or 1)
+    ranges = quantizer_for([]).calibrate({signature: samples}, num_threads=os.cpu_count() or 1)
     pixels = ranges[interpreter.get_input_details()[0]["name"]]
     pixels["min"], pixels["max"] = np.zeros_like(pixels["min"]), np.full_like(pixels["max"], 255.0)
     for count in range(len(convolutions) + 1):
-        data = bytes(recipe(convolutions[:count]).quantize(ranges, enable_progress_bar=False,
-                                                             enable_progress_report=False).quantized_model)
+        data = bytes(quantizer_for(convolutions[:count]).quantize(ranges, enable_progress_bar=False,
+                                                                    enable_progress_report=False).quantized_model)
         if len(float_tflite) / len(data) >= size_ratio:
             return data, count
     raise ValueError(f"int8 TFLite reaches only {len(float_tflite) / len(data):.2f}x smaller than float32 with every "
