@@ -174,6 +174,33 @@ def test_size_ratio_makes_convolutions_per_tensor_until_the_file_is_small_enough
         convert_run(bundle.parent / "run", tmp_path / "uint8", ["tflite-int8"], io_type="uint8", size_ratio=4.0)
 
 
+def test_size_ratio_takes_the_widest_depthwise_convolution_first():
+    import keras
+
+    from leukoscreen.convert.exporters import to_tflite, to_tflite_mixed
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(64, 3, activation="relu")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)                # 64 channels
+    x = keras.layers.Conv2D(256, 1, activation="relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)                # 256 channels: the widest
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    float_file = to_tflite(model, "fp32")
+    per_channel = len(float_file) / len(to_tflite(model, "int8", images))
+    data, count = to_tflite_mixed(float_file, images, per_channel * 1.01)
+    assert count == 1 and len(float_file) / len(data) >= per_channel * 1.01
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_content=data)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    scales = {(op["op_name"], int(tensors[op["inputs"][1]]["shape"][-1] if op["op_name"] == "DEPTHWISE_CONV_2D"
+                                    else tensors[op["inputs"][1]]["shape"][0])):
+              len(tensors[op["inputs"][1]]["quantization_parameters"]["scales"])
+              for op in interpreter._get_ops_details() if "CONV" in op["op_name"]}
+    assert scales == {("CONV_2D", 64): 64, ("DEPTHWISE_CONV_2D", 64): 64, ("CONV_2D", 256): 256,
+                      ("DEPTHWISE_CONV_2D", 256): 1}
+
+
 def test_per_tensor_int8_has_one_scale_per_weight_tensor(bundle, tmp_path):
     from leukoscreen.convert.bundle_builder import convert_run
     convert_run(bundle.parent / "run", tmp_path / "pt", ["tflite-int8"], representative=10, allow_drop=True,
