@@ -54,9 +54,12 @@ L := $(BIN)/leukoscreen
 research: research-basic research-transfer research-odrnn
 	$(L) report $(RUNS) --probes $(PROBES) --classical $(MODEL1) --searches $(SEARCHES) \
 		--bundles runs/bundle-basic-cnn-subtype runs/bundle-basic-cnn-subtype-colourstd runs/bundle-efficientnet-lite0-subtype \
-		runs/bundle-model1-mobilenet-v2-subtype \
+		runs/bundle-model1-mobilenet-v2-subtype runs/bundle-mobilenet-v2-subtype runs/bundle-alexnet-scratch-subtype \
+		runs/bundle-odrnn-subtype \
 		--bench runs/bench-basic-cnn-subtype/bench.json runs/bench-basic-cnn-subtype-colourstd/bench.json \
-		runs/bench-efficientnet-lite0-subtype/bench.json runs/bench-model1-mobilenet-v2-subtype/bench.json --out report
+		runs/bench-efficientnet-lite0-subtype/bench.json runs/bench-model1-mobilenet-v2-subtype/bench.json \
+		runs/bench-mobilenet-v2-subtype/bench.json runs/bench-alexnet-scratch-subtype/bench.json \
+		runs/bench-odrnn-subtype/bench.json --out report
 
 research-basic: install
 	$(L) data shortcuts $(DATA) --task subtype --out runs/shortcuts-subtype
@@ -106,6 +109,12 @@ research-transfer: install
 	$(L) convert runs/model1-mobilenet-v2-subtype --formats tflite-int8,tflite-fp32,onnx-int8,onnx-fp32 \
 		--size-ratio 3.5 --out runs/bundle-model1-mobilenet-v2-subtype
 	$(L) bench runs/bundle-model1-mobilenet-v2-subtype --out runs/bench-model1-mobilenet-v2-subtype
+	rm -rf runs/bundle-mobilenet-v2-subtype runs/bundle-alexnet-scratch-subtype
+	$(L) convert runs/mobilenet-v2-subtype --out runs/bundle-mobilenet-v2-subtype
+	$(L) bench runs/bundle-mobilenet-v2-subtype --out runs/bench-mobilenet-v2-subtype
+	$(L) convert runs/alexnet-scratch-subtype --formats tflite-int8,tflite-fp32,onnx-int8,onnx-fp32 \
+		--out runs/bundle-alexnet-scratch-subtype
+	$(L) bench runs/bundle-alexnet-scratch-subtype --runs 50 --out runs/bench-alexnet-scratch-subtype
 
 research-odrnn: install
 	$(L) search --data $(DATA) --method rda --budget 12 --epochs 4 --final-epochs 30 --task subtype \
@@ -127,6 +136,10 @@ research-odrnn: install
 		$(L) search --data $(DATA) --method $$method --budget 12 --epochs 8 --final-epochs 30 --task binary \
 			--balanced-validation --out runs/search-odrnn-binary-$$method-seed0 || exit 1; \
 	done
+	# the device bundle of the 4-class ODRNN with the best validation score of the six all-aria searches
+	rm -rf runs/bundle-odrnn-subtype
+	$(L) convert runs/search-odrnn-random-seed1/best-run --name odrnn-subtype --out runs/bundle-odrnn-subtype
+	$(L) bench runs/bundle-odrnn-subtype --out runs/bench-odrnn-subtype
 
 test: install
 	$(BIN)/python -m pytest
