@@ -176,6 +176,7 @@ def test_size_ratio_makes_convolutions_per_tensor_until_the_file_is_small_enough
 
 def test_size_ratio_takes_the_widest_depthwise_convolution_first():
     import keras
+    from ai_edge_litert.interpreter import Interpreter
 
     from leukoscreen.convert.exporters import to_tflite, to_tflite_mixed
     inputs = keras.Input((32, 32, 3))
@@ -190,7 +191,6 @@ def test_size_ratio_takes_the_widest_depthwise_convolution_first():
     per_channel = len(float_file) / len(to_tflite(model, "int8", images))
     data, count = to_tflite_mixed(float_file, images, per_channel * 1.01)
     assert count == 1 and len(float_file) / len(data) >= per_channel * 1.01
-    from ai_edge_litert.interpreter import Interpreter
     interpreter = Interpreter(model_content=data)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     scales = {(op["op_name"], int(tensors[op["inputs"][1]]["shape"][-1] if op["op_name"] == "DEPTHWISE_CONV_2D"
