@@ -102,6 +102,8 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
     convolutions per-tensor weights (`to_tflite_mixed`)."""
     from leukoscreen.convert.calibration import decision_parameters, describe_outcomes, screening_outcomes
     from leukoscreen.convert.exporters import classifier_to_onnx, quantize_onnx, to_onnx, to_tflite, to_tflite_mixed
+    if size_ratio and "tflite-int8" not in formats:
+        raise ConversionError("--size-ratio applies to the tflite-int8 file; add tflite-int8 to --formats")
     if size_ratio and (io_type != "int8" or not per_channel):
         raise ConversionError("a size ratio chooses which convolutions get per-tensor weights: it works with "
                               "int8 input and output and per-channel quantization; drop --int8-io uint8 or "

@@ -170,6 +170,8 @@ def test_size_ratio_makes_convolutions_per_tensor_until_the_file_is_small_enough
     with pytest.raises(ValueError, match="short of 10.0x; ask for a smaller --size-ratio"):
         convert_run(bundle.parent / "run", tmp_path / "too-small", ["tflite-int8"], representative=10,
                     allow_drop=True, size_ratio=10.0)
+    with pytest.raises(ConversionError, match="add tflite-int8 to --formats"):
+        convert_run(bundle.parent / "run", tmp_path / "onnx", ["onnx-int8"], size_ratio=4.0)
     with pytest.raises(ConversionError, match="drop --int8-io uint8"):
         convert_run(bundle.parent / "run", tmp_path / "uint8", ["tflite-int8"], io_type="uint8", size_ratio=4.0)
 
