@@ -110,7 +110,7 @@ research-transfer: install
 		--size-ratio 3.5 --out runs/bundle-model1-mobilenet-v2-subtype
 	$(L) bench runs/bundle-model1-mobilenet-v2-subtype --out runs/bench-model1-mobilenet-v2-subtype
 	rm -rf runs/bundle-mobilenet-v2-subtype runs/bundle-alexnet-scratch-subtype
-	$(L) convert runs/mobilenet-v2-subtype --out runs/bundle-mobilenet-v2-subtype
+	$(L) convert runs/mobilenet-v2-subtype --size-ratio 3.5 --out runs/bundle-mobilenet-v2-subtype
 	$(L) bench runs/bundle-mobilenet-v2-subtype --out runs/bench-mobilenet-v2-subtype
 	$(L) convert runs/alexnet-scratch-subtype --formats tflite-int8,tflite-fp32,onnx-int8,onnx-fp32 \
 		--out runs/bundle-alexnet-scratch-subtype
@@ -153,7 +153,7 @@ default-bundle: install
 		--task subtype --colour standardize --epochs 30 --out $(BUNDLE_RUN)
 	rm -rf edge/default_bundle
 	$(BIN)/leukoscreen convert $(BUNDLE_RUN) --formats tflite-int8,onnx-int8 --name leukoscreen-default \
-		--size-ratio 3.5 --bundle-version 3 --out edge/default_bundle
+		--size-ratio 3.5 --bundle-version 4 --out edge/default_bundle
 
 bench: install
 	$(BIN)/leukoscreen bench edge/default_bundle --out runs/bench-default

@@ -95,13 +95,17 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
                 max_accuracy_drop: float = 0.01, allow_drop: bool = False, target_sensitivity: float = 0.99,
                 negative_classes: list[str] | None = None, name: str | None = None, version: str = "1",
                 io_type: str = "int8", threads: int = 2, classifier: str | None = None,
-                per_channel: bool = True, size_ratio: float | None = None) -> dict:
+                per_channel: bool = True, size_ratio: float | None = None, bias_correction: int = 64) -> dict:
     """Convert a trained run, or a Model 1 run (`leukoscreen classical`: a two-stage bundle of the
     backbone's feature extractor and the chosen classifier, `classifier` or the best cross-validated).
     size_ratio: make the int8 TFLite file at least this many times smaller than float32 by giving some
-    convolutions per-tensor weights (`to_tflite_mixed`)."""
+    convolutions per-tensor weights (`to_tflite_mixed`). bias_correction: how many of the representative
+    images correct the int8 TFLite file's biases against float32 (`correct_biases`); 0 leaves them."""
+    from leukoscreen.convert.bias_correction import correct_biases
     from leukoscreen.convert.calibration import decision_parameters, describe_outcomes, screening_outcomes
     from leukoscreen.convert.exporters import classifier_to_onnx, quantize_onnx, to_onnx, to_tflite, to_tflite_mixed
+    if bias_correction < 0:
+        raise ConversionError(f"--bias-correction takes a number of images (0 turns it off), not {bias_correction}")
     if size_ratio and "tflite-int8" not in formats:
         raise ConversionError("--size-ratio applies to the tflite-int8 file; add tflite-int8 to --formats")
     if size_ratio and (io_type != "int8" or not per_channel):
@@ -147,13 +151,22 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
     for step, fmt in enumerate(formats, 1):
         target = out / FILE_NAMES[fmt]
         print(f"[2/4] ({step}/{len(formats)}) writing {fmt}: {target.name}")
-        if fmt == "tflite-int8" and size_ratio:
-            data, per_tensor = to_tflite_mixed(to_tflite(model, "fp32"), calibration_set, size_ratio)
+        if fmt == "tflite-int8":
+            float_tflite = to_tflite(model, "fp32")
+            if size_ratio:
+                data, per_tensor = to_tflite_mixed(float_tflite, calibration_set, size_ratio)
+                quantization[fmt] = (f"full integer, per-channel weights except {per_tensor} convolutions with "
+                                     f"per-tensor weights (OCTAV clipping, ai-edge-quantizer), for at least "
+                                     f"{size_ratio}x smaller than float32")
+                print(f"      {per_tensor} convolutions have per-tensor weights")
+            else:
+                data = to_tflite(model, "int8", calibration_set, io_type, per_channel)
+            if bias_correction:
+                images_used = calibration_set[:bias_correction]
+                data, corrected = correct_biases(data, float_tflite, images_used)
+                quantization[fmt] += (f"; biases of {corrected} layers corrected against float32 on "
+                                      f"{len(images_used)} training images")
             target.write_bytes(data)
-            quantization[fmt] = (f"full integer, per-channel weights except {per_tensor} convolutions with "
-                                 f"per-tensor weights (OCTAV clipping, ai-edge-quantizer), for at least "
-                                 f"{size_ratio}x smaller than float32")
-            print(f"      {per_tensor} convolutions have per-tensor weights")
         elif fmt.startswith("tflite"):
             target.write_bytes(to_tflite(model, fmt.split("-")[1], calibration_set, io_type, per_channel))
         elif fmt == "onnx-int8":  # recurrent networks: dynamic quantization (int8 weights)

@@ -43,6 +43,17 @@ def to_probabilities(output: np.ndarray) -> np.ndarray:
     return output / np.maximum(output.sum(axis=1, keepdims=True), 1e-12)
 
 
+def tflite_input(pixels: np.ndarray, details: dict) -> np.ndarray:
+    """uint8 pixels in the type of a TFLite input tensor (`details`: the interpreter's input details):
+    float32 as they are, int8 or uint8 through the tensor's scale and zero point."""
+    x = pixels.astype(np.float32)
+    if details["dtype"] in (np.int8, np.uint8):
+        scale, zero_point = details["quantization"]
+        info = np.iinfo(details["dtype"])
+        x = np.clip(np.rint(x / scale + zero_point), info.min, info.max)
+    return x.astype(details["dtype"])
+
+
 class ModelRunner:
     """Base: checks inputs and turns raw outputs into probabilities. Subclasses implement `_run`."""
     input_size: int
@@ -97,15 +108,9 @@ class TFLiteRunner(ModelRunner):
         self.input_size = int(self.input["shape"][1])
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        scale, zero_point = self.input["quantization"]
-        dtype = self.input["dtype"]
         outputs = []
         for image in batch:  # one image at a time: valid for every model, including batch-1 RNN files
-            x = image[None].astype(np.float32)
-            if dtype in (np.int8, np.uint8):
-                info = np.iinfo(dtype)
-                x = np.clip(np.rint(x / scale + zero_point), info.min, info.max)
-            self.interpreter.set_tensor(self.input["index"], x.astype(dtype))
+            self.interpreter.set_tensor(self.input["index"], tflite_input(image[None], self.input))
             self.interpreter.invoke()
             y = self.interpreter.get_tensor(self.output["index"]).astype(np.float32)
             out_scale, out_zero = self.output["quantization"]

@@ -90,7 +90,8 @@ def _convert(args) -> None:
                 target_sensitivity=args.target_sensitivity,
                 negative_classes=args.negative_classes.split(",") if args.negative_classes else None,
                 name=args.name, version=args.bundle_version, io_type=args.int8_io, classifier=args.classifier,
-                per_channel=not args.per_tensor, size_ratio=args.size_ratio)
+                per_channel=not args.per_tensor, size_ratio=args.size_ratio,
+                bias_correction=args.bias_correction)
 
 
 def _bench(args) -> None:
@@ -356,6 +357,9 @@ def parser() -> argparse.ArgumentParser:
                          help="make the int8 TFLite file at least R times smaller than float32: convolutions "
                               "get one scale per kernel, depthwise and widest first, until it is (the rest stay "
                               "per-channel; needs ai-edge-quantizer)")
+    convert.add_argument("--bias-correction", type=int, default=64, metavar="N",
+                         help="correct the int8 TFLite file's biases so that each layer's channel means match "
+                              "float32 on N of the representative images (0: off)")
     convert.add_argument("--name", default=None)
     convert.add_argument("--bundle-version", default="1")
     convert.set_defaults(handler=_convert)

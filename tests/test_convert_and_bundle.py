@@ -146,9 +146,11 @@ def test_bench_prints_latency_and_ratio(bundle, tmp_path, capsys):
     assert f"| {screening['sensitivity']:.3f} / {screening['specificity']:.3f} / " in page
 
 
-def test_convert_errors(tmp_path):
+def test_convert_errors(tmp_path, capsys):
     assert main(["convert", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
     assert main(["convert", str(tmp_path), "--out", str(tmp_path / "b"), "--formats", "tflite-int4"]) == 2
+    assert main(["convert", str(tmp_path), "--out", str(tmp_path / "b"), "--bias-correction", "-1"]) == 2
+    assert "--bias-correction takes a number of images (0 turns it off)" in capsys.readouterr().err
 
 
 def test_size_ratio_makes_convolutions_per_tensor_until_the_file_is_small_enough(bundle, tmp_path):
@@ -203,6 +205,36 @@ def test_size_ratio_takes_the_widest_depthwise_convolution_first():
                       ("DEPTHWISE_CONV_2D", 256): 1}
 
 
+def test_bias_correction_brings_int8_channel_means_to_float():
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from leukoscreen.convert.bias_correction import _channel_means, correct_biases
+    from leukoscreen.convert.exporters import to_tflite, to_tflite_mixed
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(16, 3, activation="relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)
+    x = keras.layers.Conv2D(8, 1)(x)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    for layer in model.layers[2:]:  # distinct biases: a converter stores equal ones once, and those stay
+        for weight in layer.weights[1:]:
+            weight.assign(np.random.default_rng(1).normal(0, 0.1, weight.shape))
+    images = np.random.default_rng(0).integers(0, 256, (16, 24, 24, 3), dtype=np.uint8)
+    float_file = to_tflite(model, "fp32")
+    logits = Interpreter(model_content=float_file).get_output_details()[0]["name"]  # the last dense layer's
+    target = _channel_means(float_file, images, [logits])[logits]
+    # the TF converter stores biases inside the flatbuffer, ai-edge-quantizer after it: both are corrected
+    for int8_file in (to_tflite(model, "int8", images, per_channel=False), to_tflite_mixed(float_file, images, 1.0)[0]):
+        corrected, layers = correct_biases(int8_file, float_file, images, progress=lambda _: None)
+        assert layers == 4 and len(corrected) == len(int8_file) and corrected != int8_file
+        before = np.abs(_channel_means(int8_file, images, [logits])[logits] - target).mean()
+        after = np.abs(_channel_means(corrected, images, [logits])[logits] - target).mean()
+        assert after < before / 2, (before, after)
+
+
 def test_per_tensor_int8_has_one_scale_per_weight_tensor(bundle, tmp_path):
     from leukoscreen.convert.bundle_builder import convert_run
     convert_run(bundle.parent / "run", tmp_path / "pt", ["tflite-int8"], representative=10, allow_drop=True,
@@ -211,7 +243,9 @@ def test_per_tensor_int8_has_one_scale_per_weight_tensor(bundle, tmp_path):
     details = runner.interpreter.get_tensor_details()
     conv_scales = [len(t["quantization_parameters"]["scales"]) for t in details if len(t["shape"]) == 4]
     assert max(conv_scales) == 1  # convolution kernels: one scale each
-    assert json.loads((tmp_path / "pt" / "manifest.json").read_text())["quantization"]["tflite-int8"] == (
-        "full integer, per-tensor weights")
+    assert json.loads((tmp_path / "pt" / "manifest.json").read_text())["quantization"]["tflite-int8"].startswith(
+        "full integer, per-tensor weights; biases of ")
     per_channel = json.loads((bundle / "manifest.json").read_text())["quantization"]
-    assert per_channel["tflite-int8"] == "full integer, per-channel weights" and per_channel["representative_images"] == 20
+    assert per_channel["representative_images"] == 20
+    assert per_channel["tflite-int8"] == ("full integer, per-channel weights; biases of 5 layers corrected against "
+                                          "float32 on 20 training images")  # the Basic CNN: 3 convolutions, 2 dense
