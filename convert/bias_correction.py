@@ -1,14 +1,15 @@
-"""Empirical bias correction of a full-int8 TFLite file (Nagel et al., "Data-Free Quantization Through
-Weight Equalization and Bias Correction", ICCV 2019, section 4.2).
+"""Empirical bias correction of full-int8 TFLite and static int8 (QDQ) ONNX files (Nagel et al., "Data-Free
+Quantization Through Weight Equalization and Bias Correction", ICCV 2019, section 4.2).
 
 Rounding the weights to int8 shifts the average output of a layer, channel by channel, and the shift
 adds up through the network. Here each convolution and dense layer, in graph order, is run on training
 images in the int8 file and in its float32 twin; the difference of their channel means is added to the
 layer's int32 bias before the next layer is measured, so each correction sees the ones before it. Only
-bias values change: the file keeps its size, its operators and its quantization parameters.
+bias values change: the file keeps its operators and its quantization parameters.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -105,3 +106,69 @@ def correct_biases(int8_model: bytes, float_model: bytes, images: np.ndarray,
         if done % 10 == 0 or done == len(layers):
             progress(f"      bias correction: {done}/{len(layers)} layers")
     return bytes(model), len(layers)
+
+
+def _onnx_channel_means(model, images: np.ndarray, names: list[str], threads: int = 2) -> dict[str, np.ndarray]:
+    """Per-channel means of the named tensors of an ONNX model (NCHW inside, as tf2onnx writes it)."""
+    import onnx
+    import onnxruntime
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                              for name in names if name not in outputs)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    source = session.get_inputs()[0].name
+    sums, counts = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
+    for start in range(0, len(images), 16):
+        for name, values in zip(names, session.run(names, {source: images[start:start + 16].astype(np.float32)})):
+            values = np.moveaxis(values, 1, -1) if values.ndim == 4 else values
+            values = values.reshape(-1, values.shape[-1]).astype(np.float64)
+            sums[name] = sums[name] + values.sum(axis=0)
+            counts[name] += len(values)
+    return {name: sums[name] / counts[name] for name in names}
+
+
+def correct_onnx_biases(int8_path: Path, float_path: Path, images: np.ndarray,
+                        progress: Callable[[str], None] = print) -> int:
+    """Bias correction of a static int8 QDQ ONNX file (onnxruntime's `quantize_static`), in place; returns
+    how many layers were corrected. Each convolution or Gemm whose bias is an int32 initializer behind a
+    DequantizeLinear is measured where the int8 graph hands its output on: after its QuantizeLinear and
+    DequantizeLinear pair, which also does the clipping of a ReLU6 that the quantizer folded away."""
+    import onnx
+    from onnx import numpy_helper
+    model, reference = onnx.load(str(int8_path)), onnx.load(str(float_path))
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producer = {name: node for node in graph.node for name in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    float_names = {name for node in reference.graph.node for name in node.output}
+    layers = []  # (float tensor, int8 tensor, bias initializer, bias scale initializer)
+    for node in graph.node:
+        bias = producer.get(node.input[2]) if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 else None
+        if (bias is None or bias.op_type != "DequantizeLinear" or bias.input[0] not in initializers
+                or initializers[bias.input[0]].data_type != onnx.TensorProto.INT32 or node.output[0] not in float_names):
+            continue
+        measured = node.output[0]
+        after = consumers.get(measured, [])
+        if len(after) == 1 and after[0].op_type == "QuantizeLinear":
+            dequantized = [n for n in consumers.get(after[0].output[0], []) if n.op_type == "DequantizeLinear"]
+            measured = dequantized[0].output[0] if dequantized else measured
+        layers.append((node.output[0], measured, initializers[bias.input[0]], initializers[bias.input[1]]))
+    if not layers:
+        return 0
+    target = _onnx_channel_means(reference, images, [name for name, *_ in layers])
+    for done, (name, measured, bias, scale) in enumerate(layers, 1):
+        current = _onnx_channel_means(model, images, [measured])[measured]
+        values = numpy_helper.to_array(bias).astype(np.int64)
+        values = values + np.rint((target[name] - current) / numpy_helper.to_array(scale).astype(np.float64))
+        bias.CopyFrom(numpy_helper.from_array(np.clip(values, -2**31, 2**31 - 1).astype(np.int32), bias.name))
+        if done % 10 == 0 or done == len(layers):
+            progress(f"      bias correction: {done}/{len(layers)} layers")
+    onnx.save(model, str(int8_path))
+    return len(layers)

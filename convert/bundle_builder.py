@@ -100,8 +100,8 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
     backbone's feature extractor and the chosen classifier, `classifier` or the best cross-validated).
     size_ratio: make the int8 TFLite file at least this many times smaller than float32 by giving some
     convolutions per-tensor weights (`to_tflite_mixed`). bias_correction: how many of the representative
-    images correct the int8 TFLite file's biases against float32 (`correct_biases`); 0 leaves them."""
-    from leukoscreen.convert.bias_correction import correct_biases
+    images correct the biases of the int8 TFLite and static int8 ONNX files against float32; 0 leaves them."""
+    from leukoscreen.convert.bias_correction import correct_biases, correct_onnx_biases
     from leukoscreen.convert.calibration import decision_parameters, describe_outcomes, screening_outcomes
     from leukoscreen.convert.exporters import classifier_to_onnx, quantize_onnx, to_onnx, to_tflite, to_tflite_mixed
     if bias_correction < 0:
@@ -171,6 +171,11 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
             target.write_bytes(to_tflite(model, fmt.split("-")[1], calibration_set, io_type, per_channel))
         elif fmt == "onnx-int8":  # recurrent networks: dynamic quantization (int8 weights)
             quantize_onnx(onnx_fp32, target, calibration_set, dynamic=recurrent)
+            if bias_correction and not recurrent:
+                images_used = calibration_set[:bias_correction]
+                corrected = correct_onnx_biases(target, onnx_fp32, images_used)
+                quantization[fmt] += (f"; biases of {corrected} layers corrected against float32 on "
+                                      f"{len(images_used)} training images")
         runner = features = open_runner(target, threads=threads)  # the device's code; rejects Flex ops
         files[fmt] = {"file": target.name}
         size = target.stat().st_size

@@ -358,8 +358,8 @@ def parser() -> argparse.ArgumentParser:
                               "get one scale per kernel, depthwise and widest first, until it is (the rest stay "
                               "per-channel; needs ai-edge-quantizer)")
     convert.add_argument("--bias-correction", type=int, default=64, metavar="N",
-                         help="correct the int8 TFLite file's biases so that each layer's channel means match "
-                              "float32 on N of the representative images (0: off)")
+                         help="correct the biases of the int8 TFLite and ONNX files so that each layer's channel "
+                              "means match float32 on N of the representative images (0: off)")
     convert.add_argument("--name", default=None)
     convert.add_argument("--bundle-version", default="1")
     convert.set_defaults(handler=_convert)

@@ -235,6 +235,33 @@ def test_bias_correction_brings_int8_channel_means_to_float():
         assert after < before / 2, (before, after)
 
 
+def test_bias_correction_of_a_static_int8_onnx_file(tmp_path):
+    import keras
+    import onnx
+
+    from leukoscreen.convert.bias_correction import _onnx_channel_means, correct_onnx_biases
+    from leukoscreen.convert.exporters import quantize_onnx, to_onnx
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Conv2D(16, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    x = keras.layers.Conv2D(8, 1)(x)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    for layer in model.layers[2:]:  # tf2onnx leaves out all-zero biases, and a layer without one stays as it is
+        for weight in layer.weights[1:]:
+            weight.assign(np.random.default_rng(1).normal(0, 0.1, weight.shape))
+    images = np.random.default_rng(0).integers(0, 256, (16, 24, 24, 3), dtype=np.uint8)
+    to_onnx(model, tmp_path / "fp32.onnx")
+    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", images)
+    reference = onnx.load(str(tmp_path / "fp32.onnx"))
+    logits = reference.graph.output[0].name
+    target = _onnx_channel_means(reference, images, [logits])[logits]
+    before = np.abs(_onnx_channel_means(onnx.load(str(tmp_path / "int8.onnx")), images, [logits])[logits] - target)
+    assert correct_onnx_biases(tmp_path / "int8.onnx", tmp_path / "fp32.onnx", images, progress=lambda _: None) >= 2
+    after = np.abs(_onnx_channel_means(onnx.load(str(tmp_path / "int8.onnx")), images, [logits])[logits] - target)
+    assert after.mean() < before.mean() / 2, (before, after)
+
+
 def test_per_tensor_int8_has_one_scale_per_weight_tensor(bundle, tmp_path):
     from leukoscreen.convert.bundle_builder import convert_run
     convert_run(bundle.parent / "run", tmp_path / "pt", ["tflite-int8"], representative=10, allow_drop=True,
@@ -249,3 +276,4 @@ def test_per_tensor_int8_has_one_scale_per_weight_tensor(bundle, tmp_path):
     assert per_channel["representative_images"] == 20
     assert per_channel["tflite-int8"] == ("full integer, per-channel weights; biases of 5 layers corrected against "
                                           "float32 on 20 training images")  # the Basic CNN: 3 convolutions, 2 dense
+    assert per_channel["onnx-int8"].startswith("static QDQ, per-channel weights; biases of ")
