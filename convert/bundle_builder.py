@@ -148,6 +148,11 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
     onnx_fp32 = out / FILE_NAMES["onnx-fp32"]
     if any(f.startswith("onnx") for f in formats):
         to_onnx(model, onnx_fp32)  # the float32 file, and the source of the int8 one
+    correction_set = calibration_set[:bias_correction]
+
+    def corrected_biases(count):
+        return f"; biases of {count} layers corrected against float32 on {len(correction_set)} training images"
+
     for step, fmt in enumerate(formats, 1):
         target = out / FILE_NAMES[fmt]
         print(f"[2/4] ({step}/{len(formats)}) writing {fmt}: {target.name}")
@@ -162,20 +167,15 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
             else:
                 data = to_tflite(model, "int8", calibration_set, io_type, per_channel)
             if bias_correction:
-                images_used = calibration_set[:bias_correction]
-                data, corrected = correct_biases(data, float_tflite, images_used)
-                quantization[fmt] += (f"; biases of {corrected} layers corrected against float32 on "
-                                      f"{len(images_used)} training images")
+                data, corrected = correct_biases(data, float_tflite, correction_set)
+                quantization[fmt] += corrected_biases(corrected)
             target.write_bytes(data)
         elif fmt.startswith("tflite"):
             target.write_bytes(to_tflite(model, fmt.split("-")[1], calibration_set, io_type, per_channel))
         elif fmt == "onnx-int8":  # recurrent networks: dynamic quantization (int8 weights)
             quantize_onnx(onnx_fp32, target, calibration_set, dynamic=recurrent)
             if bias_correction and not recurrent:
-                images_used = calibration_set[:bias_correction]
-                corrected = correct_onnx_biases(target, onnx_fp32, images_used)
-                quantization[fmt] += (f"; biases of {corrected} layers corrected against float32 on "
-                                      f"{len(images_used)} training images")
+                quantization[fmt] += corrected_biases(correct_onnx_biases(target, onnx_fp32, correction_set))
         runner = features = open_runner(target, threads=threads)  # the device's code; rejects Flex ops
         files[fmt] = {"file": target.name}
         size = target.stat().st_size
