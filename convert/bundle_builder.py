@@ -148,6 +148,8 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
     onnx_fp32 = out / FILE_NAMES["onnx-fp32"]
     if any(f.startswith("onnx") for f in formats):
         to_onnx(model, onnx_fp32)  # the float32 file, and the source of the int8 one
+    # float32 TFLite, made once: the tflite-fp32 file, and the source and reference of tflite-int8
+    float_tflite = to_tflite(model, "fp32") if {"tflite-int8", "tflite-fp32"} & set(formats) else None
     correction_set = calibration_set[:bias_correction]
 
     def corrected_biases(count):
@@ -157,7 +159,6 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
         target = out / FILE_NAMES[fmt]
         print(f"[2/4] ({step}/{len(formats)}) writing {fmt}: {target.name}")
         if fmt == "tflite-int8":
-            float_tflite = to_tflite(model, "fp32")
             if size_ratio:
                 data, per_tensor = to_tflite_mixed(float_tflite, calibration_set, size_ratio)
                 quantization[fmt] = (f"full integer, per-channel weights except {per_tensor} convolutions with "
@@ -170,6 +171,8 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
                 data, corrected = correct_biases(data, float_tflite, correction_set)
                 quantization[fmt] += corrected_biases(corrected)
             target.write_bytes(data)
+        elif fmt == "tflite-fp32":
+            target.write_bytes(float_tflite)
         elif fmt.startswith("tflite"):
             target.write_bytes(to_tflite(model, fmt.split("-")[1], calibration_set, io_type, per_channel))
         elif fmt == "onnx-int8":  # recurrent networks: dynamic quantization (int8 weights)
