@@ -59,7 +59,7 @@ research: research-basic research-transfer research-odrnn
 		--bench runs/bench-basic-cnn-subtype/bench.json runs/bench-basic-cnn-subtype-colourstd/bench.json \
 		runs/bench-efficientnet-lite0-subtype/bench.json runs/bench-model1-mobilenet-v2-subtype/bench.json \
 		runs/bench-mobilenet-v2-subtype/bench.json runs/bench-alexnet-scratch-subtype/bench.json \
-		runs/bench-odrnn-subtype/bench.json --out report
+		runs/bench-alexnet-scratch-subtype-builtin/bench.json runs/bench-odrnn-subtype/bench.json --out report
 
 research-basic: install
 	$(L) data shortcuts $(DATA) --task subtype --out runs/shortcuts-subtype
@@ -115,6 +115,9 @@ research-transfer: install
 	$(L) convert runs/alexnet-scratch-subtype --formats tflite-int8,tflite-fp32,onnx-int8,onnx-fp32 \
 		--out runs/bundle-alexnet-scratch-subtype
 	$(L) bench runs/bundle-alexnet-scratch-subtype --runs 50 --out runs/bench-alexnet-scratch-subtype
+	$(L) bench runs/bundle-alexnet-scratch-subtype --runs 50 --no-xnnpack --out runs/bench-alexnet-scratch-subtype-builtin
+	$(L) bench runs/bundle-alexnet-scratch-subtype --web $(DATA) --out runs/bench-web-alexnet
+	$(L) bench runs/bundle-alexnet-scratch-subtype --web $(DATA) --no-xnnpack --out runs/bench-web-alexnet-builtin
 
 research-odrnn: install
 	$(L) search --data $(DATA) --method rda --budget 12 --epochs 4 --final-epochs 30 --task subtype \

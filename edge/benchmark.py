@@ -19,12 +19,13 @@ import numpy as np
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mobilenet_v2_1.0_224_quant.tflite"
 
 
-def measure(path: str, runtime: str, threads: int, runs: int, classifier: str | None = None) -> dict:
+def measure(path: str, runtime: str, threads: int, runs: int, classifier: str | None = None,
+            xnnpack: bool = True) -> dict:
     """Load time, first-inference time, median and p95 latency, peak RSS of this process (a two-stage
     model: the feature model and its classifier)."""
     started = time.perf_counter()
     from leukoscreen.edge.runtimes import open_runner
-    runner = open_runner(path, runtime, threads, classifier=classifier)
+    runner = open_runner(path, runtime, threads, classifier=classifier, xnnpack=xnnpack)
     loaded = time.perf_counter()
     image = np.random.default_rng(0).integers(0, 256, (1, runner.input_size, runner.input_size, 3), np.uint8)
     runner.predict(image)
@@ -41,10 +42,11 @@ def measure(path: str, runtime: str, threads: int, runs: int, classifier: str | 
             "size_mb": sum(Path(p).stat().st_size for p in (path, classifier) if p) / 1e6, "runs": runs}
 
 
-def measure_in_subprocess(path: Path, runtime: str, threads: int, runs: int, classifier: Path | None = None) -> dict:
+def measure_in_subprocess(path: Path, runtime: str, threads: int, runs: int, classifier: Path | None = None,
+                          xnnpack: bool = True) -> dict:
     classifier = str(classifier) if classifier else None
     code = ("import json, sys; from leukoscreen.edge.benchmark import measure; "
-            f"print(json.dumps(measure({str(path)!r}, {runtime!r}, {threads}, {runs}, {classifier!r})))")
+            f"print(json.dumps(measure({str(path)!r}, {runtime!r}, {threads}, {runs}, {classifier!r}, {xnnpack})))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if result.returncode != 0:
         return {"file": str(path), "threads": threads, "error": result.stderr.strip().splitlines()[-1]}
@@ -52,7 +54,8 @@ def measure_in_subprocess(path: Path, runtime: str, threads: int, runs: int, cla
 
 
 def benchmark_bundle(bundle_path: Path, runtime: str = "auto", threads: tuple[int, ...] = (1, 2),
-                     runs: int = 100, reference: Path | None = REFERENCE, out: Path | None = None) -> list[dict]:
+                     runs: int = 100, reference: Path | None = REFERENCE, out: Path | None = None,
+                     xnnpack: bool = True) -> list[dict]:
     from leukoscreen.edge.bundle import load_bundle
     bundle = load_bundle(bundle_path)
     targets = []
@@ -68,7 +71,7 @@ def benchmark_bundle(bundle_path: Path, runtime: str = "auto", threads: tuple[in
     for count in threads:
         for label, path, file_runtime, classifier in targets:
             print(f"timing {label} with {count} thread(s)...", flush=True)
-            row = measure_in_subprocess(path, file_runtime, count, runs, classifier)
+            row = measure_in_subprocess(path, file_runtime, count, runs, classifier, xnnpack)
             row["model"] = label
             rows.append(row)
     for count in threads:
@@ -85,14 +88,14 @@ def benchmark_bundle(bundle_path: Path, runtime: str = "auto", threads: tuple[in
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'model':<28}{'runtime':<15}{'thr':>4}{'load s':>8}{'first ms':>10}{'median ms':>11}"
+    lines = [f"{'model':<28}{'runtime':<17}{'thr':>4}{'load s':>8}{'first ms':>10}{'median ms':>11}"
              f"{'p95 ms':>9}{'x ref':>8}{'RSS MB':>8}{'MB':>7}"]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['model']:<28}{'':<15}{r['threads']:>4}  failed: {r['error']}")
+            lines.append(f"{r['model']:<28}{'':<17}{r['threads']:>4}  failed: {r['error']}")
             continue
         ratio = f"{r['ratio_to_reference']:.2f}" if "ratio_to_reference" in r else "-"
-        lines.append(f"{r['model']:<28}{r['runtime']:<15}{r['threads']:>4}{r['load_s']:>8.2f}"
+        lines.append(f"{r['model']:<28}{r['runtime']:<17}{r['threads']:>4}{r['load_s']:>8.2f}"
                      f"{r['first_inference_ms']:>10.2f}{r['median_ms']:>11.3f}{r['p95_ms']:>9.3f}{ratio:>8}"
                      f"{r['peak_rss_mb']:>8.0f}{r['size_mb']:>7.2f}")
     return "\n".join(lines)
@@ -107,7 +110,7 @@ from leukoscreen.edge.device_config import parse_config
 from leukoscreen.edge.displays import Display
 with tempfile.TemporaryDirectory() as state:
     config = parse_config({"bundle": sys.argv[1], "state_dir": state, "min_free_mb": 0,
-                           "camera": {"kind": "folder", "folder": sys.argv[2]}})
+                           "camera": {"kind": "folder", "folder": sys.argv[2]}, "xnnpack": sys.argv[4] == "1"})
     daemon = Daemon(config, Display())
     daemon._camera()
     ready = time.perf_counter() - started
@@ -118,12 +121,13 @@ print(json.dumps({"ready_s": ready, "timings": rows,
 """
 
 
-def benchmark_pipeline(bundle_path: Path, folder: Path, captures: int = 200, out: Path | None = None) -> dict:
+def benchmark_pipeline(bundle_path: Path, folder: Path, captures: int = 200, out: Path | None = None,
+                       xnnpack: bool = True) -> dict:
     """End-to-end time per capture through the daemon (folder replay: decode, quality gate, cell finder,
     classification, store), with a breakdown; cold start to ready and peak RSS, in a fresh process."""
     print(f"timing {captures} captures from {folder} through the daemon...", flush=True)
-    result = subprocess.run([sys.executable, "-c", PIPELINE_WORKER, str(bundle_path), str(folder), str(captures)],
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", PIPELINE_WORKER, str(bundle_path), str(folder), str(captures),
+                             str(int(xnnpack))], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"pipeline benchmark failed: {result.stderr.strip().splitlines()[-1]}")
     measured = json.loads(result.stdout.strip().splitlines()[-1])

@@ -64,11 +64,11 @@ class ModelBundle:
         return self.path / entry["file"] if entry else None
 
     def runner(self, fmt: str | None = None, runtime: str = "auto", threads: int = 2,
-               providers: list[str] | None = None):
+               providers: list[str] | None = None, xnnpack: bool = True):
         """The device runtime for one of this bundle's formats (default: the bundle's default format)."""
         from leukoscreen.edge.runtimes import open_runner
         fmt = fmt or self.default_format
-        return open_runner(self.file(fmt), runtime, threads, providers, self.classifier_file(fmt))
+        return open_runner(self.file(fmt), runtime, threads, providers, self.classifier_file(fmt), xnnpack)
 
     def file(self, fmt: str) -> Path:
         if fmt not in self.manifest["files"]:

@@ -70,9 +70,9 @@ class Daemon:
         bundle = load_bundle(config.bundle or DEFAULT_BUNDLE)
         sha256 = bundle.manifest["files"][config.bundle_format or bundle.default_format]["sha256"]
         deciding = Screener(bundle, config.bundle_format or None, config.runtime, config.threads,
-                            config.cell_finder, config.quality, providers)
+                            config.cell_finder, config.quality, providers, config.xnnpack)
         compared = [Screener(load_bundle(path), None, config.runtime, config.threads, config.cell_finder,
-                             config.quality, providers) for path in config.compare_bundles]
+                             config.quality, providers, config.xnnpack) for path in config.compare_bundles]
         return deciding, sha256, compared
 
     def reload(self) -> bool:

@@ -67,6 +67,8 @@ class DeviceConfig:
     runtime: str = "auto"
     onnx_providers: tuple = ()        # e.g. ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     threads: int = 2
+    xnnpack: bool = True              # false: TFLite's built-in kernels, slower but without XNNPACK's second
+                                      # copy of the weights (for large models on small boards)
     state_dir: str = "/var/lib/leukoscreen"
     min_free_mb: float = 200.0
     host: str = "127.0.0.1"

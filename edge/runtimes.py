@@ -5,6 +5,7 @@ No tensorflow here: the runtimes are imported only when a model of their kind is
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -82,11 +83,19 @@ class ModelRunner:
 
 
 class TFLiteRunner(ModelRunner):
-    def __init__(self, path: Path, backend: str = "litert", threads: int = 2):
+    """xnnpack=False runs the runtime's built-in kernels instead of its default XNNPACK delegate: several
+    times slower, but XNNPACK keeps a second, repacked copy of the weights in memory, which a large model
+    (AlexNet: 57 MB int8) cannot afford on a small board."""
+
+    def __init__(self, path: Path, backend: str = "litert", threads: int = 2, xnnpack: bool = True):
         interpreter_class = _import_tflite_interpreter(backend)
-        self.name = backend
+        self.name = backend if xnnpack else f"{backend} built-in"
+        options = {}
+        if not xnnpack:
+            resolvers = importlib.import_module(interpreter_class.__module__).OpResolverType
+            options["experimental_op_resolver_type"] = resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            self.interpreter = interpreter_class(model_path=str(path), num_threads=threads)
+            self.interpreter = interpreter_class(model_path=str(path), num_threads=threads, **options)
         except (ValueError, RuntimeError) as error:
             text = str(error)
             if "Flex" in text or "Select TensorFlow op" in text:
@@ -171,13 +180,14 @@ class TwoStageRunner(ModelRunner):
 
 
 def open_runner(path: str | Path, runtime: str = "auto", threads: int = 2,
-                providers: list[str] | None = None, classifier: str | Path | None = None) -> ModelRunner:
+                providers: list[str] | None = None, classifier: str | Path | None = None,
+                xnnpack: bool = True) -> ModelRunner:
     """A runner for a .tflite or .onnx file. runtime: "auto", "litert", "tflite-runtime" or "onnx"
     ("auto" picks LiteRT for .tflite, falling back to tflite-runtime, and onnxruntime for .onnx).
     With `classifier` (an ONNX classifier file) the model file is a feature extractor and the classifier
-    turns its features into probabilities."""
+    turns its features into probabilities. xnnpack: see TFLiteRunner (ONNX files ignore it)."""
     if classifier is not None:
-        return TwoStageRunner(open_runner(path, runtime, threads, providers), Path(classifier))
+        return TwoStageRunner(open_runner(path, runtime, threads, providers, xnnpack=xnnpack), Path(classifier))
     path = Path(path)
     if not path.is_file():
         raise RuntimeProblem(f"model file {path} does not exist")
@@ -189,11 +199,11 @@ def open_runner(path: str | Path, runtime: str = "auto", threads: int = 2,
         raise RuntimeProblem(f"{path.name}: unknown model file type (expected .tflite or .onnx)")
     if runtime == "auto":
         try:
-            return TFLiteRunner(path, "litert", threads)
+            return TFLiteRunner(path, "litert", threads, xnnpack)
         except RuntimeProblem as error:
             if "not installed" not in str(error):
                 raise
-            return TFLiteRunner(path, "tflite-runtime", threads)
+            return TFLiteRunner(path, "tflite-runtime", threads, xnnpack)
     if runtime == "onnx":
         raise RuntimeProblem(f"{path.name} is a TFLite model; use runtime litert or tflite-runtime")
-    return TFLiteRunner(path, runtime, threads)
+    return TFLiteRunner(path, runtime, threads, xnnpack)

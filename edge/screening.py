@@ -61,9 +61,10 @@ class Screener:
 
     def __init__(self, bundle: ModelBundle | str | Path = DEFAULT_BUNDLE, fmt: str | None = None,
                  runtime: str = "auto", threads: int = 2, finder: CellFinderConfig = CellFinderConfig(),
-                 quality: QualityConfig = QualityConfig(), providers: list[str] | None = None):
+                 quality: QualityConfig = QualityConfig(), providers: list[str] | None = None,
+                 xnnpack: bool = True):
         self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
-        self.runner = self.bundle.runner(fmt, runtime, threads, providers)
+        self.runner = self.bundle.runner(fmt, runtime, threads, providers, xnnpack)
         self.finder, self.quality = finder, quality
         manifest = self.bundle.manifest
         self.temperature = manifest["calibration"]["temperature"]

@@ -69,12 +69,12 @@ def _load(port: int, path: str, requests: int, clients: int) -> dict:
 
 
 def benchmark_web(bundle: Path, folder: Path, classifications: int = 1000, requests: int = 500, clients: int = 4,
-                  out: Path | None = None) -> dict:
+                  out: Path | None = None, xnnpack: bool = True) -> dict:
     port = _free_port()
     with tempfile.TemporaryDirectory() as state:
         config = Path(state) / "config.toml"
         config.write_text(f'bundle = "{bundle.resolve()}"\nstate_dir = "{state}/data"\nmin_free_mb = 0\n'
-                          f'port = {port}\n[camera]\nkind = "folder"\nfolder = "{folder.resolve()}"\n'
+                          f'port = {port}\nxnnpack = {str(xnnpack).lower()}\n[camera]\nkind = "folder"\nfolder = "{folder.resolve()}"\n'
                           '[display]\nkind = "none"\n')
         started = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-m", "leukoscreen.cli", "serve", "--config", str(config)],

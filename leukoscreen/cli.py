@@ -97,15 +97,17 @@ def _convert(args) -> None:
 def _bench(args) -> None:
     from leukoscreen.edge.benchmark import REFERENCE, benchmark_bundle, benchmark_pipeline
     if args.pipeline:
-        benchmark_pipeline(Path(args.bundle), Path(args.pipeline), args.captures, Path(args.out) if args.out else None)
+        benchmark_pipeline(Path(args.bundle), Path(args.pipeline), args.captures, Path(args.out) if args.out else None,
+                           xnnpack=not args.no_xnnpack)
         return
     if args.web:
         from leukoscreen.edge.web_benchmark import benchmark_web
         benchmark_web(Path(args.bundle), Path(args.web), args.classifications, args.requests,
-                      out=Path(args.out) if args.out else None)
+                      out=Path(args.out) if args.out else None, xnnpack=not args.no_xnnpack)
         return
     benchmark_bundle(Path(args.bundle), args.runtime, tuple(args.threads), args.runs,
-                     Path(args.reference) if args.reference else REFERENCE, Path(args.out) if args.out else None)
+                     Path(args.reference) if args.reference else REFERENCE, Path(args.out) if args.out else None,
+                     xnnpack=not args.no_xnnpack)
 
 
 def _classify(args) -> int:
@@ -114,7 +116,7 @@ def _classify(args) -> int:
     from leukoscreen.edge.image_io import ImageReadError, read_image
     from leukoscreen.edge.screening import DEFAULT_BUNDLE, Screener
     screener = Screener(args.bundle or DEFAULT_BUNDLE, args.format, args.runtime,
-                        providers=args.providers.split(",") if args.providers else None)
+                        providers=args.providers.split(",") if args.providers else None, xnnpack=not args.no_xnnpack)
     results = []
     for path in args.images:
         try:
@@ -241,6 +243,8 @@ def _report(args) -> None:
                  search_dirs=[Path(f) for f in args.searches or []])
 
 
+NO_XNNPACK_HELP = ("TFLite files: the runtime's built-in kernels instead of its XNNPACK delegate (slower, but "
+                   "without XNNPACK's second copy of the weights in memory: for large models on small boards)")
 BALANCED_VALIDATION_HELP = ("weight the validation loss by class as training does, so early stopping and the kept "
                             "epoch follow the class-balanced objective (advised for imbalanced tasks such as binary)")
 
@@ -369,6 +373,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "onnx"])
     bench.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     bench.add_argument("--runs", type=int, default=200)
+    bench.add_argument("--no-xnnpack", action="store_true", help=NO_XNNPACK_HELP)
     bench.add_argument("--reference", default=None, help="reference .tflite (default: shared MobileNetV2)")
     bench.add_argument("--out", default=None, help="folder for bench.json / pipeline.json / web.json")
     bench.add_argument("--pipeline", default=None, metavar="FOLDER",
@@ -388,6 +393,7 @@ def parser() -> argparse.ArgumentParser:
     classify.add_argument("--providers", default=None,
                           help="onnxruntime execution providers, comma-separated (e.g. CUDAExecutionProvider,"
                                "CPUExecutionProvider)")
+    classify.add_argument("--no-xnnpack", action="store_true", help=NO_XNNPACK_HELP)
     classify.add_argument("--json", action="store_true", help="print JSON")
     classify.set_defaults(handler=_classify)
 

@@ -105,6 +105,27 @@ def test_wrong_input_and_wrong_files_give_clear_errors(bundle, tmp_path):
         open_runner(bundle / "model-fp32.onnx", runtime="litert")
 
 
+def test_builtin_kernels_give_xnnpacks_answers_without_xnnpack(bundle):
+    """xnnpack=False (device config `xnnpack = false`, `--no-xnnpack`): the same probabilities, and LiteRT
+    never creates its XNNPACK delegate (which would hold a second copy of the weights)."""
+    x = np.random.default_rng(3).integers(0, 256, (4, 128, 128, 3), np.uint8)
+    for name in ("model-int8.tflite", "model-fp32.tflite"):
+        code = f"""
+import numpy as np
+from leukoscreen.edge.runtimes import open_runner
+runner = open_runner({str(bundle / name)!r}, xnnpack=False)
+print(runner.name)
+print(*runner.predict(np.random.default_rng(3).integers(0, 256, (4, 128, 128, 3), np.uint8))[:, 1])
+"""
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "XNNPACK" not in result.stderr
+        runtime, probabilities = result.stdout.strip().splitlines()[-2:]
+        assert runtime == "litert built-in" and open_runner(bundle / name).name == "litert"
+        np.testing.assert_allclose(np.array(probabilities.split(), float), open_runner(bundle / name).predict(x)[:, 1],
+                                   atol=0.02)
+
+
 def test_tflite_runtime_missing_is_a_message(bundle):
     try:
         import tflite_runtime  # noqa: F401
@@ -138,10 +159,16 @@ def test_bench_prints_latency_and_ratio(bundle, tmp_path, capsys):
         assert row["median_ms"] > 0 and row["peak_rss_mb"] > 10
     if any(m.startswith("reference") for m in models):
         assert all("ratio_to_reference" in row for row in rows)
+    assert main(["bench", str(bundle), "--threads", "1", "--runs", "5", "--no-xnnpack", "--out",
+                 str(tmp_path / "builtin")]) == 0
+    builtin = json.loads((tmp_path / "builtin" / "bench.json").read_text())["rows"]
+    assert {row["runtime"] for row in builtin if row["model"].startswith("tflite")} == {"litert built-in"}
     assert main(["report", str(bundle.parent / "run"), "--bundles", str(bundle), "--bench",
-                 str(tmp_path / "bench.json"), "--out", str(tmp_path / "report")]) == 0
+                 str(tmp_path / "bench.json"), str(tmp_path / "builtin" / "bench.json"),
+                 "--out", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "report.md").read_text()
-    assert "Converted models" in page and "| tflite-int8 |" in page
+    assert "Converted models" in page and "| tflite-int8 |" in page and "| tflite-int8 (litert built-in) |" in page
+    assert page.count("| onnx-int8 |") == 1  # a runtime timed twice gives one row
     screening = json.loads((bundle / "manifest.json").read_text())["metrics"]["tflite-int8"]["screening"]
     assert f"| {screening['sensitivity']:.3f} / {screening['specificity']:.3f} / " in page
 

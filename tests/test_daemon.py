@@ -158,6 +158,15 @@ def test_compared_bundles_run_side_by_side_and_only_one_decides(tmp_path, bundle
     daemon.close()
 
 
+def test_xnnpack_false_runs_every_bundle_on_the_built_in_kernels(tmp_path, bundle):
+    from leukoscreen.edge.screening import DEFAULT_BUNDLE
+    daemon = Daemon(device(tmp_path, bundle, compare_bundles=[str(DEFAULT_BUNDLE)], xnnpack=False), EmulatedDisplay())
+    assert [s.runner.name for s in (daemon.screener, *daemon.compared)] == ["litert built-in"] * 2
+    assert daemon.classify_frame(synthetic_field(4).image, "S-1")["decision"] in (
+        "no_blasts", "indeterminate", "possible_blasts")
+    daemon.close()
+
+
 def test_reload_takes_a_valid_bundle_and_keeps_the_last_good_one(tmp_path, bundle):
     import shutil
 

@@ -31,6 +31,7 @@ def test_toml_file_is_read_and_typed(tmp_path):
     ({"host": "0.0.0.0", "access_token": "1234"}, "access_token is too short"),
     ({"max_upload_mb": 0}, "max_upload_mb = 0.0"),
     ({"port": 70000}, "port = 70000"),
+    ({"xnnpack": "no"}, "xnnpack = 'no': expected true or false"),
 ])
 def test_bad_values_name_key_and_value(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -1,5 +1,6 @@
 """tflite-runtime 2.14 (legacy boards) in its own virtual environment with numpy<2, as on such a board:
-the int8 and float files run; a dynamic-range file made by TF 2.21 is refused with a clear message."""
+the int8 and float files run, with XNNPACK and with the built-in kernels alike; a dynamic-range file made by
+TF 2.21 is refused with a clear message."""
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,12 @@ out = {}
 for path in sys.argv[2:]:
     try:
         runner = runtimes.open_runner(path, "tflite-runtime")
-        p = runner.predict(np.zeros((1, runner.input_size, runner.input_size, 3), np.uint8))
+        x = np.random.default_rng(0).integers(0, 256, (1, runner.input_size, runner.input_size, 3), np.uint8)
+        p = runner.predict(x)
         out[path.rsplit("/", 1)[1]] = "ok %.3f" % p.sum()
+        builtin = runtimes.open_runner(path, "tflite-runtime", xnnpack=False)
+        same = np.abs(builtin.predict(x) - p).max() < 0.02 and builtin.name == "tflite-runtime built-in"
+        out[path.rsplit("/", 1)[1] + " built-in"] = "same" if same else "differs"
     except runtimes.RuntimeProblem as error:
         out[path.rsplit("/", 1)[1]] = str(error)
 print(json.dumps(out))
@@ -44,6 +49,7 @@ def test_legacy_runtime_runs_int8_and_explains_new_op_versions(legacy_python, bu
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["model-int8.tflite"] == "ok 1.000"
     assert outcome["model-fp32.tflite"] == "ok 1.000"
+    assert outcome["model-int8.tflite built-in"] == outcome["model-fp32.tflite built-in"] == "same"
     assert "too old for an operator version" in outcome["model-dynamic.tflite"]
     assert "use ai-edge-litert or the ONNX model" in outcome["model-dynamic.tflite"]
 
@@ -54,4 +60,5 @@ def test_legacy_runtime_runs_the_shipped_default_bundle(legacy_python):
     result = subprocess.run([str(legacy_python), "-c", CHECK, str(RUNTIMES), str(default)], capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"model-int8.tflite": "ok 1.000"}
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"model-int8.tflite": "ok 1.000",
+                                                                   "model-int8.tflite built-in": "same"}
