@@ -205,6 +205,18 @@ def test_size_ratio_makes_convolutions_per_tensor_until_the_file_is_small_enough
         convert_run(bundle.parent / "run", tmp_path / "uint8", ["tflite-int8"], io_type="uint8", size_ratio=4.0)
 
 
+def test_uint8_input_and_output_as_configured(bundle, tmp_path):
+    from leukoscreen.convert.bundle_builder import convert_run
+    convert_run(bundle.parent / "run", tmp_path / "u8", ["tflite-int8"], representative=20, allow_drop=True,
+                io_type="uint8")
+    uint8 = load_bundle(tmp_path / "u8")
+    assert uint8.manifest["input"]["per_format"]["tflite-int8"]["dtype"] == "uint8"
+    runner = uint8.runner("tflite-int8")
+    assert runner.input["dtype"] == np.uint8 and runner.output["dtype"] == np.uint8
+    x = np.random.default_rng(5).integers(0, 256, (6, 128, 128, 3), np.uint8)
+    np.testing.assert_allclose(runner.predict(x), load_bundle(bundle).runner("tflite-int8").predict(x), atol=0.05)
+
+
 def test_size_ratio_takes_the_widest_depthwise_convolution_first():
     import keras
     from ai_edge_litert.interpreter import Interpreter
