@@ -74,8 +74,8 @@ def benchmark_web(bundle: Path, folder: Path, classifications: int = 1000, reque
     with tempfile.TemporaryDirectory() as state:
         config = Path(state) / "config.toml"
         config.write_text(f'bundle = "{bundle.resolve()}"\nstate_dir = "{state}/data"\nmin_free_mb = 0\n'
-                          f'port = {port}\nxnnpack = {str(xnnpack).lower()}\n[camera]\nkind = "folder"\nfolder = "{folder.resolve()}"\n'
-                          '[display]\nkind = "none"\n')
+                          f'port = {port}\nxnnpack = {str(xnnpack).lower()}\n'
+                          f'[camera]\nkind = "folder"\nfolder = "{folder.resolve()}"\n[display]\nkind = "none"\n')
         started = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-m", "leukoscreen.cli", "serve", "--config", str(config)],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

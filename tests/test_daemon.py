@@ -145,6 +145,19 @@ def test_pipeline_benchmark_reports_every_stage(tmp_path, bundle):
     assert summary["classify"]["n"] >= 1 and summary["store"]["n"] == 5
 
 
+def test_web_benchmark_runs_the_device_process_and_loads_its_api(tmp_path, bundle):
+    from leukoscreen.edge.synthetic_smear import synthetic_field
+    from leukoscreen.edge.web_benchmark import benchmark_web
+    for seed in range(3):
+        write_rgb(tmp_path / "fields" / f"{seed}.png", synthetic_field(seed).image)
+    summary = benchmark_web(bundle, tmp_path / "fields", classifications=5, requests=8, clients=2,
+                            out=tmp_path / "out", xnnpack=False)
+    assert summary["classify"]["statuses"] == {200: 5} and summary["classify"]["median_ms"] > 0
+    assert summary["rss_mb"]["ready"] > 10 and "growth_over_classifications" in summary["rss_mb"]
+    assert [load["ok"] for load in summary["load"]] == [8, 8, 8]
+    assert json.loads((tmp_path / "out" / "web.json").read_text())["classify"]["n"] == 5
+
+
 def test_compared_bundles_run_side_by_side_and_only_one_decides(tmp_path, bundle):
     from leukoscreen.edge.screening import DEFAULT_BUNDLE
     daemon = Daemon(device(tmp_path, bundle, compare_bundles=[str(DEFAULT_BUNDLE)]), EmulatedDisplay())

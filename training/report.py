@@ -92,28 +92,29 @@ def bundle_rows(bundle_dir: Path, bench_files: list[Path]) -> list[dict]:
     fp32 = manifest["metrics"].get("tflite-fp32", {}).get("size_bytes")
     rows = [{"bundle": manifest["name"], "format": "keras-fp32 (reference)",
              "test accuracy": f"{manifest['metrics']['keras-fp32']['accuracy']:.4f}"}]
-    for fmt, runtime in [(fmt, runtime) for fmt in manifest["files"] for runtime in
-                         dict.fromkeys(r["runtime"] for r in bench if r.get("model") == fmt and "error" not in r)
-                         or [None]]:  # a row per runtime timed (e.g. litert, and litert with built-in kernels)
+    for fmt in manifest["files"]:
         m = manifest["metrics"][fmt]
-        timed = {}  # the first bench file that timed this format on this runtime counts
-        for r in bench:
-            if r.get("model") == fmt and "error" not in r and r["runtime"] == runtime:
-                timed.setdefault(r["threads"], r)
-        rows.append({
-            "bundle": manifest["name"], "format": f"{fmt} ({runtime})" if "built-in" in (runtime or "") else fmt,
-            "size MB": f"{m['size_bytes'] / 1e6:.2f}",
-            "x smaller than fp32": f"{fp32 / m['size_bytes']:.1f}" if fp32 else "-",
-            "test accuracy": f"{m['accuracy']:.4f}", "change vs Keras": f"{m['accuracy_change'] * 100:+.2f} pt",
-            "macro-F1 change": f"{m['macro_f1_change'] * 100:+.2f} pt", "top-1 agreement": f"{m['top1_agreement']:.4f}",
-            "median ms (1 thread)": f"{timed[1]['median_ms']:.2f}" if 1 in timed else "-",
-            "median ms (2 threads)": f"{timed[2]['median_ms']:.2f}" if 2 in timed else "-",
-            "x reference": f"{timed[min(timed)]['ratio_to_reference']:.2f}"
-            if timed and "ratio_to_reference" in timed[min(timed)] else "-",
-            "peak RSS MB": f"{max(r['peak_rss_mb'] for r in timed.values()):.0f}" if timed else "-",
-            "decision on test: sensitivity / specificity / indeterminate":
-                "{sensitivity:.3f} / {specificity:.3f} / {indeterminate_share:.3f}".format(**m["screening"])
-                if "screening" in m else "-"})
+        timings = [r for r in bench if r.get("model") == fmt and "error" not in r]
+        for runtime in dict.fromkeys(r["runtime"] for r in timings) or [None]:  # e.g. litert, litert built-in
+            timed = {}  # the first bench file that timed this format on this runtime counts
+            for r in timings:
+                if r["runtime"] == runtime:
+                    timed.setdefault(r["threads"], r)
+            rows.append({
+                "bundle": manifest["name"], "format": f"{fmt} ({runtime})" if "built-in" in (runtime or "") else fmt,
+                "size MB": f"{m['size_bytes'] / 1e6:.2f}",
+                "x smaller than fp32": f"{fp32 / m['size_bytes']:.1f}" if fp32 else "-",
+                "test accuracy": f"{m['accuracy']:.4f}", "change vs Keras": f"{m['accuracy_change'] * 100:+.2f} pt",
+                "macro-F1 change": f"{m['macro_f1_change'] * 100:+.2f} pt",
+                "top-1 agreement": f"{m['top1_agreement']:.4f}",
+                "median ms (1 thread)": f"{timed[1]['median_ms']:.2f}" if 1 in timed else "-",
+                "median ms (2 threads)": f"{timed[2]['median_ms']:.2f}" if 2 in timed else "-",
+                "x reference": f"{timed[min(timed)]['ratio_to_reference']:.2f}"
+                if timed and "ratio_to_reference" in timed[min(timed)] else "-",
+                "peak RSS MB": f"{max(r['peak_rss_mb'] for r in timed.values()):.0f}" if timed else "-",
+                "decision on test: sensitivity / specificity / indeterminate":
+                    "{sensitivity:.3f} / {specificity:.3f} / {indeterminate_share:.3f}".format(**m["screening"])
+                    if "screening" in m else "-"})
     return rows
 
 
