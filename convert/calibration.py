@@ -18,12 +18,21 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 def choose_threshold(scores: np.ndarray, positive: np.ndarray, target_sensitivity: float = 0.99,
                      target_specificity: float = 0.99) -> tuple[float, tuple[float, float]]:
-    """Threshold keeping at least `target_sensitivity` of positives at or above it, and the band
-    [threshold, upper] where upper is the lowest score with `target_specificity` among negatives."""
+    """The threshold and the indeterminate band [threshold, upper].
+
+    Threshold: of the n positive (blast) scores, the k-th lowest with k = floor((1 - target_sensitivity) *
+    (n + 1)). A new positive image, exchangeable with these, then scores at or above it with probability at
+    least `target_sensitivity` (the split-conformal quantile). The plain 1% quantile, one order statistic
+    higher, falls short of that: k + 1 of n + 1 below it. Below 1 / (1 - target) - 1 positives (99 for 0.99)
+    no order statistic gives the guarantee; the lowest positive score is then used.
+    Upper: just above the negatives' `target_specificity` quantile (with fewer than 100 negatives, their
+    highest score)."""
     positive = np.asarray(positive, dtype=bool)
     if positive.all() or not positive.any():
         raise ValueError("the validation split needs both blast and non-blast images to set a threshold")
-    threshold = float(np.quantile(scores[positive], 1.0 - target_sensitivity, method="lower"))
+    ranked = np.sort(scores[positive])
+    k = int(np.floor((1.0 - target_sensitivity) * (len(ranked) + 1) + 1e-9))  # 1e-9: 0.01 * 100 is 1, not 0.99..
+    threshold = float(ranked[max(k, 1) - 1])
     upper = float(np.quantile(scores[~positive], target_specificity, method="higher"))
     upper = min(1.0, max(threshold, np.nextafter(upper, 2.0)))
     return threshold, (threshold, upper)

@@ -90,6 +90,23 @@ def test_screening_outcomes_count_the_devices_answers():
     assert outcomes["indeterminate_share"] == pytest.approx(2 / 6)
 
 
+def test_threshold_keeps_the_target_sensitivity_for_new_blast_images():
+    from leukoscreen.convert.calibration import choose_threshold
+    rng = np.random.default_rng(0)
+    blasts, others = rng.beta(8, 2, 480), rng.beta(2, 8, 80)
+    scores, positive = np.concatenate([blasts, others]), np.arange(560) < 480
+    threshold, (low, high) = choose_threshold(scores, positive, 0.99)
+    assert threshold == np.sort(blasts)[3]  # floor(0.01 * 481) = 4: the 4th lowest of 480
+    assert low == threshold <= high and high > others.max()  # negatives all below "possible blasts"
+    # leave one blast out, fit on the rest: the held-out one is at or above the threshold >= 99% of the time
+    kept = [blasts[i] >= choose_threshold(np.delete(scores, i), np.delete(positive, i), 0.99)[0] for i in range(480)]
+    assert np.mean(kept) >= 0.99
+    # too few blast images for the guarantee: the lowest blast score
+    assert choose_threshold(scores[475:], positive[475:], 0.99)[0] == blasts[475:].min()
+    with pytest.raises(ValueError, match="both blast and non-blast"):
+        choose_threshold(blasts, np.ones(480, bool))
+
+
 def test_screener_gives_decision_or_retake(bundle):
     screener = Screener(bundle)
     result = screener.screen(synthetic_field(3).image).to_dict()
