@@ -212,6 +212,7 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
     primary = formats[0]
     print(f"[4/4] calibration and threshold on {len(val_images)} validation images ({primary})")
     decision = decision_parameters(val_outputs[primary], val_labels, classes, negative_classes, target_sensitivity)
+    print(f"      threshold {decision['decision']['threshold']:.3f}: {decision['decision']['threshold_rule']}")
     metrics[primary]["screening"] = screening_outcomes(test_outputs[primary], test_labels, classes,
                                                        decision["calibration"]["temperature"], decision["decision"])
     print(f"      on the test split: {describe_outcomes(metrics[primary]['screening'])}")

@@ -16,6 +16,12 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
 
 
+def threshold_rank(blast_images: int, target_sensitivity: float) -> int:
+    """k = floor((1 - target) * (n + 1)): the rank, counted from the lowest, of the blast score that a new
+    blast image reaches with probability at least `target_sensitivity`; 0 when n is too small for that."""
+    return int(np.floor((1.0 - target_sensitivity) * (blast_images + 1) + 1e-9))  # 1e-9: 0.01 * 100 is 1
+
+
 def choose_threshold(scores: np.ndarray, positive: np.ndarray, target_sensitivity: float = 0.99,
                      target_specificity: float = 0.99) -> tuple[float, tuple[float, float]]:
     """The threshold and the indeterminate band [threshold, upper].
@@ -31,8 +37,7 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, target_sensitivit
     if positive.all() or not positive.any():
         raise ValueError("the validation split needs both blast and non-blast images to set a threshold")
     ranked = np.sort(scores[positive])
-    k = int(np.floor((1.0 - target_sensitivity) * (len(ranked) + 1) + 1e-9))  # 1e-9: 0.01 * 100 is 1, not 0.99..
-    threshold = float(ranked[max(k, 1) - 1])
+    threshold = float(ranked[max(threshold_rank(len(ranked), target_sensitivity), 1) - 1])
     upper = float(np.quantile(scores[~positive], target_specificity, method="higher"))
     upper = min(1.0, max(threshold, np.nextafter(upper, 2.0)))
     return threshold, (threshold, upper)
@@ -43,11 +48,16 @@ def decision_parameters(probabilities: np.ndarray, labels: np.ndarray, class_nam
     temperature = fit_temperature(probabilities, labels)
     scores = blast_score(calibrate(probabilities, temperature), class_names, negative_classes)
     negative = [class_names.index(n) for n in negative_classes]
-    threshold, band = choose_threshold(scores, ~np.isin(labels, negative), target_sensitivity)
+    blast = ~np.isin(labels, negative)
+    threshold, band = choose_threshold(scores, blast, target_sensitivity)
+    rank = threshold_rank(int(blast.sum()), target_sensitivity)
+    rule = (f"blast score {rank} of {blast.sum()}, counted from the lowest (split-conformal rank)" if rank else
+            f"the lowest of {blast.sum()} blast scores: a {target_sensitivity:.0%} guarantee needs at least "
+            f"{int(np.ceil(1 / (1 - target_sensitivity) - 1 - 1e-9))} blast images in the validation split")
     return {"calibration": {"temperature": temperature, "fitted_on": "validation split"},
             "decision": {"negative_classes": negative_classes, "threshold": threshold,
                          "indeterminate_band": list(band), "target_sensitivity": target_sensitivity,
-                         "chosen_on": "validation split"}}
+                         "threshold_rule": rule, "chosen_on": "validation split"}}
 
 
 def screening_outcomes(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],

@@ -91,7 +91,7 @@ def test_screening_outcomes_count_the_devices_answers():
 
 
 def test_threshold_keeps_the_target_sensitivity_for_new_blast_images():
-    from leukoscreen.convert.calibration import choose_threshold
+    from leukoscreen.convert.calibration import choose_threshold, decision_parameters
     rng = np.random.default_rng(0)
     blasts, others = rng.beta(8, 2, 480), rng.beta(2, 8, 80)
     scores, positive = np.concatenate([blasts, others]), np.arange(560) < 480
@@ -105,6 +105,12 @@ def test_threshold_keeps_the_target_sensitivity_for_new_blast_images():
     assert choose_threshold(scores[475:], positive[475:], 0.99)[0] == blasts[475:].min()
     with pytest.raises(ValueError, match="both blast and non-blast"):
         choose_threshold(blasts, np.ones(480, bool))
+    probabilities = np.stack([1 - scores, scores], axis=1)  # class 1 = blast
+    labels = positive.astype(int)
+    rule = decision_parameters(probabilities, labels, ["Benign", "Pre"], ["Benign"])["decision"]["threshold_rule"]
+    assert rule == "blast score 4 of 480, counted from the lowest (split-conformal rank)"
+    rule = decision_parameters(probabilities[470:], labels[470:], ["Benign", "Pre"], ["Benign"])["decision"]
+    assert rule["threshold_rule"].endswith("a 99% guarantee needs at least 99 blast images in the validation split")
 
 
 def test_screener_gives_decision_or_retake(bundle):
