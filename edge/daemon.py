@@ -168,7 +168,7 @@ class Daemon:
                 "bundle": {"name": manifest["name"], "version": manifest["version"], "task": manifest["task"],
                            "classes": manifest["class_names"], "input_kind": manifest["input_kind"],
                            "format": self.config.bundle_format or self.screener.bundle.default_format,
-                           "sha256": self.bundle_sha256},
+                           "runtime": self.screener.runner.name, "sha256": self.bundle_sha256},
                 "compared_bundles": [c.bundle.title for c in self.compared],
                 "disk": {"free_mb": free_mb, "min_free_mb": self.store.min_free_mb},
                 "notice": RESEARCH_USE_NOTICE}

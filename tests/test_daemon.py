@@ -175,6 +175,7 @@ def test_xnnpack_false_runs_every_bundle_on_the_built_in_kernels(tmp_path, bundl
     from leukoscreen.edge.screening import DEFAULT_BUNDLE
     daemon = Daemon(device(tmp_path, bundle, compare_bundles=[str(DEFAULT_BUNDLE)], xnnpack=False), EmulatedDisplay())
     assert [s.runner.name for s in (daemon.screener, *daemon.compared)] == ["litert built-in"] * 2
+    assert daemon.status_dict()["bundle"]["runtime"] == "litert built-in"  # the status page shows it
     assert daemon.classify_frame(synthetic_field(4).image, "S-1")["decision"] in (
         "no_blasts", "indeterminate", "possible_blasts")
     daemon.close()

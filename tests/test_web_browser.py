@@ -87,6 +87,7 @@ def test_classify_result_history_export_in_a_browser(page, tmp_path):
         page.click("#nav-status")
         page.wait_for_selector("#status dd[data-key='Model bundle']")
         assert "leukoscreen-default" in page.text_content("#status dd[data-key='Model bundle']")
+        assert page.text_content("#status dd[data-key='Runtime']") == "litert"
         assert page.text_content("#status dd[data-key='Camera']").startswith("connected")
     finally:
         device.close()

@@ -55,6 +55,7 @@ async function refreshStatus() {
   const rows = [
     ["State", s.state + (s.busy ? " (classifying)" : "")],
     ["Model bundle", `${s.bundle.name} ${s.bundle.version} (${s.bundle.format}, ${s.bundle.input_kind} input)`],
+    ["Runtime", s.bundle.runtime],
     ["Classes", s.bundle.classes.join(", ")],
     ["Bundle sha256", s.bundle.sha256.slice(0, 16) + "..."],
     ["Compared bundles", s.compared_bundles.length ? s.compared_bundles.join(", ") : "none"],
