@@ -103,7 +103,8 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
     images correct the biases of the int8 TFLite and static int8 ONNX files against float32; 0 leaves them."""
     from leukoscreen.convert.bias_correction import correct_biases, correct_onnx_biases
     from leukoscreen.convert.calibration import decision_parameters, describe_outcomes, screening_outcomes
-    from leukoscreen.convert.exporters import classifier_to_onnx, quantize_onnx, to_onnx, to_tflite, to_tflite_mixed
+    from leukoscreen.convert.exporters import (classifier_to_onnx, make_reproducible, quantize_onnx, to_onnx, to_tflite,
+                                               to_tflite_mixed)
     if bias_correction < 0:
         raise ConversionError(f"--bias-correction takes a number of images (0 turns it off), not {bias_correction}")
     if size_ratio and "tflite-int8" not in formats:
@@ -177,8 +178,9 @@ def convert_run(run_path: Path, out: Path, formats: list[str], representative: i
             target.write_bytes(to_tflite(model, fmt.split("-")[1], calibration_set, io_type, per_channel))
         elif fmt == "onnx-int8":  # recurrent networks: dynamic quantization (int8 weights)
             quantize_onnx(onnx_fp32, target, calibration_set, dynamic=recurrent)
-            if bias_correction and not recurrent:
+            if bias_correction and not recurrent:  # it finds layers by the names they have in both files
                 quantization[fmt] += corrected_biases(correct_onnx_biases(target, onnx_fp32, correction_set))
+            make_reproducible(target)
         runner = features = open_runner(target, threads=threads)  # the device's code; rejects Flex ops
         files[fmt] = {"file": target.name}
         size = target.stat().st_size

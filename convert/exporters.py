@@ -95,6 +95,77 @@ def to_onnx(model, path: Path, opset: int = 17) -> None:
     size = model.input_shape[1:]
     signature = (tf.TensorSpec((None, *size), tf.float32, name="image"),)
     tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(path))
+    make_reproducible(path)
+
+
+def make_reproducible(path: Path) -> None:
+    """Rewrite an ONNX file so that the same network always gives the same bytes: tf2onnx orders parallel
+    nodes, numbers folded constants and names the batch dimension differently from run to run. Nodes are
+    put in a topological order whose ties are broken by what each node computes (operator, attributes,
+    inputs), then named by position (`Conv_12`, its outputs `Conv_12_0`, its weights `Conv_12_in1`); the
+    graph's inputs and outputs keep their names and the first free dimension is called "batch". Files with
+    Loop or If nodes are left as they are."""
+    import heapq
+    import hashlib
+
+    import onnx
+    model = onnx.load(str(path))
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return  # Loop/If bodies refer to outer names; such files are left as they are
+
+    def digest(*parts: str) -> str:
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    keys = {t.name: "input " + t.name for t in graph.input}
+    keys |= {t.name: digest(t.SerializeToString().replace(t.name.encode(), b"").hex()) for t in graph.initializer}
+    node_keys = []
+    for node in graph.node:  # stored in a topological order, so every input already has its key
+        attributes = [a.SerializeToString().hex() for a in sorted(node.attribute, key=lambda a: a.name)]
+        node_keys.append(digest(node.op_type, node.domain, *attributes, *(keys.get(i, "") for i in node.input)))
+        keys |= {out: digest(node_keys[-1], str(j)) for j, out in enumerate(node.output)}
+    producer = {out: n for n, node in enumerate(graph.node) for out in node.output}
+    needs = [{producer[i] for i in node.input if i in producer} for node in graph.node]
+    users: dict[int, list[int]] = {}
+    for n, inputs in enumerate(needs):
+        for m in inputs:
+            users.setdefault(m, []).append(n)
+    waiting = [len(inputs) for inputs in needs]
+    ready = [(node_keys[n], n) for n in range(len(graph.node)) if not waiting[n]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        order.append(heapq.heappop(ready)[1])
+        for n in users.get(order[-1], []):
+            waiting[n] -= 1
+            if not waiting[n]:
+                heapq.heappush(ready, (node_keys[n], n))
+
+    kept = {t.name for t in [*graph.input, *graph.output]}
+    names = {}
+    nodes = [graph.node[n] for n in order]
+    for position, node in enumerate(nodes):
+        node.name = f"{node.op_type}_{position}"
+        for j, name in enumerate(node.input):
+            if name and name not in kept:
+                node.input[j] = names.setdefault(name, f"{node.name}_in{j}")
+        for j, name in enumerate(node.output):
+            if name not in kept:
+                node.output[j] = names.setdefault(name, f"{node.name}_{j}")
+    initializers, infos = list(graph.initializer), list(graph.value_info)
+    for item in initializers + infos:
+        item.name = names.get(item.name, item.name)
+    initializers.sort(key=lambda t: t.name)
+    infos.sort(key=lambda v: v.name)
+    dimensions = {}
+    for value in [*graph.input, *graph.output, *infos]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = dimensions.setdefault(dim.dim_param, f"dim{len(dimensions)}" if dimensions else "batch")
+    for field, items in ((graph.node, nodes), (graph.initializer, initializers), (graph.value_info, infos)):
+        del field[:]
+        field.extend(items)
+    onnx.save(model, str(path))
 
 
 def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, dynamic: bool = False) -> None:

@@ -217,6 +217,26 @@ def test_uint8_input_and_output_as_configured(bundle, tmp_path):
     np.testing.assert_allclose(runner.predict(x), load_bundle(bundle).runner("tflite-int8").predict(x), atol=0.05)
 
 
+def test_onnx_export_gives_the_same_bytes_every_time(tmp_path):
+    """tf2onnx alone numbers constants and the batch dimension differently on each call."""
+    import keras
+    import onnxruntime
+
+    from leukoscreen.convert.exporters import to_onnx
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = keras.layers.Add()([keras.layers.DepthwiseConv2D(3, padding="same")(x), keras.layers.Conv2D(8, 1)(x)])
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    for name in ("a.onnx", "b.onnx"):
+        to_onnx(model, tmp_path / name)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    session = onnxruntime.InferenceSession(str(tmp_path / "a.onnx"))
+    assert session.get_inputs()[0].shape[0] == "batch"
+    np.testing.assert_allclose(session.run(None, {"image": x})[0], model.predict(x, verbose=0), atol=1e-5)
+
+
 def test_size_ratio_takes_the_widest_depthwise_convolution_first():
     import keras
     from ai_edge_litert.interpreter import Interpreter
