@@ -5,7 +5,6 @@ No tensorflow here: the runtimes are imported only when a model of their kind is
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +17,21 @@ class RuntimeProblem(ValueError):
 
 
 def _import_tflite_interpreter(backend: str):
+    """The backend's `interpreter` module (its Interpreter and OpResolverType)."""
     if backend == "litert":
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert import interpreter
         except ImportError as error:
             raise RuntimeProblem("LiteRT is not installed: pip install ai-edge-litert "
                                  "(or choose --runtime tflite-runtime or onnx)") from error
-        return Interpreter
+        return interpreter
     if backend == "tflite-runtime":
         try:
-            from tflite_runtime.interpreter import Interpreter
+            from tflite_runtime import interpreter
         except ImportError as error:
             raise RuntimeProblem("tflite-runtime is not installed: pip install tflite-runtime 'numpy<2' "
                                  f"(it failed with: {error})") from error
-        return Interpreter
+        return interpreter
     raise RuntimeProblem(f"unknown TFLite runtime {backend!r}; use one of {', '.join(TFLITE_BACKENDS)}")
 
 
@@ -88,14 +88,12 @@ class TFLiteRunner(ModelRunner):
     (AlexNet: 57 MB int8) cannot afford on a small board."""
 
     def __init__(self, path: Path, backend: str = "litert", threads: int = 2, xnnpack: bool = True):
-        interpreter_class = _import_tflite_interpreter(backend)
+        module = _import_tflite_interpreter(backend)
         self.name = backend if xnnpack else f"{backend} built-in"
-        options = {}
-        if not xnnpack:
-            resolvers = importlib.import_module(interpreter_class.__module__).OpResolverType
-            options["experimental_op_resolver_type"] = resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        options = {} if xnnpack else {
+            "experimental_op_resolver_type": module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
         try:
-            self.interpreter = interpreter_class(model_path=str(path), num_threads=threads, **options)
+            self.interpreter = module.Interpreter(model_path=str(path), num_threads=threads, **options)
         except (ValueError, RuntimeError) as error:
             text = str(error)
             if "Flex" in text or "Select TensorFlow op" in text:
