@@ -132,9 +132,8 @@ research-odrnn: install
 	$(L) data hsv-bounds $(PBC) --out runs/hsv-bounds-pbc
 	for seed in 0 1 2; do for method in rda random; do \
 		$(L) search --data $(PBC) --method $$method --seed $$seed --budget 12 --epochs 4 --final-epochs 30 \
-			$$($(BIN)/python -c "import json; d = json.load(open('runs/hsv-bounds-pbc/hsv_bounds.json')); \
-			print('--hsv-lower', *d['hsv_lower'], '--hsv-upper', *d['hsv_upper'])") \
-			--out runs/search-odrnn-pbc-$$method-seed$$seed || exit 1; done; done
+			--stain-bounds runs/hsv-bounds-pbc/hsv_bounds.json --out runs/search-odrnn-pbc-$$method-seed$$seed \
+			|| exit 1; done; done
 	for method in rda random; do \
 		$(L) search --data $(DATA) --method $$method --budget 12 --epochs 8 --final-epochs 30 --task binary \
 			--balanced-validation --out runs/search-odrnn-binary-$$method-seed0 || exit 1; \

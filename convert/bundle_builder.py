@@ -1,26 +1,28 @@
 """`leukoscreen convert`: a trained run -> a model bundle for the device.
 
-Each requested format is written, loaded back through the device runtime code in `edge/` (not through
-TensorFlow) and evaluated on the run's test split beside the Keras float model. Calibration and the
-decision threshold are fitted on the validation split. The manifest records it all with file hashes.
+Three steps. Each requested format is written by its exporter (a registry, one function per format); each
+file is loaded back through the device runtime code in `edge/` (not through TensorFlow) and evaluated on the
+run's test split beside the Keras float model; then calibration and the decision rule are fitted on the
+validation split and the typed manifest (`edge/manifest.py`) records it all with file hashes.
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from leukoscreen import __version__
-from leukoscreen.edge.bundle import FORMATS, INTENDED_USE, SCHEMA_VERSION, write_manifest
-from leukoscreen.edge.preprocessing import PreprocessConfig
-from leukoscreen.edge.runtimes import TwoStageRunner, open_runner
-from leukoscreen.training.metrics import classification_metrics
-from leukoscreen.training.prepared_data import PreparedData, prepare, preprocessed_images
-from leukoscreen.training.runs import RunFolder
+from leukoscreen.edge.bundle import write_manifest
+from leukoscreen.edge.manifest import (FORMATS, INTENDED_USE, REFERENCE_METRICS, FormatFile, FormatMetrics,
+                                       InputSpec, Manifest, StoredFile, TensorSpec, TrainingRecord)
+from leukoscreen.edge.runtimes import ModelRunner, RuntimeOptions, TwoStageRunner, open_runner
+from leukoscreen.training.metrics import classification_metrics, describe_outcomes, screening_outcomes
+from leukoscreen.training.model_source import Source, load_source
+from leukoscreen.training.prepared_data import preprocessed_images
 from leukoscreen.training.splits import load_split, save_split
 
 FILE_NAMES = {"tflite-fp32": "model-fp32.tflite", "tflite-dynamic": "model-dynamic.tflite",
@@ -48,13 +50,141 @@ def default_negative_classes(class_names: list[str]) -> list[str]:
     return negative
 
 
-def _format_metrics(probabilities, reference, labels, class_names, groups) -> dict:
-    metrics = classification_metrics(labels, probabilities, class_names, groups=groups, n_boot=200)
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What `leukoscreen convert` was asked for (see its --help)."""
+    representative: int = 500
+    max_accuracy_drop: float = 0.01
+    allow_drop: bool = False
+    target_sensitivity: float = 0.99
+    negative_classes: list[str] | None = None
+    name: str | None = None
+    version: str = "1"
+    io_type: str = "int8"
+    threads: int = 2
+    classifier: str | None = None
+    per_channel: bool = True
+    size_ratio: float | None = None   # int8 TFLite at least this many times smaller than float32
+    bias_correction: int = 64         # representative images that correct the int8 biases; 0: off
+
+    def check(self, formats: list[str]) -> None:
+        if self.bias_correction < 0:
+            raise ConversionError(f"--bias-correction takes a number of images (0 turns it off), not "
+                                  f"{self.bias_correction}")
+        if self.size_ratio and "tflite-int8" not in formats:
+            raise ConversionError("--size-ratio applies to the tflite-int8 file; add tflite-int8 to --formats")
+        if self.size_ratio and (self.io_type != "int8" or not self.per_channel):
+            raise ConversionError("a size ratio chooses which convolutions get per-tensor weights: it works with "
+                                  "int8 input and output and per-channel quantization; drop --int8-io uint8 or "
+                                  "--per-tensor, or drop --size-ratio")
+
+
+@dataclass
+class Part:
+    """Preprocessed images of one part of the run's split, with their labels and groups."""
+    images: np.ndarray
+    labels: np.ndarray
+    groups: list
+
+
+@dataclass
+class Job:
+    """What every exporter shares: the run, the options, the calibration images, the float files."""
+    source: Source
+    out: Path
+    options: ConvertOptions
+    calibration_set: np.ndarray
+    _float_tflite: bytes | None = field(default=None, repr=False)
+
+    @property
+    def recurrent(self) -> bool:
+        return self.source.training.get("model") == "odrnn"
+
+    @property
+    def correction_set(self) -> np.ndarray:
+        return self.calibration_set[:self.options.bias_correction]
+
+    def corrected(self, layers: int) -> str:
+        return f"; biases of {layers} layers corrected against float32 on {len(self.correction_set)} training images"
+
+    def float_tflite(self) -> bytes:
+        """The float32 TFLite file, made once: the tflite-fp32 file, and the source and reference of tflite-int8."""
+        from leukoscreen.convert.exporters import to_tflite
+        if self._float_tflite is None:
+            self._float_tflite = to_tflite(self.source.model, "fp32")
+        return self._float_tflite
+
+    def float_onnx(self) -> Path:
+        """The float32 ONNX file, made once: the onnx-fp32 file, and the source of onnx-int8."""
+        from leukoscreen.convert.exporters import to_onnx
+        path = self.out / FILE_NAMES["onnx-fp32"]
+        if not path.exists():
+            to_onnx(self.source.model, path)
+        return path
+
+
+def _tflite_int8(job: Job, target: Path) -> str:
+    from leukoscreen.convert.bias_correction import correct_biases
+    from leukoscreen.convert.exporters import to_tflite, to_tflite_mixed
+    options = job.options
+    if options.size_ratio:
+        data, per_tensor = to_tflite_mixed(job.float_tflite(), job.calibration_set, options.size_ratio)
+        note = (f"full integer, per-channel weights except {per_tensor} convolutions with per-tensor weights (OCTAV "
+                f"clipping, ai-edge-quantizer), for at least {options.size_ratio}x smaller than float32")
+        print(f"      {per_tensor} convolutions have per-tensor weights")
+    else:
+        data = to_tflite(job.source.model, "int8", job.calibration_set, options.io_type, options.per_channel)
+        note = "full integer, " + ("per-channel" if options.per_channel else "per-tensor") + " weights"
+    if options.bias_correction:
+        data, layers = correct_biases(data, job.float_tflite(), job.correction_set)
+        note += job.corrected(layers)
+    target.write_bytes(data)
+    return note
+
+
+def _tflite_dynamic(job: Job, target: Path) -> str:
+    from leukoscreen.convert.exporters import to_tflite
+    target.write_bytes(to_tflite(job.source.model, "dynamic", job.calibration_set, job.options.io_type,
+                                 job.options.per_channel))
+    return "dynamic range: int8 weights, float activations"
+
+
+def _tflite_fp32(job: Job, target: Path) -> str:
+    target.write_bytes(job.float_tflite())
+    return "float32 weights"
+
+
+def _onnx_int8(job: Job, target: Path) -> str:
+    from leukoscreen.convert.bias_correction import correct_onnx_biases
+    from leukoscreen.convert.exporters import make_reproducible, quantize_onnx
+    quantize_onnx(job.float_onnx(), target, job.calibration_set, dynamic=job.recurrent)
+    if job.recurrent:  # recurrent networks: dynamic quantization (int8 weights)
+        note = "dynamic: int8 weights, activations at run time"
+    else:
+        note = "static QDQ, per-channel weights"
+        if job.options.bias_correction:  # it finds layers by the names they have in both files
+            note += job.corrected(correct_onnx_biases(target, job.float_onnx(), job.correction_set))
+    make_reproducible(target)
+    return note
+
+
+def _onnx_fp32(job: Job, target: Path) -> str:
+    job.float_onnx()
+    return "float32 weights"
+
+
+EXPORTERS: dict[str, Callable[[Job, Path], str]] = {
+    "tflite-int8": _tflite_int8, "tflite-dynamic": _tflite_dynamic, "tflite-fp32": _tflite_fp32,
+    "onnx-int8": _onnx_int8, "onnx-fp32": _onnx_fp32}
+
+
+def _format_metrics(probabilities, reference, part: Part, class_names) -> dict:
+    metrics = classification_metrics(part.labels, probabilities, class_names, groups=part.groups, n_boot=200)
     keep = {k: metrics[k] for k in ("accuracy", "macro_f1", "macro_recall", "macro_specificity")}
     keep["ci95"] = {k: metrics["ci95"][k] for k in ("accuracy", "macro_f1")}
     keep["per_class"] = metrics["per_class"]
     if reference is not None:
-        ref = classification_metrics(labels, reference, class_names, n_boot=0)
+        ref = classification_metrics(part.labels, reference, class_names, n_boot=0)
         keep["accuracy_change"] = keep["accuracy"] - ref["accuracy"]
         keep["macro_f1_change"] = keep["macro_f1"] - ref["macro_f1"]
         keep["top1_agreement"] = float(np.mean(probabilities.argmax(1) == reference.argmax(1)))
@@ -63,186 +193,126 @@ def _format_metrics(probabilities, reference, labels, class_names, groups) -> di
 
 
 @dataclass
-class Source:
-    """What a bundle is made from: the Keras model each format exports, and what describes it."""
-    model: object                  # Keras model; for a two-stage bundle the feature extractor
-    reference: Callable            # uint8 images -> the float model's class probabilities
-    prepared: PreparedData         # the data set with the run's split
-    preprocess: PreprocessConfig
-    split_file: Path
-    training: dict                 # recorded in the manifest
-    seed: int = 0
-    # two-stage (thesis Model 1): (features, labels) -> a fitted scikit-learn classifier; each format gets
-    # one fitted on the features that format computes, so int8 feature drift is learnt, not suffered
-    fit_classifier: Callable | None = None
+class Evaluated:
+    entry: FormatFile
+    metrics: dict
+    val_outputs: np.ndarray
+    test_outputs: np.ndarray
 
 
-def run_source(run: RunFolder) -> Source:
-    """A trained run folder (`leukoscreen train`)."""
-    from leukoscreen.training.evaluation import predict_probabilities
-    config, extra = run.config(), run.extra()
-    model = run.load_model()
-    prepared = prepare(config.data, config.task, config.kind, config.block_size, config.near_distance,
-                       config.seed, split_file=run.split_file)
-    training = {"model": config.model, "data": Path(config.data).name, "task": config.task,
-                "split_method": extra.get("split_method", ""), "run": run.path.name,
-                "trained_precision": extra.get("trained_precision", "float32")}
-    return Source(model, lambda images: predict_probabilities(model, images), prepared, config.preprocess,
-                  run.split_file, training, config.seed)
+def _input_spec(runner: ModelRunner) -> TensorSpec:
+    if not hasattr(runner, "interpreter"):  # ONNX: float32 pixels as they are
+        return TensorSpec(dtype="float32")
+    scale, zero_point = runner.input["quantization"]
+    return TensorSpec(dtype=np.dtype(runner.input["dtype"]).name, scale=float(scale) or 1.0,
+                      zero_point=int(zero_point))
 
 
-def convert_run(run_path: Path, out: Path, formats: list[str], representative: int = 500,
-                max_accuracy_drop: float = 0.01, allow_drop: bool = False, target_sensitivity: float = 0.99,
-                negative_classes: list[str] | None = None, name: str | None = None, version: str = "1",
-                io_type: str = "int8", threads: int = 2, classifier: str | None = None,
-                per_channel: bool = True, size_ratio: float | None = None, bias_correction: int = 64) -> dict:
-    """Convert a trained run, or a Model 1 run (`leukoscreen classical`: a two-stage bundle of the
-    backbone's feature extractor and the chosen classifier, `classifier` or the best cross-validated).
-    size_ratio: make the int8 TFLite file at least this many times smaller than float32 by giving some
-    convolutions per-tensor weights (`to_tflite_mixed`). bias_correction: how many of the representative
-    images correct the biases of the int8 TFLite and static int8 ONNX files against float32; 0 leaves them."""
-    from leukoscreen.convert.bias_correction import correct_biases, correct_onnx_biases
-    from leukoscreen.convert.calibration import decision_parameters, describe_outcomes, screening_outcomes
-    from leukoscreen.convert.exporters import (classifier_to_onnx, make_reproducible, quantize_onnx, to_onnx, to_tflite,
-                                               to_tflite_mixed)
-    if bias_correction < 0:
-        raise ConversionError(f"--bias-correction takes a number of images (0 turns it off), not {bias_correction}")
-    if size_ratio and "tflite-int8" not in formats:
-        raise ConversionError("--size-ratio applies to the tflite-int8 file; add tflite-int8 to --formats")
-    if size_ratio and (io_type != "int8" or not per_channel):
-        raise ConversionError("a size ratio chooses which convolutions get per-tensor weights: it works with "
-                              "int8 input and output and per-channel quantization; drop --int8-io uint8 or "
-                              "--per-tensor, or drop --size-ratio")
+def _evaluate(job: Job, fmt: str, note: str, parts: dict[str, Part], keras_test: np.ndarray) -> Evaluated:
+    """The written file through the device's own runtime (which rejects Flex ops): for a two-stage bundle
+    with its classifier, fitted on this format's features first."""
+    from leukoscreen.convert.exporters import classifier_to_onnx
+    target, source = job.out / FILE_NAMES[fmt], job.source
+    runner = features = open_runner(target, RuntimeOptions(threads=job.options.threads))
+    size, classifier = target.stat().st_size, None
+    if source.fit_classifier:
+        name = f"classifier-{fmt}.onnx"
+        train = parts["train"]
+        print(f"      fitting {source.training['classifier']} on the {fmt} features of {len(train.images)} training "
+              "images")
+        train_features = features.outputs(train.images).reshape(len(train.images), -1)
+        classifier_to_onnx(source.fit_classifier(train_features, train.labels), train_features.shape[1],
+                           job.out / name)
+        runner = TwoStageRunner(features, job.out / name)
+        classifier = StoredFile.of(job.out, name)
+        size += (job.out / name).stat().st_size
+    print(f"[3/4] evaluating {fmt} through {runner.name} on {len(parts['test'].images)} test images")
+    test_outputs = runner.predict(parts["test"].images)
+    metrics = _format_metrics(test_outputs, keras_test, parts["test"], source.prepared.class_names)
+    metrics["size_bytes"] = size
+    print(f"      accuracy {metrics['accuracy']:.4f} ({metrics['accuracy_change']:+.4f}), agreement "
+          f"{metrics['top1_agreement']:.4f}, size {size / 1e6:.2f} MB")
+    entry = FormatFile.of(job.out, target.name, input=_input_spec(features), quantization=note,
+                          outputs="features" if classifier else "probabilities", classifier=classifier)
+    return Evaluated(entry, metrics, runner.predict(parts["val"].images), test_outputs)
 
+
+def _parts(source: Source) -> dict[str, Part]:
+    prepared = source.prepared
+    parts = {}
+    for name in ("train", "val", "test"):
+        index = prepared.part(name)
+        images = preprocessed_images([prepared.paths[i] for i in index], [prepared.sha256s[i] for i in index],
+                                     source.preprocess)
+        parts[name] = Part(images, prepared.labels[index], [prepared.rows[i].group for i in index])
+    return parts
+
+
+def _check_accuracy(evaluated: dict[str, Evaluated], options: ConvertOptions) -> None:
+    dropped = [f for f, e in evaluated.items() if "int8" in f and -e.metrics["accuracy_change"] > options.max_accuracy_drop]
+    if dropped and not options.allow_drop:
+        changes = ", ".join(f"{evaluated[f].metrics['accuracy_change'] * 100:+.2f}" for f in dropped)
+        raise ConversionError(
+            f"{', '.join(dropped)} lost more than {options.max_accuracy_drop * 100:.1f} points of accuracy against "
+            f"the float model ({changes} points); no manifest was written. Use more --representative images, or "
+            "--allow-accuracy-drop to accept it")
+
+
+def _manifest(job: Job, run_path: Path, evaluated: dict[str, Evaluated], parts: dict[str, Part],
+              keras_metrics: dict) -> Manifest:
+    """Calibration and decision rule on the validation part (default format), and the manifest."""
+    from leukoscreen.convert.calibration import decision_parameters
+    source, options = job.source, job.options
+    classes, primary = source.prepared.class_names, next(iter(evaluated))
+    print(f"[4/4] calibration and threshold on {len(parts['val'].images)} validation images ({primary})")
+    negative = options.negative_classes or default_negative_classes(classes)
+    calibration, rule = decision_parameters(evaluated[primary].val_outputs, parts["val"].labels, classes, negative,
+                                            options.target_sensitivity)
+    print(f"      threshold {rule.threshold:.3f}: {rule.threshold_rule}")
+    metrics = {REFERENCE_METRICS: keras_metrics} | {fmt: e.metrics for fmt, e in evaluated.items()}
+    outcomes = screening_outcomes(evaluated[primary].test_outputs, parts["test"].labels, classes, calibration, rule)
+    metrics[primary] = metrics[primary] | {"screening": outcomes}
+    print(f"      on the test split: {describe_outcomes(outcomes)}")
+    return Manifest(
+        name=options.name or run_path.name, version=options.version, task=source.prepared.task, class_names=classes,
+        default_format=primary, input=InputSpec(size=source.preprocess.input_size), input_kind="field",
+        preprocess=source.preprocess, output="sigmoid" if len(classes) == 2 and not source.fit_classifier else "softmax",
+        calibration=calibration, decision=rule, files={fmt: e.entry for fmt, e in evaluated.items()},
+        metrics={name: FormatMetrics.model_validate(m) for name, m in metrics.items()},
+        representative_images=len(job.calibration_set),
+        training=TrainingRecord(**source.training, split_file="split.csv", metrics_on="test split"),
+        software_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        intended_use=INTENDED_USE)
+
+
+def convert_run(run_path: Path, out: Path, formats: list[str], **options) -> Manifest:
+    """Convert a trained run, or a Model 1 run (`leukoscreen classical`: a two-stage bundle of the backbone's
+    feature extractor and the chosen classifier). `options`: the fields of ConvertOptions."""
+    options = ConvertOptions(**options)
+    options.check(formats)
     run_path = Path(run_path)
     print(f"[1/4] loading {run_path} and its split")
-    if (run_path / "classical.json").exists():
-        from leukoscreen.training.classical import classical_source
-        source = classical_source(run_path, classifier)
-    else:
-        source = run_source(RunFolder(run_path))
-    model, prepared, preprocess = source.model, source.prepared, source.preprocess
-    classes = prepared.class_names
-    negative_classes = negative_classes or default_negative_classes(classes)
-
-    def images(part):
-        index = prepared.part(part)
-        return preprocessed_images([prepared.paths[i] for i in index], [prepared.sha256s[i] for i in index],
-                                   preprocess), prepared.labels[index], index
-
-    train_images, train_labels, _ = images("train")
-    val_images, val_labels, _ = images("val")
-    test_images, test_labels, test_index = images("test")
-    groups = [prepared.rows[i].group for i in test_index]
-    rng = np.random.default_rng(source.seed)
-    calibration_set = train_images[rng.permutation(len(train_images))[:representative]]
-    keras_test = source.reference(test_images)
-    metrics = {"keras-fp32": _format_metrics(keras_test, None, test_labels, classes, groups)}
-
+    source = load_source(run_path, options.classifier)
+    parts = _parts(source)
+    train = parts["train"].images
+    calibration_set = train[np.random.default_rng(source.seed).permutation(len(train))[:options.representative]]
+    keras_test = source.reference(parts["test"].images)
+    keras_metrics = _format_metrics(keras_test, None, parts["test"], source.prepared.class_names)
     out.mkdir(parents=True, exist_ok=True)
-    files, inputs, val_outputs, test_outputs = {}, {}, {}, {}
-    recurrent = source.training.get("model") == "odrnn"
-    quantization = {"representative_images": len(calibration_set),
-                    "tflite-int8": "full integer, " + ("per-channel" if per_channel else "per-tensor") + " weights",
-                    "onnx-int8": "dynamic: int8 weights, activations at run time" if recurrent
-                    else "static QDQ, per-channel weights"}
-    onnx_fp32 = out / FILE_NAMES["onnx-fp32"]
-    if any(f.startswith("onnx") for f in formats):
-        to_onnx(model, onnx_fp32)  # the float32 file, and the source of the int8 one
-    # float32 TFLite, made once: the tflite-fp32 file, and the source and reference of tflite-int8
-    float_tflite = to_tflite(model, "fp32") if {"tflite-int8", "tflite-fp32"} & set(formats) else None
-    correction_set = calibration_set[:bias_correction]
-
-    def corrected_biases(count):
-        return f"; biases of {count} layers corrected against float32 on {len(correction_set)} training images"
-
+    job = Job(source, out, options, calibration_set)
+    evaluated = {}
     for step, fmt in enumerate(formats, 1):
-        target = out / FILE_NAMES[fmt]
-        print(f"[2/4] ({step}/{len(formats)}) writing {fmt}: {target.name}")
-        if fmt == "tflite-int8":
-            if size_ratio:
-                data, per_tensor = to_tflite_mixed(float_tflite, calibration_set, size_ratio)
-                quantization[fmt] = (f"full integer, per-channel weights except {per_tensor} convolutions with "
-                                     f"per-tensor weights (OCTAV clipping, ai-edge-quantizer), for at least "
-                                     f"{size_ratio}x smaller than float32")
-                print(f"      {per_tensor} convolutions have per-tensor weights")
-            else:
-                data = to_tflite(model, "int8", calibration_set, io_type, per_channel)
-            if bias_correction:
-                data, corrected = correct_biases(data, float_tflite, correction_set)
-                quantization[fmt] += corrected_biases(corrected)
-            target.write_bytes(data)
-        elif fmt == "tflite-fp32":
-            target.write_bytes(float_tflite)
-        elif fmt.startswith("tflite"):
-            target.write_bytes(to_tflite(model, fmt.split("-")[1], calibration_set, io_type, per_channel))
-        elif fmt == "onnx-int8":  # recurrent networks: dynamic quantization (int8 weights)
-            quantize_onnx(onnx_fp32, target, calibration_set, dynamic=recurrent)
-            if bias_correction and not recurrent:  # it finds layers by the names they have in both files
-                quantization[fmt] += corrected_biases(correct_onnx_biases(target, onnx_fp32, correction_set))
-            make_reproducible(target)
-        runner = features = open_runner(target, threads=threads)  # the device's code; rejects Flex ops
-        files[fmt] = {"file": target.name}
-        size = target.stat().st_size
-        if source.fit_classifier:
-            classifier_file = out / f"classifier-{fmt}.onnx"
-            print(f"      fitting {source.training['classifier']} on the {fmt} features of {len(train_images)} "
-                  "training images")
-            train_features = features.outputs(train_images).reshape(len(train_images), -1)
-            classifier_to_onnx(source.fit_classifier(train_features, train_labels), train_features.shape[1],
-                               classifier_file)
-            runner = TwoStageRunner(features, classifier_file)
-            files[fmt]["classifier"] = {"file": classifier_file.name}
-            size += classifier_file.stat().st_size
-        print(f"[3/4] ({step}/{len(formats)}) evaluating {fmt} through {runner.name} on {len(test_images)} "
-              "test images")
-        test_outputs[fmt] = runner.predict(test_images)
-        metrics[fmt] = _format_metrics(test_outputs[fmt], keras_test, test_labels, classes, groups)
-        metrics[fmt]["size_bytes"] = size
-        val_outputs[fmt] = runner.predict(val_images)
-        if fmt.startswith("tflite"):
-            scale, zero_point = features.input["quantization"]
-            inputs[fmt] = {"dtype": np.dtype(features.input["dtype"]).name, "scale": float(scale),
-                           "zero_point": int(zero_point)}
-        else:
-            inputs[fmt] = {"dtype": "float32", "scale": 1.0, "zero_point": 0}
-        print(f"      accuracy {metrics[fmt]['accuracy']:.4f} ({metrics[fmt]['accuracy_change']:+.4f}), "
-              f"agreement {metrics[fmt]['top1_agreement']:.4f}, size {metrics[fmt]['size_bytes'] / 1e6:.2f} MB")
-
-    if "onnx-int8" in formats and "onnx-fp32" not in formats:
-        onnx_fp32.unlink()  # only an intermediate here
-    primary = formats[0]
-    print(f"[4/4] calibration and threshold on {len(val_images)} validation images ({primary})")
-    decision = decision_parameters(val_outputs[primary], val_labels, classes, negative_classes, target_sensitivity)
-    print(f"      threshold {decision['decision']['threshold']:.3f}: {decision['decision']['threshold_rule']}")
-    metrics[primary]["screening"] = screening_outcomes(test_outputs[primary], test_labels, classes,
-                                                       decision["calibration"]["temperature"], decision["decision"])
-    print(f"      on the test split: {describe_outcomes(metrics[primary]['screening'])}")
+        print(f"[2/4] ({step}/{len(formats)}) writing {fmt}: {FILE_NAMES[fmt]}")
+        note = EXPORTERS[fmt](job, out / FILE_NAMES[fmt])
+        evaluated[fmt] = _evaluate(job, fmt, note, parts, keras_test)
+    if "onnx-fp32" not in formats:
+        (out / FILE_NAMES["onnx-fp32"]).unlink(missing_ok=True)  # only an intermediate here
+    manifest = _manifest(job, run_path, evaluated, parts, keras_metrics)
+    _check_accuracy(evaluated, options)
     # the split travels with the bundle (files by sha256, paths relative to the data folder)
-    data = str(prepared.dataset.root)
+    data = str(source.prepared.dataset.root)
     save_split(out / "split.csv", [replace(row, path=os.path.relpath(row.path, data))
                                    for row in load_split(source.split_file)])
-    manifest = {
-        "schema_version": SCHEMA_VERSION, "name": name or run_path.name, "version": version,
-        "task": prepared.task, "class_names": classes, "default_format": primary,
-        "input": {"size": preprocess.input_size, "channels": 3, "layout": "NHWC",
-                  "pixels": "uint8 RGB 0-255 after preprocessing", "per_format": inputs},
-        "preprocess": preprocess.to_dict(), "input_kind": "field",
-        "output": "sigmoid" if len(classes) == 2 and not source.fit_classifier else "softmax",
-        **decision, "files": files, "metrics": metrics,
-        "quantization": {k: v for k, v in quantization.items() if k in formats or k == "representative_images"},
-        "training": {**source.training, "split_file": "split.csv", "metrics_on": "test split"},
-        "software_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "intended_use": INTENDED_USE,
-    }
-    dropped = [f for f in formats if "int8" in f and -metrics[f]["accuracy_change"] > max_accuracy_drop]
-    if dropped and not allow_drop:
-        changes = ", ".join(f"{metrics[f]['accuracy_change'] * 100:+.2f}" for f in dropped)
-        raise ConversionError(
-            f"{', '.join(dropped)} lost more than {max_accuracy_drop * 100:.1f} points of accuracy against the "
-            f"float model ({changes} points); no "
-            f"manifest was written. Use more --representative images, or --allow-accuracy-drop to accept it")
     write_manifest(out, manifest)
-    print(f"bundle: {out} (default format {primary})")
+    print(f"bundle: {out} (default format {manifest.default_format})")
     return manifest

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from leukoscreen.edge.decision import WORDING, blast_score, calibrate, decide
+from leukoscreen.edge.decision import DecisionRule, blast_score, calibrate
+from leukoscreen.edge.manifest import Calibration
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -44,42 +45,18 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, target_sensitivit
 
 
 def decision_parameters(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
-                        negative_classes: list[str], target_sensitivity: float = 0.99) -> dict:
-    temperature = fit_temperature(probabilities, labels)
-    scores = blast_score(calibrate(probabilities, temperature), class_names, negative_classes)
+                        negative_classes: list[str], target_sensitivity: float = 0.99
+                        ) -> tuple[Calibration, DecisionRule]:
+    """The calibration and the decision rule, fitted on validation probabilities and labels."""
+    calibration = Calibration(temperature=fit_temperature(probabilities, labels), fitted_on="validation split")
+    scores = blast_score(calibration.apply(probabilities), class_names, negative_classes)
     negative = [class_names.index(n) for n in negative_classes]
     blast = ~np.isin(labels, negative)
-    threshold, band = choose_threshold(scores, blast, target_sensitivity)
+    threshold, (_, refer_at) = choose_threshold(scores, blast, target_sensitivity)
     rank = threshold_rank(int(blast.sum()), target_sensitivity)
     rule = (f"blast score {rank} of {blast.sum()}, counted from the lowest (split-conformal rank)" if rank else
             f"the lowest of {blast.sum()} blast scores: a {target_sensitivity:.0%} guarantee needs at least "
             f"{int(np.ceil(1 / (1 - target_sensitivity) - 1 - 1e-9))} blast images in the validation split")
-    return {"calibration": {"temperature": temperature, "fitted_on": "validation split"},
-            "decision": {"negative_classes": negative_classes, "threshold": threshold,
-                         "indeterminate_band": list(band), "target_sensitivity": target_sensitivity,
-                         "threshold_rule": rule, "chosen_on": "validation split"}}
-
-
-def screening_outcomes(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
-                       temperature: float, decision: dict) -> dict:
-    """The device's three answers on labelled images: counts per answer for blast and non-blast images;
-    sensitivity = blast images not answered "no blasts" (referred or retaken), specificity = non-blast
-    images answered "no blasts"."""
-    scores = blast_score(calibrate(probabilities, temperature), class_names, decision["negative_classes"])
-    band = tuple(decision["indeterminate_band"])
-    answers = np.array([decide(score, decision["threshold"], band).code for score in scores])
-    blast = ~np.isin(labels, [class_names.index(name) for name in decision["negative_classes"]])
-    counts = {kind: {"n": int(rows.sum()), **{code: int((answers[rows] == code).sum()) for code in WORDING}}
-              for kind, rows in (("blast", blast), ("non_blast", ~blast))}
-    return {**counts,
-            "sensitivity": 1.0 - counts["blast"]["no_blasts"] / max(counts["blast"]["n"], 1),
-            "specificity": counts["non_blast"]["no_blasts"] / max(counts["non_blast"]["n"], 1),
-            "indeterminate_share": float(np.mean(answers == "indeterminate"))}
-
-
-def describe_outcomes(outcomes: dict) -> str:
-    return (f"sensitivity {outcomes['sensitivity']:.3f} (blast images: {outcomes['blast']['possible_blasts']} "
-            f"possible blasts, {outcomes['blast']['indeterminate']} indeterminate, {outcomes['blast']['no_blasts']} "
-            f"missed of {outcomes['blast']['n']}), specificity {outcomes['specificity']:.3f} (non-blast images: "
-            f"{outcomes['non_blast']['no_blasts']} no blasts, {outcomes['non_blast']['indeterminate']} indeterminate, "
-            f"{outcomes['non_blast']['possible_blasts']} possible blasts of {outcomes['non_blast']['n']})")
+    return calibration, DecisionRule(negative_classes=negative_classes, threshold=threshold, refer_at=refer_at,
+                                     target_sensitivity=target_sensitivity, threshold_rule=rule,
+                                     chosen_on="validation split")

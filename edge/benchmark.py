@@ -24,8 +24,8 @@ def measure(path: str, runtime: str, threads: int, runs: int, classifier: str | 
     """Load time, first-inference time, median and p95 latency, peak RSS of this process (a two-stage
     model: the feature model and its classifier)."""
     started = time.perf_counter()
-    from leukoscreen.edge.runtimes import open_runner
-    runner = open_runner(path, runtime, threads, classifier=classifier, xnnpack=xnnpack)
+    from leukoscreen.edge.runtimes import RuntimeOptions, open_runner
+    runner = open_runner(path, RuntimeOptions(runtime=runtime, threads=threads, xnnpack=xnnpack), classifier)
     loaded = time.perf_counter()
     image = np.random.default_rng(0).integers(0, 256, (1, runner.input_size, runner.input_size, 3), np.uint8)
     runner.predict(image)
@@ -112,9 +112,9 @@ with tempfile.TemporaryDirectory() as state:
     config = parse_config({"bundle": sys.argv[1], "state_dir": state, "min_free_mb": 0,
                            "camera": {"kind": "folder", "folder": sys.argv[2]}, "xnnpack": sys.argv[4] == "1"})
     daemon = Daemon(config, Display())
-    daemon._camera()
+    daemon.camera.connect()
     ready = time.perf_counter() - started
-    rows = [daemon.capture_once().get("timings_ms", {}) for _ in range(int(sys.argv[3]))]
+    rows = [daemon.capture_once().timings_ms for _ in range(int(sys.argv[3]))]
     daemon.close()
 print(json.dumps({"ready_s": ready, "timings": rows,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

@@ -10,24 +10,26 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic.dataclasses import dataclass as config_dataclass
 
-from leukoscreen.edge.preprocessing import hsv_mask, valid_hsv_bounds
+from leukoscreen.edge.stain import STAINED_LOWER, STAINED_UPPER, check_hsv_bounds, hsv_mask
 
 
-@dataclass(frozen=True)
+@config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class CellFinderConfig:
-    hsv_lower: tuple[int, int, int] = (118, 65, 0)       # OpenCV HSV: hue 0-179, saturation and value 0-255
-    hsv_upper: tuple[int, int, int] = (170, 255, 255)
-    median: int = 5
-    min_area_fraction: float = 0.0008    # nucleus area limits as fractions of the field area
-    max_area_fraction: float = 0.08
-    split_touching: bool = True
-    box_margin: float = 0.35             # box side = nucleus side * (1 + 2 * margin)
+    """The `[cell_finder]` section of the device configuration."""
+    hsv_lower: tuple[StrictInt, StrictInt, StrictInt] = Field(
+        STAINED_LOWER, description="OpenCV HSV lower bound of stained nuclei (hue 0-179, saturation, value 0-255)")
+    hsv_upper: tuple[StrictInt, StrictInt, StrictInt] = Field(STAINED_UPPER, description="upper HSV bound")
+    median: StrictInt = Field(5, ge=0, description="median filter aperture before thresholding (0 = off)")
+    min_area_fraction: StrictFloat = Field(0.0008, description="smallest nucleus, as a fraction of the field area")
+    max_area_fraction: StrictFloat = Field(0.08, description="largest nucleus, as a fraction of the field area")
+    split_touching: StrictBool = Field(True, description="split touching round nuclei (distance-transform watershed)")
+    box_margin: StrictFloat = Field(0.35, ge=0, description="box side = nucleus side * (1 + 2 * margin)")
 
     def __post_init__(self):
-        if not valid_hsv_bounds(self.hsv_lower, self.hsv_upper):
-            raise ValueError(f"cell_finder.hsv_lower/hsv_upper = {self.hsv_lower}/{self.hsv_upper}: three numbers "
-                             "each, hue 0-179, saturation and value 0-255, lower <= upper")
+        check_hsv_bounds(self.hsv_lower, self.hsv_upper, "cell_finder")
         if not 0 < self.min_area_fraction < self.max_area_fraction < 1:
             raise ValueError(f"cell_finder area limits {self.min_area_fraction}, {self.max_area_fraction}: "
                              "need 0 < min_area_fraction < max_area_fraction < 1")

@@ -1,141 +1,133 @@
 """The device configuration: one TOML file, validated once at start-up into typed values.
 
-Errors name the key and the bad value and are raised before any hardware is touched.
-See systemd/config.example.toml for every key with its default.
+Every section is a pydantic dataclass that refuses unknown keys; errors name the key and the bad value
+and are raised before any hardware is touched. systemd/config.example.toml shows every key with its default.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, field
 from pathlib import Path
+from typing import Literal, get_args
+
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
 
 from leukoscreen.edge.cell_finder import CellFinderConfig
+from leukoscreen.edge.manifest import Format
 from leukoscreen.edge.quality import QualityConfig
+from leukoscreen.edge.runtimes import Runtime, RuntimeOptions
+from leukoscreen.edge.validation import describe
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10 (JetPack 6)
     import tomli as tomllib
 
-CAMERA_KINDS = ("picamera2", "opencv", "gstreamer", "folder", "synthetic")
-BUTTON_KINDS = ("none", "gpiozero", "jetson", "keyboard")
-DISPLAY_KINDS = ("emulated", "hd44780", "luma", "none")
+CameraKind = Literal["picamera2", "opencv", "gstreamer", "folder", "synthetic"]
+ButtonKind = Literal["none", "gpiozero", "jetson", "keyboard"]
+DisplayKind = Literal["emulated", "hd44780", "luma", "none"]
+CAMERA_KINDS = get_args(CameraKind)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+SECTION = ConfigDict(extra="forbid")
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key and the value."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class CameraConfig:
-    kind: str = "synthetic"
-    device: str = "0"                 # opencv: V4L2 index or path; gstreamer: pipeline string
-    folder: str = ""                  # folder replay: images to cycle through
-    width: int = 0                    # 0: the camera's default
-    height: int = 0
-    timeout_s: float = 5.0
-    retry_max_s: float = 30.0         # longest wait between reconnection attempts
+    kind: CameraKind = "synthetic"
+    device: StrictStr = Field("0", description="opencv: V4L2 index or path; gstreamer: pipeline string")
+    folder: StrictStr = Field("", description="folder replay: images to cycle through")
+    width: StrictInt = Field(0, ge=0, description="0: the camera's default")
+    height: StrictInt = Field(0, ge=0)
+    timeout_s: StrictFloat = Field(5.0, gt=0)
+    retry_max_s: StrictFloat = Field(30.0, gt=0, description="longest wait between reconnection attempts")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class ButtonConfig:
-    kind: str = "none"
-    pin: int = 17                     # BCM numbering (gpiozero) or BOARD pin (Jetson.GPIO)
-    pull_up: bool = True
-    debounce_s: float = 0.05
-    while_busy: str = "ignore"        # "ignore" or "queue" presses during a classification
+    kind: ButtonKind = "none"
+    pin: StrictInt = Field(17, description="BCM numbering (gpiozero) or BOARD pin (Jetson.GPIO)")
+    pull_up: StrictBool = True
+    debounce_s: StrictFloat = Field(0.05, ge=0)
+    while_busy: Literal["ignore", "queue"] = Field("ignore", description="what a press during a capture does")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class DisplayConfig:
-    kind: str = "emulated"
-    cols: int = 16
-    rows: int = 2
-    i2c_address: int = 0x27
-    i2c_expander: str = "PCF8574"
-    png: str = ""                     # emulated: also draw the screen into this PNG file
-    driver: str = "ssd1306"           # luma: the luma.oled device class (ssd1306, sh1106, ssd1309, ...)
-    interface: str = "i2c"            # luma: i2c (bus 1, i2c_address) or spi (bus 0, device 0)
+    kind: DisplayKind = "emulated"
+    cols: StrictInt = 16
+    rows: StrictInt = 2
+    i2c_address: StrictInt = 0x27
+    i2c_expander: StrictStr = "PCF8574"
+    png: StrictStr = Field("", description="emulated: also draw the screen into this PNG file")
+    driver: StrictStr = Field("ssd1306", description="luma: the luma.oled device class (ssd1306, sh1106, ...)")
+    interface: Literal["i2c", "spi"] = Field("i2c", description="luma: i2c (bus 1, i2c_address) or spi (bus 0)")
+
+    def __post_init__(self):
+        if (self.cols, self.rows) not in ((16, 2), (20, 4)):
+            raise ValueError(f"display.cols/rows = {self.cols}x{self.rows}: use 16x2 or 20x4")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class DeviceConfig:
-    bundle: str = ""                  # empty: the shipped default bundle
-    bundle_format: str = ""           # empty: the bundle's default format
-    compare_bundles: tuple = ()       # more bundles run side by side on every field; only `bundle` decides
-    runtime: str = "auto"
-    onnx_providers: tuple = ()        # e.g. ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    threads: int = 2
-    xnnpack: bool = True              # false: TFLite's built-in kernels, slower but without XNNPACK's second
-                                      # copy of the weights (for large models on small boards)
-    state_dir: str = "/var/lib/leukoscreen"
-    min_free_mb: float = 200.0
-    host: str = "127.0.0.1"
-    port: int = 8080
-    access_token: str = ""            # needed (6+ characters) to listen on the network; the web page asks once
-    max_upload_mb: float = 20.0       # largest image the web page / API accepts
+    bundle: StrictStr = Field("", description="model bundle folder; empty: the shipped default bundle")
+    bundle_format: Format | Literal[""] = Field("", description="empty: the bundle's default format")
+    compare_bundles: tuple[StrictStr, ...] = Field((), description="bundles run beside `bundle` on every field; "
+                                                                   "only `bundle` decides")
+    runtime: Runtime = "auto"
+    onnx_providers: tuple[StrictStr, ...] = Field((), description="onnxruntime execution providers, in order")
+    threads: StrictInt = Field(2, ge=1)
+    xnnpack: StrictBool = Field(True, description="false: TFLite's built-in kernels, slower but without "
+                                                  "XNNPACK's second copy of the weights (large models)")
+    state_dir: StrictStr = "/var/lib/leukoscreen"
+    min_free_mb: StrictFloat = 200.0
+    host: StrictStr = "127.0.0.1"
+    port: StrictInt = 8080
+    access_token: StrictStr = Field("", description="needed (6+ characters) to listen on the network")
+    max_upload_mb: StrictFloat = Field(20.0, description="largest image the web page / API accepts")
     camera: CameraConfig = field(default_factory=CameraConfig)
     button: ButtonConfig = field(default_factory=ButtonConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     cell_finder: CellFinderConfig = field(default_factory=CellFinderConfig)
 
+    def __post_init__(self):
+        if self.camera.kind == "folder" and not Path(self.camera.folder).is_dir():
+            raise ValueError(f"camera.folder = {self.camera.folder!r}: not a folder (camera.kind is 'folder')")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port = {self.port}: use 1-65535 (or 0: any free port)")
+        if self.host not in LOOPBACK_HOSTS and not self.access_token:
+            raise ValueError(f"host = {self.host!r} listens on the network: set access_token too")
+        if self.access_token and len(self.access_token) < 6:
+            raise ValueError("access_token is too short: use at least 6 characters (a PIN of 6+ digits or a "
+                             "passphrase)")
+        if not 0 < self.max_upload_mb <= 200:
+            raise ValueError(f"max_upload_mb = {self.max_upload_mb}: use a size in MB between 0 and 200")
 
-def _build(cls, values: dict, prefix: str):
-    known = {f.name: f for f in fields(cls)}
-    arguments = {}
-    for key, value in values.items():
-        where = f"{prefix}{key}"
-        if key not in known:
-            raise ConfigError(f"unknown key {where!r} (known: {', '.join(known)})")
-        default = getattr(cls(), key)
-        if hasattr(default, "__dataclass_fields__"):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where} must be a table ([{where}]), got {value!r}")
-            arguments[key] = _build(type(default), value, f"{where}.")
-            continue
-        expected = type(default)
-        if expected is tuple and isinstance(value, list):
-            value = tuple(value)
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            kind = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
-                    tuple: "a list"}.get(expected, expected.__name__)
-            raise ConfigError(f"{where} = {value!r}: expected {kind}")
-        arguments[key] = value
-    try:
-        return cls(**arguments)
-    except ValueError as error:
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {error}") from error
+    @property
+    def runtime_options(self) -> RuntimeOptions:
+        return RuntimeOptions(format=self.bundle_format or None, runtime=self.runtime, threads=self.threads,
+                              providers=self.onnx_providers, xnnpack=self.xnnpack)
 
 
 def parse_config(values: dict) -> DeviceConfig:
-    config = _build(DeviceConfig, values, "")
-    checks = [("camera.kind", config.camera.kind, CAMERA_KINDS), ("button.kind", config.button.kind, BUTTON_KINDS),
-              ("display.kind", config.display.kind, DISPLAY_KINDS),
-              ("button.while_busy", config.button.while_busy, ("ignore", "queue")),
-              ("display.interface", config.display.interface, ("i2c", "spi")),
-              ("runtime", config.runtime, ("auto", "litert", "tflite-runtime", "onnx"))]
-    for key, value, allowed in checks:
-        if value not in allowed:
-            raise ConfigError(f"{key} = {value!r}: use one of {', '.join(allowed)}")
-    if config.camera.kind == "folder" and not Path(config.camera.folder).is_dir():
-        raise ConfigError(f"camera.folder = {config.camera.folder!r}: not a folder (camera.kind is 'folder')")
-    if not 0 <= config.port < 65536:
-        raise ConfigError(f"port = {config.port}: use 1-65535 (or 0: any free port)")
-    if config.host not in LOOPBACK_HOSTS and not config.access_token:
-        raise ConfigError(f"host = {config.host!r} listens on the network: set access_token too")
-    if config.access_token and len(config.access_token) < 6:
-        raise ConfigError("access_token is too short: use at least 6 characters (a PIN of 6+ digits or a passphrase)")
-    if not 0 < config.max_upload_mb <= 200:
-        raise ConfigError(f"max_upload_mb = {config.max_upload_mb}: use a size in MB between 0 and 200")
-    if (config.display.cols, config.display.rows) not in ((16, 2), (20, 4)):
-        raise ConfigError(f"display.cols/rows = {config.display.cols}x{config.display.rows}: use 16x2 or 20x4")
-    if config.threads < 1:
-        raise ConfigError(f"threads = {config.threads}: use 1 or more")
-    return config
+    try:
+        return TypeAdapter(DeviceConfig).validate_python(values)
+    except ValidationError as error:
+        raise ConfigError(describe(error)) from error
+
+
+def with_changes(config: DeviceConfig, changes: dict) -> DeviceConfig:
+    """The configuration with some keys changed (command-line options), validated like the file; a nested
+    dict changes keys of that section."""
+    values = asdict(config)
+    for key, value in changes.items():
+        values[key] = values[key] | value if isinstance(value, dict) else value
+    return parse_config(values)
 
 
 def load_config(path: str | Path | None) -> DeviceConfig:

@@ -2,7 +2,7 @@
 SSD1309, ...) over I2C or SPI (luma.oled), or an emulated screen for development.
 
 The daemon calls `show(state, detail)` with the same states whatever the screen: starting, ready,
-capturing, retake, result, error. `screen_lines` does the wording and fitting once for every screen.
+capturing, retake, result, error (`show_capture` picks the state of a capture's record). `screen_lines` does the wording and fitting once for every screen.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from leukoscreen.edge.capture_record import CaptureRecord
 from leukoscreen.edge.device_config import DisplayConfig
 
 STATES = ("starting", "ready", "capturing", "retake", "result", "error")
@@ -45,6 +46,16 @@ class Display:
     def show(self, state: str, detail: str = "") -> None:
         self.lines = screen_lines(state, detail, self.cols, self.rows)
         self._draw()
+
+    def show_capture(self, record: CaptureRecord) -> None:
+        """A capture's outcome: the answer, the retake reason, or the error."""
+        if record.decision == "error":
+            self.show("error", record.message)
+        elif record.decision == "retake":
+            reasons = record.quality.reasons if record.quality else ()
+            self.show("retake", reasons[0] if reasons else "unusable frame")
+        else:
+            self.show("result", record.decision)
 
     def _draw(self) -> None:
         pass

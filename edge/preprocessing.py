@@ -1,18 +1,25 @@
 """The preprocessing every model input goes through, on the device and in training (thesis 3.4).
 
-Resize to 256x256, 3x3 median filter, 3x3 sharpen, resize to the model input size, optionally mask the
+The central square of the image (a non-square frame is cropped, not squashed), resized to 256x256, 3x3
+median filter, 3x3 sharpen, resize to the model input size, optionally keep only the stained pixels, mask the
 bottom-right corner (where all-aria carries a scale-bar label) and take colour away (per-image colour
 standardisation, Reinhard stain normalisation to a reference, or grayscale). Input and output are HxWx3
 uint8 RGB arrays.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
-COLOUR_MODES = ("rgb", "standardize", "reinhard", "grayscale")
+from leukoscreen.edge.stain import check_hsv_bounds, keep_stained
+
+ColourMode = Literal["rgb", "standardize", "reinhard", "grayscale"]
+COLOUR_MODES = get_args(ColourMode)
 SHARPEN_KERNEL = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], dtype=np.float32)
 # Target of per-image colour standardisation: every channel gets this mean and standard deviation.
 STANDARD_MEAN = 128.0
@@ -21,49 +28,34 @@ STANDARD_STD = 48.0
 SCALE_BAR_CORNER = 34 / 224
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class PreprocessConfig:
-    """Parameters of `preprocess`; stored in run folders and model bundles.
-
-    resize: side of the intermediate square image (0 = skip the step).
-    median: median filter aperture in pixels (0 = off; odd numbers >= 3).
-    sharpen: apply the 3x3 sharpening kernel.
-    input_size: side of the square model input in pixels.
-    mask_corner: side of the bottom-right square to fill, as a fraction of the image side (0 = off).
-    colour: "rgb", "standardize" (each channel to a fixed mean/std), "reinhard" (each image's L*a*b*
-        statistics to the reference) or "grayscale" (3 equal channels).
-    reference: for "reinhard": mean L*, a*, b* then their standard deviations (OpenCV's 8-bit L*a*b*),
-        computed from the training images and kept with the run and the bundle.
-    hsv_lower, hsv_upper: when set, keep only pixels within these OpenCV HSV bounds (the stained white
-        cells) and set the background to black (thesis 3.16, the ODRNN's input).
-    """
-    resize: int = 256
-    median: int = 3
-    sharpen: bool = True
-    input_size: int = 128
-    mask_corner: float = 0.0
-    colour: str = "rgb"
-    reference: tuple = ()
-    hsv_lower: tuple = ()
-    hsv_upper: tuple = ()
+    """Parameters of `preprocess`; stored in run folders and in the bundle manifest (`preprocess`)."""
+    resize: int = Field(256, ge=0, description="side of the intermediate square image in pixels (0 = skip)")
+    median: int = Field(3, description="median filter aperture in pixels (0 = off; odd numbers >= 3)")
+    sharpen: bool = Field(True, description="apply the 3x3 sharpening kernel")
+    input_size: int = Field(128, ge=8, description="side of the square model input in pixels")
+    mask_corner: float = Field(0.0, description="side of the bottom-right square filled with the image's median "
+                                                "colour, as a fraction of the image side (0 = off; all-aria's "
+                                                "scale-bar label)")
+    colour: ColourMode = Field("rgb", description="rgb; standardize (each channel to a fixed mean and standard "
+                                                  "deviation); reinhard (each image's L*a*b* statistics moved to "
+                                                  "`reference`); grayscale (three equal channels)")
+    reference: tuple[float, ...] = Field((), description="for reinhard: mean L*, a*, b* then their standard "
+                                                         "deviations (OpenCV's 8-bit L*a*b*), from the training images")
+    hsv_lower: tuple[int, ...] = Field((), description="when set, only the stained pixels (OpenCV HSV within "
+                                                       "hsv_lower-hsv_upper) are kept and the rest is black (the "
+                                                       "ODRNN's input, thesis 3.16)")
+    hsv_upper: tuple[int, ...] = Field((), description="upper HSV bound, with hsv_lower")
 
     def __post_init__(self):
-        object.__setattr__(self, "reference", tuple(float(v) for v in self.reference))
-        object.__setattr__(self, "hsv_lower", tuple(int(v) for v in self.hsv_lower))
-        object.__setattr__(self, "hsv_upper", tuple(int(v) for v in self.hsv_upper))
-        if (self.hsv_lower or self.hsv_upper) and not valid_hsv_bounds(self.hsv_lower, self.hsv_upper):
-            raise ValueError(f"preprocess.hsv_lower/hsv_upper = {self.hsv_lower}/{self.hsv_upper}: give three "
-                             "values each (hue 0-179, saturation and value 0-255), lower <= upper")
+        if self.hsv_lower or self.hsv_upper:
+            check_hsv_bounds(self.hsv_lower, self.hsv_upper, "preprocess")
         if self.reference and len(self.reference) != 6:
             raise ValueError(f"preprocess.reference has {len(self.reference)} numbers: give L*, a*, b* means "
                              "then their standard deviations (6)")
-        if self.colour not in COLOUR_MODES:
-            raise ValueError(f"preprocess.colour = {self.colour!r}: use one of {', '.join(COLOUR_MODES)}")
         if self.median and (self.median < 3 or self.median % 2 == 0):
             raise ValueError(f"preprocess.median = {self.median}: use 0 (off) or an odd number >= 3")
-        if self.input_size < 8 or self.resize < 0:
-            raise ValueError(f"preprocess.input_size = {self.input_size}, resize = {self.resize}: "
-                             "input_size must be >= 8 and resize >= 0")
         if not 0.0 <= self.mask_corner < 0.5:
             raise ValueError(f"preprocess.mask_corner = {self.mask_corner}: use a fraction in [0, 0.5)")
 
@@ -72,11 +64,18 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "PreprocessConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
+        unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown preprocessing keys: {', '.join(sorted(unknown))}")
         return cls(**values)
+
+
+def central_square(rgb: np.ndarray) -> np.ndarray:
+    """The largest centred square of an image: a non-square camera frame is cropped, never squashed."""
+    height, width = rgb.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return rgb[top:top + side, left:left + side]
 
 
 def mask_corner(rgb: np.ndarray, fraction: float) -> np.ndarray:
@@ -97,24 +96,6 @@ def standardize_colour(rgb: np.ndarray) -> np.ndarray:
     std = pixels.std(axis=(0, 1)) + 1e-6
     out = (pixels - mean) / std * STANDARD_STD + STANDARD_MEAN
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def valid_hsv_bounds(lower, upper) -> bool:
-    if len(lower) != 3 or len(upper) != 3:
-        return False
-    limits = (179, 255, 255)
-    return all(0 <= lo <= hi <= top for lo, hi, top in zip(lower, upper, limits))
-
-
-def hsv_mask(rgb: np.ndarray, lower, upper) -> np.ndarray:
-    """uint8 mask (0/255) of the pixels whose OpenCV HSV values lie within [lower, upper]."""
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    return cv2.inRange(hsv, np.array(lower, np.uint8), np.array(upper, np.uint8))
-
-
-def keep_stained(rgb: np.ndarray, lower, upper) -> np.ndarray:
-    """The image with everything outside the HSV bounds set to black."""
-    return cv2.bitwise_and(rgb, rgb, mask=hsv_mask(rgb, lower, upper))
 
 
 def lab_statistics(rgb: np.ndarray) -> np.ndarray:
@@ -147,7 +128,7 @@ def preprocess(rgb: np.ndarray, config: PreprocessConfig = PreprocessConfig()) -
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"preprocess expects an HxWx3 uint8 RGB image, got shape {rgb.shape} "
                          f"and type {rgb.dtype}")
-    image = rgb
+    image = central_square(rgb)
     if config.resize:
         image = cv2.resize(image, (config.resize, config.resize), interpolation=cv2.INTER_AREA)
     if config.median:

@@ -4,40 +4,42 @@ A failed gate gives a retake message with the reason instead of a result.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, computed_field
+from pydantic.dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class QualityConfig:
-    min_focus: float = 15.0            # variance of the Laplacian of the grayscale field (depends on camera)
-    max_dark_fraction: float = 0.5     # share of pixels with luminance < 20
-    max_clipped_fraction: float = 0.5  # share of pixels white in all three channels
-    min_stain_fraction: float = 0.0005 # share of stained (purple) pixels
-    min_cells: int = 1
+    """The `[quality]` section of the device configuration."""
+    min_focus: StrictFloat = Field(15.0, description="variance of the Laplacian of the grayscale field (depends on "
+                                                     "the camera: raise it for sharp high-resolution cameras)")
+    max_dark_fraction: StrictFloat = Field(0.5, description="share of pixels with luminance < 20")
+    max_clipped_fraction: StrictFloat = Field(0.5, description="share of pixels white in all three channels")
+    min_stain_fraction: StrictFloat = Field(0.0005, description="share of stained (purple) pixels")
+    min_cells: StrictInt = Field(1, description="white cells the cell finder must find")
 
 
-@dataclass(frozen=True)
-class QualityReport:
+class QualityReport(BaseModel):
+    """What the gate measured on one field, and why it was refused (no reasons: usable)."""
+    model_config = ConfigDict(frozen=True)
     focus: float
     dark_fraction: float
     clipped_fraction: float
     stain_fraction: float
     cells: int
-    reasons: tuple[str, ...]          # empty when the field is usable
+    reasons: tuple[str, ...] = ()
 
+    @computed_field
     @property
     def passed(self) -> bool:
         return not self.reasons
 
+    @computed_field
     @property
     def message(self) -> str:
         return "OK" if self.passed else "Retake: " + "; ".join(self.reasons)
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"passed": self.passed, "message": self.message}
 
 
 def focus_score(rgb: np.ndarray) -> float:
@@ -64,4 +66,5 @@ def check_quality(rgb: np.ndarray, stain_mask: np.ndarray, cells: int,
         reasons.append("no stained cells visible (check the slide and stain)")
     elif cells < config.min_cells and not reasons:
         reasons.append("no white cells found (move to another field)")
-    return QualityReport(focus, dark, clipped, stain, cells, tuple(reasons))
+    return QualityReport(focus=focus, dark_fraction=dark, clipped_fraction=clipped, stain_fraction=stain,
+                         cells=cells, reasons=tuple(reasons))

@@ -19,13 +19,13 @@ import sqlite3
 import threading
 import uuid
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from leukoscreen import RESEARCH_USE_NOTICE, __version__
+from leukoscreen.edge.capture_record import CaptureRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -58,6 +58,14 @@ class StoreError(RuntimeError):
     """The store cannot take a capture (disk full, unwritable); the message says what to do."""
 
 
+def check_sample_id(sample_id: str) -> str:
+    """The sample id without surrounding spaces; ValueError for one that cannot be stored."""
+    sample_id = sample_id.strip()
+    if len(sample_id) > 64 or any(c in sample_id for c in "/\\\0"):
+        raise ValueError(f"sample id {sample_id!r}: use up to 64 characters without slashes")
+    return sample_id
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -79,16 +87,6 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
     os.replace(temporary, path)
     _fsync_directory(path.parent)
-
-
-@dataclass(frozen=True)
-class StoredCapture:
-    id: int
-    sample_id: str
-    time: str
-    image: Path
-    decision: str
-    message: str
 
 
 class ResultStore:
@@ -137,13 +135,11 @@ class ResultStore:
     def new_sample_id() -> str:
         return dt.datetime.now().strftime("S%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
 
-    def add_capture(self, sample_id: str, rgb: np.ndarray, result: dict, bundle: str,
-                    bundle_sha256: str) -> StoredCapture:
-        """Store the field image (atomically) and then its result (one transaction)."""
+    def add(self, record: CaptureRecord, rgb: np.ndarray) -> CaptureRecord:
+        """Store the field image (atomically) and then its record (one transaction). Returns the record
+        with its capture id and sample id (a new one when it had none)."""
         self.check_space()
-        sample_id = sample_id.strip() or self.new_sample_id()
-        if len(sample_id) > 64 or any(c in sample_id for c in "/\\\0"):
-            raise ValueError(f"sample id {sample_id!r}: use up to 64 characters without slashes")
+        record = record.model_copy(update={"sample_id": check_sample_id(record.sample_id) or self.new_sample_id()})
         ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         if not ok:
             raise StoreError("the captured image could not be encoded")
@@ -157,21 +153,26 @@ class ResultStore:
             raise StoreError(f"the image could not be saved ({error.strerror}); check the storage") from error
         with self.lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("INSERT OR IGNORE INTO samples (id, created) VALUES (?, ?)", (sample_id, time))
+            self.db.execute("INSERT OR IGNORE INTO samples (id, created) VALUES (?, ?)", (record.sample_id, time))
             cursor = self.db.execute(
                 "INSERT INTO captures (sample_id, time, image, image_sha256, decision, message, blast_score, "
                 "quality, result, bundle, bundle_sha256, software_version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (sample_id, time, name, digest, result["decision"], result["message"], result.get("blast_score"),
-                 json.dumps(result.get("quality", {})), json.dumps(result), bundle, bundle_sha256, __version__))
+                (record.sample_id, time, name, digest, record.decision, record.message, record.blast_score,
+                 record.quality.model_dump_json() if record.quality else "{}",
+                 record.model_dump_json(exclude={"capture_id"}), record.bundle, record.bundle_sha256, __version__))
             capture_id = cursor.lastrowid
             self.db.executemany(
                 "INSERT INTO cells (capture_id, idx, x, y, w, h, predicted, blast_score) VALUES (?,?,?,?,?,?,?,?)",
-                [(capture_id, i, *cell["box"], cell.get("predicted"), cell.get("blast_score"))
-                 for i, cell in enumerate(result.get("cells", []))])
+                [(capture_id, i, *cell.box, cell.predicted, cell.blast_score) for i, cell in enumerate(record.cells)])
             self.db.execute("INSERT INTO audit (time, event, detail) VALUES (?, ?, ?)",
-                            (time, "capture_stored", json.dumps({"capture": capture_id, "sample": sample_id,
-                                                                 "decision": result["decision"]})))
-        return StoredCapture(capture_id, sample_id, time, self.images / name, result["decision"], result["message"])
+                            (time, "capture_stored", json.dumps({"capture": capture_id, "sample": record.sample_id,
+                                                                 "decision": record.decision})))
+        return record.model_copy(update={"capture_id": capture_id})
+
+    @staticmethod
+    def record(row: dict) -> CaptureRecord:
+        """The record of a stored capture row, as it was stored, with its capture id."""
+        return CaptureRecord.model_validate_json(row["result"]).model_copy(update={"capture_id": row["id"]})
 
     def captures(self, sample_id: str | None = None, since: str | None = None, until: str | None = None,
                  limit: int = 1000) -> list[dict]:

@@ -5,15 +5,46 @@ No tensorflow here: the runtimes are imported only when a model of their kind is
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
+Runtime = Literal["auto", "litert", "tflite-runtime", "onnx"]
+RUNTIMES = get_args(Runtime)
 TFLITE_BACKENDS = ("litert", "tflite-runtime")
 
 
 class RuntimeProblem(ValueError):
     """A runtime that is missing or cannot run a model file; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the device runs a bundle's model: one object handed to the runtime whole.
+
+    format: the bundle's model format to use (None: the bundle's default format).
+    runtime: "auto" picks LiteRT for .tflite (falling back to tflite-runtime) and onnxruntime for .onnx.
+    threads: intra-op threads of the runtime.
+    providers: onnxruntime execution providers in order of preference (empty: CPU).
+    xnnpack: False runs TFLite files on the runtime's built-in kernels (see TFLiteRunner).
+    """
+    format: str | None = None
+    runtime: Runtime = "auto"
+    threads: int = 2
+    providers: tuple[str, ...] = ()
+    xnnpack: bool = True
+
+    def __post_init__(self):
+        if self.runtime not in RUNTIMES:
+            raise RuntimeProblem(f"unknown runtime {self.runtime!r}; use one of {', '.join(RUNTIMES)}")
+        if self.threads < 1:
+            raise RuntimeProblem(f"threads = {self.threads}: use 1 or more")
+        object.__setattr__(self, "providers", tuple(self.providers))
+
+    def with_format(self, fmt: str | None) -> "RuntimeOptions":
+        return replace(self, format=fmt)
 
 
 def _import_tflite_interpreter(backend: str):
@@ -58,6 +89,7 @@ def tflite_input(pixels: np.ndarray, details: dict) -> np.ndarray:
 class ModelRunner:
     """Base: checks inputs and turns raw outputs into probabilities. Subclasses implement `_run`."""
     input_size: int
+    output_size: int | None   # numbers per image (None: not fixed in the file)
     name: str
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -80,6 +112,10 @@ class ModelRunner:
         if images.dtype != np.uint8:
             raise ValueError(f"model input must be uint8 pixels, got {images.dtype}")
         return self._run(images)
+
+
+def _fixed(dimension) -> int | None:
+    return dimension if isinstance(dimension, int) else None
 
 
 class TFLiteRunner(ModelRunner):
@@ -113,6 +149,7 @@ class TFLiteRunner(ModelRunner):
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.input_size = int(self.input["shape"][1])
+        self.output_size = int(self.output["shape"][-1])
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         outputs = []
@@ -148,6 +185,7 @@ class OnnxRunner(ModelRunner):
             raise RuntimeProblem(f"{path}: not an ONNX model onnxruntime can load ({error})") from error
         self.input = self.session.get_inputs()[0]
         self.input_size = int(self.input.shape[1])
+        self.output_size = _fixed(self.session.get_outputs()[-1].shape[-1])
 
     def _run(self, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
         # a few images per call: a whole data set at once would hold every layer's activations for all of it
@@ -167,6 +205,7 @@ class TwoStageRunner(ModelRunner):
         if len(self.classifier.session.get_outputs()) != 2:
             raise RuntimeProblem(f"{classifier}: a classifier needs the outputs (label, probabilities); "
                                  "convert it with skl2onnx and zipmap off")
+        self.output_size = self.classifier.output_size
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         features = np.asarray(self.features._run(batch), dtype=np.float32).reshape(len(batch), -1)
@@ -177,31 +216,29 @@ class TwoStageRunner(ModelRunner):
         return self.classifier.session.run(None, {self.classifier.input.name: features})[1]
 
 
-def open_runner(path: str | Path, runtime: str = "auto", threads: int = 2,
-                providers: list[str] | None = None, classifier: str | Path | None = None,
-                xnnpack: bool = True) -> ModelRunner:
-    """A runner for a .tflite or .onnx file. runtime: "auto", "litert", "tflite-runtime" or "onnx"
-    ("auto" picks LiteRT for .tflite, falling back to tflite-runtime, and onnxruntime for .onnx).
-    With `classifier` (an ONNX classifier file) the model file is a feature extractor and the classifier
-    turns its features into probabilities. xnnpack: see TFLiteRunner (ONNX files ignore it)."""
+def open_runner(path: str | Path, options: RuntimeOptions = RuntimeOptions(),
+                classifier: str | Path | None = None) -> ModelRunner:
+    """A runner for a .tflite or .onnx file with the given runtime options (`options.format` is the
+    bundle's business and is not read here). With `classifier` (an ONNX classifier file) the model file
+    is a feature extractor and the classifier turns its features into probabilities."""
     if classifier is not None:
-        return TwoStageRunner(open_runner(path, runtime, threads, providers, xnnpack=xnnpack), Path(classifier))
-    path = Path(path)
+        return TwoStageRunner(open_runner(path, options), Path(classifier))
+    path, runtime = Path(path), options.runtime
     if not path.is_file():
         raise RuntimeProblem(f"model file {path} does not exist")
     if path.suffix == ".onnx":
         if runtime not in ("auto", "onnx"):
             raise RuntimeProblem(f"{path.name} is an ONNX model; runtime {runtime!r} cannot run it (use onnx)")
-        return OnnxRunner(path, threads, providers)
+        return OnnxRunner(path, options.threads, list(options.providers) or None)
     if path.suffix != ".tflite":
         raise RuntimeProblem(f"{path.name}: unknown model file type (expected .tflite or .onnx)")
+    if runtime == "onnx":
+        raise RuntimeProblem(f"{path.name} is a TFLite model; use runtime litert or tflite-runtime")
     if runtime == "auto":
         try:
-            return TFLiteRunner(path, "litert", threads, xnnpack)
+            return TFLiteRunner(path, "litert", options.threads, options.xnnpack)
         except RuntimeProblem as error:
             if "not installed" not in str(error):
                 raise
-            return TFLiteRunner(path, "tflite-runtime", threads, xnnpack)
-    if runtime == "onnx":
-        raise RuntimeProblem(f"{path.name} is a TFLite model; use runtime litert or tflite-runtime")
-    return TFLiteRunner(path, runtime, threads, xnnpack)
+            runtime = "tflite-runtime"
+    return TFLiteRunner(path, runtime, options.threads, options.xnnpack)

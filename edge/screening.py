@@ -1,107 +1,98 @@
-"""One field through the screening pipeline: quality gate -> cell finder -> classification -> decision.
+"""A model bundle on an analysed field: preprocessing -> the model (the field, or each white cell) ->
+calibration -> the bundle's decision rule. And `screen`, the whole pipeline on one frame for
+`leukoscreen classify`, assembled exactly as the daemon assembles it.
 
-Plain values in, plain values out; the daemon and `leukoscreen classify` only wire this to a camera,
-a store and displays. Results are screening aids for research use only, never a diagnosis.
+Plain values in, plain values out. Results are screening aids for research use only, never a diagnosis.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from leukoscreen import RESEARCH_USE_NOTICE
 from leukoscreen.edge.bundle import ModelBundle, load_bundle
-from leukoscreen.edge.cell_finder import CellFinderConfig, crop, find_cells, stain_mask
-from leukoscreen.edge.decision import Decision, blast_score, calibrate, decide
+from leukoscreen.edge.capture_record import CaptureRecord, CellRecord, ModelAnswer, retake, screened
+from leukoscreen.edge.cell_finder import CellFinderConfig, crop
+from leukoscreen.edge.field_analysis import FieldAnalysis, analyse_field
 from leukoscreen.edge.preprocessing import preprocess
-from leukoscreen.edge.quality import QualityConfig, QualityReport, check_quality
+from leukoscreen.edge.quality import QualityConfig
+from leukoscreen.edge.runtimes import ModelRunner, RuntimeOptions
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
 
 
-@dataclass(frozen=True)
-class CellResult:
-    box: tuple[int, int, int, int]
-    predicted: str | None = None              # class, when the model reads single cells
-    blast_score: float | None = None
+class ScreeningModel:
+    """A loaded bundle and its runtime. `classify(rgb, field)` answers on a field that passed the gate."""
 
+    def __init__(self, bundle: ModelBundle, runner: ModelRunner, fmt: str):
+        self.bundle, self.runner, self.format = bundle, runner, fmt
 
-@dataclass
-class ScreeningResult:
-    quality: QualityReport
-    cells: list[CellResult]
-    bundle: str
-    probabilities: dict[str, float] = field(default_factory=dict)   # calibrated, field or mean over cells
-    counts: dict[str, int] = field(default_factory=dict)
-    blast_fraction: float | None = None
-    decision: Decision | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)    # find_cells, quality, classify
+    @classmethod
+    def open(cls, bundle: ModelBundle | str | Path = DEFAULT_BUNDLE,
+             options: RuntimeOptions = RuntimeOptions()) -> "ScreeningModel":
+        bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
+        return cls(bundle, bundle.runner(options), options.format or bundle.manifest.default_format)
 
     @property
-    def message(self) -> str:
-        return self.decision.wording if self.decision else f"{self.quality.message}. {RESEARCH_USE_NOTICE}"
+    def title(self) -> str:
+        return self.bundle.title
 
-    def to_dict(self) -> dict:
-        return {
-            "message": self.message, "notice": RESEARCH_USE_NOTICE,
-            "decision": self.decision.code if self.decision else "retake",
-            "blast_score": self.decision.score if self.decision else None,
-            "quality": self.quality.to_dict(), "cells_found": len(self.cells),
-            "cells": [{"box": list(c.box), "predicted": c.predicted, "blast_score": c.blast_score}
-                      for c in self.cells],
-            "probabilities": self.probabilities, "counts": self.counts,
-            "blast_fraction": self.blast_fraction, "bundle": self.bundle, "timings_ms": self.timings_ms,
-        }
+    @property
+    def sha256(self) -> str:
+        """The hash of the model file in use (what a stored result names)."""
+        return self.bundle.entry(self.format).sha256
 
+    def _probabilities(self, images: np.ndarray) -> np.ndarray:
+        return self.bundle.manifest.calibration.apply(self.runner.predict(images))
 
-class Screener:
-    """Holds a loaded bundle and its runtime; `screen(rgb)` runs one field through the pipeline."""
-
-    def __init__(self, bundle: ModelBundle | str | Path = DEFAULT_BUNDLE, fmt: str | None = None,
-                 runtime: str = "auto", threads: int = 2, finder: CellFinderConfig = CellFinderConfig(),
-                 quality: QualityConfig = QualityConfig(), providers: list[str] | None = None,
-                 xnnpack: bool = True):
-        self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
-        self.runner = self.bundle.runner(fmt, runtime, threads, providers, xnnpack)
-        self.finder, self.quality = finder, quality
+    def classify(self, rgb: np.ndarray, field: FieldAnalysis) -> ModelAnswer:
+        started = time.perf_counter()
         manifest = self.bundle.manifest
-        self.temperature = manifest["calibration"]["temperature"]
-        self.decision = manifest["decision"]
-
-    def _calibrated(self, images: np.ndarray) -> np.ndarray:
-        return calibrate(self.runner.predict(images), self.temperature)
-
-    def screen(self, rgb: np.ndarray) -> ScreeningResult:
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 32:
-            raise ValueError(f"a field must be an RGB image of at least 32x32 pixels, got shape {rgb.shape}")
-        t0 = time.perf_counter()
-        mask = stain_mask(rgb, self.finder)
-        found = find_cells(rgb, self.finder, mask)
-        t1 = time.perf_counter()
-        report = check_quality(rgb, mask, len(found), self.quality)
-        t2 = time.perf_counter()
-        result = ScreeningResult(report, [CellResult(c.box) for c in found], self.bundle.title)
-        result.timings_ms = {"find_cells": (t1 - t0) * 1e3, "quality": (t2 - t1) * 1e3}
-        if not report.passed:
-            return result
-        names = self.bundle.class_names
-        negative = self.decision["negative_classes"]
-        config = self.bundle.preprocess
-        if self.bundle.manifest["input_kind"] == "cell":
-            probabilities = self._calibrated(np.stack([preprocess(crop(rgb, c), config) for c in found]))
-            scores = blast_score(probabilities, names, negative)
+        names, rule, config = manifest.class_names, manifest.decision, manifest.preprocess
+        values = {}
+        if manifest.input_kind == "cell":
+            probabilities = self._probabilities(np.stack([preprocess(crop(rgb, c), config) for c in field.cells]))
+            scores = rule.score(probabilities, names)
             predicted = [names[i] for i in probabilities.argmax(axis=1)]
-            result.cells = [CellResult(c.box, p, float(s)) for c, p, s in zip(found, predicted, scores)]
-            result.counts = {name: predicted.count(name) for name in names}
-            result.blast_fraction = float(np.mean([p not in negative for p in predicted]))
+            values["cells"] = tuple(CellRecord(box=c.box, predicted=p, blast_score=float(s))
+                                    for c, p, s in zip(field.cells, predicted, scores))
+            values["counts"] = {name: predicted.count(name) for name in names}
+            values["blast_fraction"] = float(np.mean([p not in rule.negative_classes for p in predicted]))
             score = float(scores.max())  # one suspicious cell is enough to refer
             mean = probabilities.mean(axis=0)
         else:
-            mean = self._calibrated(preprocess(rgb, config)[None])[0]
-            score = float(blast_score(mean[None], names, negative)[0])
-        result.probabilities = {name: float(p) for name, p in zip(names, mean)}
-        result.decision = decide(score, self.decision["threshold"], tuple(self.decision["indeterminate_band"]))
-        result.timings_ms["classify"] = (time.perf_counter() - t2) * 1e3
-        return result
+            mean = self._probabilities(preprocess(rgb, config)[None])[0]
+            score = float(rule.score(mean[None], names)[0])
+        decision = rule.decide(score)
+        return ModelAnswer(bundle=self.title, decision=decision.code, message=decision.wording,
+                           blast_score=decision.score, probabilities={n: float(p) for n, p in zip(names, mean)},
+                           classify_ms=(time.perf_counter() - started) * 1e3, **values)
+
+
+def cell_records(field: FieldAnalysis) -> tuple[CellRecord, ...]:
+    return tuple(CellRecord(box=cell.box) for cell in field.cells)
+
+
+def screen(rgb: np.ndarray, model: ScreeningModel, finder: CellFinderConfig = CellFinderConfig(),
+           quality: QualityConfig = QualityConfig(), compared: tuple[ScreeningModel, ...] = (),
+           **values) -> CaptureRecord:
+    """One frame through the whole pipeline: field analysis once, then the deciding model and any compared
+    ones, then one record. Raises ValueError for a frame that is not an RGB image of at least 32x32."""
+    field = analyse_field(rgb, finder, quality)
+    timings = dict(field.timings_ms)
+    if not field.quality.passed:
+        return retake(field.quality, field.quality.message, model.title, model.sha256, cells_found=len(field.cells),
+                      cells=cell_records(field), timings_ms=timings, **values)
+    answer = model.classify(rgb, field)
+    timings["classify"] = answer.classify_ms
+    others = tuple(compare(other, rgb, field) for other in compared)
+    return screened(answer, field.quality, cell_records(field), others, model.sha256, timings_ms=timings, **values)
+
+
+def compare(model: ScreeningModel, rgb: np.ndarray, field: FieldAnalysis) -> ModelAnswer:
+    """A compared bundle's answer; its failure is recorded as its answer and never stops the capture."""
+    try:
+        return model.classify(rgb, field)
+    except ValueError as error:  # RuntimeProblem included
+        return ModelAnswer(bundle=model.title, decision="error", message=str(error))

@@ -2,11 +2,8 @@
 
 Research use only. Not for use in diagnostic procedures.
 """
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("leukoscreen")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+# The one place the version is written (pyproject.toml reads it); a plain string rather than a look-up in the
+# installed metadata, which would cost every device process about 3.5 MB of memory.
+__version__ = "0.1.0"
 
 RESEARCH_USE_NOTICE = "Research use only. Not for use in diagnostic procedures."

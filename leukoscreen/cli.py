@@ -1,16 +1,31 @@
-"""The `leukoscreen` command. Each sub-command imports what it needs only when it runs."""
+"""The `leukoscreen` command. Each sub-command imports what it needs only when it runs; choice lists come
+from the typed definitions they belong to (the `Literal`s of the device and training code)."""
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
+from typing import get_args
+
+from leukoscreen.edge.device_config import CAMERA_KINDS
+from leukoscreen.edge.manifest import FORMATS
+from leukoscreen.edge.preprocessing import COLOUR_MODES
+from leukoscreen.edge.runtimes import RUNTIMES
+from leukoscreen.training.runs import Backbone, Precision, Schedule
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "all-aria"
+NO_XNNPACK_HELP = ("TFLite files: the runtime's built-in kernels instead of its XNNPACK delegate (slower, but "
+                   "without XNNPACK's second copy of the weights in memory: for large models on small boards)")
+BALANCED_VALIDATION_HELP = ("weight the validation loss by class as training does, so early stopping and the kept "
+                            "epoch follow the class-balanced objective (advised for imbalanced tasks such as binary)")
 
 
 def _data_default() -> str | None:
     return str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def _options(pairs: list[str] | None) -> dict:
@@ -35,39 +50,37 @@ def _options(pairs: list[str] | None) -> dict:
     return options
 
 
+def _stain_bounds(args) -> tuple | None:
+    """--stain-bounds FILE (from `leukoscreen data hsv-bounds`) or --hsv-lower/--hsv-upper, or None."""
+    if getattr(args, "stain_bounds", None):
+        from leukoscreen.training.hsv_bounds import read_bounds
+        return read_bounds(args.stain_bounds)
+    if args.hsv_lower or args.hsv_upper:
+        return tuple(args.hsv_lower or ()), tuple(args.hsv_upper or ())
+    return None
+
+
+def _runtime_options(args):
+    from leukoscreen.edge.runtimes import RuntimeOptions
+    return RuntimeOptions(format=getattr(args, "format", None), runtime=args.runtime,
+                          providers=tuple(args.providers.split(",")) if getattr(args, "providers", None) else (),
+                          xnnpack=not getattr(args, "no_xnnpack", False))
+
+
+# --- handlers ---------------------------------------------------------------------------------------
 def _train(args) -> None:
-    from leukoscreen.edge.preprocessing import SCALE_BAR_CORNER, PreprocessConfig
     from leukoscreen.training.runs import TrainConfig
     from leukoscreen.training.train import train
     if not args.data:
-        raise ValueError("--data is required (no default data folder found at "
-                         f"{DEFAULT_DATA})")
-    preprocess = PreprocessConfig(mask_corner=0.0 if args.no_mask_corner else SCALE_BAR_CORNER,
-                                  colour=args.colour)
-    if args.preset == "thesis":  # thesis 3.9: learning rate 1e-4, batch 5, 6 epochs, 80/20 hold-out, its augmentation
-        args.learning_rate, args.batch_size, args.epochs = args.learning_rate or 1e-4, 5, 6
-        args.head_epochs, args.fine_tune_fraction, args.augmentation = 0, 1.0, "thesis"
-        args.schedule = args.schedule or "constant"
-    backbone = args.model in ("mobilenet-v2", "efficientnet-lite0", "alexnet")
-    learning_rate = args.learning_rate or (1e-4 if backbone else 1e-3)
-    basic = args.model == "basic-cnn"  # its defaults keep a full run within 10 minutes on 2 cores
-    epochs = args.epochs or (30 if basic else 40)
-    schedule = args.schedule or ("cosine" if basic else "constant")
-    # a cosine schedule runs its course (its last, small steps matter); the best validation epoch is kept
-    patience = args.patience or (epochs if schedule == "cosine" else 8)
-    hsv = {"hsv_lower": tuple(args.hsv_lower or ()), "hsv_upper": tuple(args.hsv_upper or ())}
-    if args.model == "odrnn" and not args.hsv_lower:  # the thesis' HSV-masked input, with the device's bounds
-        from leukoscreen.edge.cell_finder import CellFinderConfig
-        hsv = {"hsv_lower": CellFinderConfig().hsv_lower, "hsv_upper": CellFinderConfig().hsv_upper}
-    preprocess = replace(preprocess, **hsv)
-    config = TrainConfig(data=args.data, model=args.model, task=args.task, kind=args.kind,
-                         epochs=epochs, batch_size=args.batch_size, learning_rate=learning_rate, schedule=schedule,
-                         patience=patience, augment=not args.no_augment, seed=args.seed,
-                         block_size=args.block_size, split_file=args.split, precision=args.precision,
-                         preprocess=preprocess, weights=args.weights, head_epochs=args.head_epochs,
-                         fine_tune_fraction=args.fine_tune_fraction, model_options=_options(args.model_option),
-                         augmentation=args.augmentation, holdout=args.preset == "thesis",
-                         balanced_validation=args.balanced_validation)
+        raise ValueError(f"--data is required (no default data folder found at {DEFAULT_DATA})")
+    config = TrainConfig.with_defaults(
+        args.data, args.model, preset=args.preset, colour=args.colour, mask_corner=not args.no_mask_corner,
+        hsv=_stain_bounds(args), learning_rate=args.learning_rate, epochs=args.epochs, schedule=args.schedule,
+        patience=args.patience, task=args.task, kind=args.kind, batch_size=args.batch_size,
+        augment=not args.no_augment, seed=args.seed, block_size=args.block_size, split_file=args.split,
+        precision=args.precision, weights=args.weights, head_epochs=args.head_epochs,
+        fine_tune_fraction=args.fine_tune_fraction, model_options=_options(args.model_option),
+        augmentation=args.augmentation, balanced_validation=args.balanced_validation)
     out = args.out or f"runs/{args.model}-{Path(args.data).name}-{args.task or 'default'}"
     train(config, Path(out), n_boot=args.bootstrap)
 
@@ -75,12 +88,10 @@ def _train(args) -> None:
 def _evaluate(args) -> None:
     if (Path(args.run) / "manifest.json").exists():
         from leukoscreen.training.evaluation import evaluate_bundle
-        evaluate_bundle(Path(args.run), Path(args.data) if args.data else None,
-                        Path(args.out) if args.out else None, args.format, args.runtime, args.bootstrap)
+        evaluate_bundle(Path(args.run), _path(args.data), _path(args.out), _runtime_options(args), args.bootstrap)
         return
     from leukoscreen.training.evaluation import evaluate_run
-    evaluate_run(Path(args.run), Path(args.data) if args.data else None, args.split,
-                 Path(args.out) if args.out else None, n_boot=args.bootstrap)
+    evaluate_run(Path(args.run), _path(args.data), args.split, _path(args.out), n_boot=args.bootstrap)
 
 
 def _convert(args) -> None:
@@ -90,68 +101,82 @@ def _convert(args) -> None:
                 target_sensitivity=args.target_sensitivity,
                 negative_classes=args.negative_classes.split(",") if args.negative_classes else None,
                 name=args.name, version=args.bundle_version, io_type=args.int8_io, classifier=args.classifier,
-                per_channel=not args.per_tensor, size_ratio=args.size_ratio,
-                bias_correction=args.bias_correction)
+                per_channel=not args.per_tensor, size_ratio=args.size_ratio, bias_correction=args.bias_correction)
+
+
+def _bundle(args) -> None:
+    import json
+
+    from leukoscreen.edge.bundle import load_bundle, write_manifest
+    from leukoscreen.edge.manifest import Manifest
+    if args.bundle_command == "schema":
+        print(json.dumps(Manifest.model_json_schema(), indent=2))
+        return
+    bundle = load_bundle(args.bundle)
+    if args.bundle_command == "upgrade":
+        write_manifest(bundle.path, bundle.manifest)
+        print(f"{bundle.path / 'manifest.json'}: schema {bundle.manifest.schema_version}"
+              + (" (rewritten)" if bundle.notes else " (already current; rewritten unchanged)"))
+        return
+    print(f"{bundle.title}: {bundle.manifest.task}, classes {', '.join(bundle.class_names)}, "
+          f"{bundle.manifest.input_kind} input, formats {', '.join(bundle.formats)} "
+          f"(default {bundle.manifest.default_format}); every file matches its sha256")
+    for note in bundle.notes:
+        print(f"note: {note}")
 
 
 def _bench(args) -> None:
     from leukoscreen.edge.benchmark import REFERENCE, benchmark_bundle, benchmark_pipeline
+    xnnpack = not args.no_xnnpack
     if args.pipeline:
-        benchmark_pipeline(Path(args.bundle), Path(args.pipeline), args.captures, Path(args.out) if args.out else None,
-                           xnnpack=not args.no_xnnpack)
-        return
-    if args.web:
+        benchmark_pipeline(Path(args.bundle), Path(args.pipeline), args.captures, _path(args.out), xnnpack=xnnpack)
+    elif args.web:
         from leukoscreen.edge.web_benchmark import benchmark_web
-        benchmark_web(Path(args.bundle), Path(args.web), args.classifications, args.requests,
-                      out=Path(args.out) if args.out else None, xnnpack=not args.no_xnnpack)
-        return
-    benchmark_bundle(Path(args.bundle), args.runtime, tuple(args.threads), args.runs,
-                     Path(args.reference) if args.reference else REFERENCE, Path(args.out) if args.out else None,
-                     xnnpack=not args.no_xnnpack)
+        benchmark_web(Path(args.bundle), Path(args.web), args.classifications, args.requests, out=_path(args.out),
+                      xnnpack=xnnpack)
+    else:
+        benchmark_bundle(Path(args.bundle), args.runtime, tuple(args.threads), args.runs,
+                         _path(args.reference) or REFERENCE, _path(args.out), xnnpack=xnnpack)
 
 
 def _classify(args) -> int:
     import json
 
-    from leukoscreen.edge.image_io import ImageReadError, read_image
-    from leukoscreen.edge.screening import DEFAULT_BUNDLE, Screener
-    screener = Screener(args.bundle or DEFAULT_BUNDLE, args.format, args.runtime,
-                        providers=args.providers.split(",") if args.providers else None, xnnpack=not args.no_xnnpack)
+    from leukoscreen.edge.capture_record import failed
+    from leukoscreen.edge.image_io import read_image
+    from leukoscreen.edge.screening import DEFAULT_BUNDLE, ScreeningModel, screen
+    model = ScreeningModel.open(args.bundle or DEFAULT_BUNDLE, _runtime_options(args))
     results = []
     for path in args.images:
         try:
-            result = screener.screen(read_image(path)).to_dict()
-        except (ImageReadError, ValueError) as error:
-            result = {"message": f"Cannot classify: {error}", "decision": "error"}
-        result["image"] = path
-        results.append(result)
+            record = screen(read_image(path), model, source=f"file: {path}")
+        except ValueError as error:  # ImageReadError included
+            record = failed(f"Cannot classify: {error}")
+        results.append(record.model_dump(mode="json") | {"image": path})
         if not args.json:
-            print(f"{path}: {result['message']}"
-                  + (f" (blast score {result['blast_score']:.2f}, {result['cells_found']} cells found, "
-                     f"model {result['bundle']})" if result.get("blast_score") is not None else ""))
+            print(f"{path}: {record.message}" + (f" (blast score {record.blast_score:.2f}, {record.cells_found} cells "
+                                                 f"found, model {record.bundle})" if record.blast_score is not None
+                                                 else ""))
     if args.json:
         print(json.dumps(results, indent=2))
     return 2 if any(r["decision"] == "error" for r in results) else 0
 
 
 def _serve(args) -> int:
-    import dataclasses
     import signal
 
     from leukoscreen import RESEARCH_USE_NOTICE
-    from leukoscreen.edge.daemon import RELOAD, Daemon
-    from leukoscreen.edge.device_config import load_config, parse_config
+    from leukoscreen.edge.capture_queue import RELOAD
+    from leukoscreen.edge.daemon import Daemon
+    from leukoscreen.edge.device_config import load_config, with_changes
     from leukoscreen.edge.displays import open_display
     from leukoscreen.edge.triggers import KeyboardTrigger, open_trigger
     from leukoscreen.edge.web import WebServer
     config = load_config(args.config)
-    if args.camera or args.state_dir or args.camera_folder or args.port is not None or args.host:
-        camera = dataclasses.replace(config.camera, kind=args.camera or config.camera.kind,
-                                     folder=args.camera_folder or config.camera.folder)
-        config = dataclasses.replace(config, camera=camera, state_dir=args.state_dir or config.state_dir,
-                                     host=args.host or config.host,
-                                     port=config.port if args.port is None else args.port)
-        config = parse_config(dataclasses.asdict(config))  # validate the overrides like the file
+    camera = {key: value for key, value in (("kind", args.camera), ("folder", args.camera_folder)) if value}
+    changes = {key: value for key, value in (("state_dir", args.state_dir), ("host", args.host), ("port", args.port))
+               if value is not None} | ({"camera": camera} if camera else {})
+    config = with_changes(config, changes) if changes else config  # validated like the file
     daemon = Daemon(config, display=open_display(config.display, echo=True))
     web = WebServer(daemon)
     try:
@@ -163,8 +188,8 @@ def _serve(args) -> int:
     if config.button.kind != "keyboard" and sys.stdin.isatty():
         triggers.append(KeyboardTrigger(lambda: print(daemon.press()), daemon.stop))
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
-    signal.signal(signal.SIGHUP, lambda *_: daemon.requests.put(RELOAD))  # systemctl reload
-    print(f"LeukoScreen device: model {daemon.screener.bundle.title}, camera {config.camera.kind}, "
+    signal.signal(signal.SIGHUP, lambda *_: daemon.queue.control(RELOAD))  # systemctl reload
+    print(f"LeukoScreen device: model {daemon.models.deciding.title}, camera {config.camera.kind}, "
           f"results in {config.state_dir}, web page {web.url}. Press Enter to classify, q + Enter to stop. "
           f"{RESEARCH_USE_NOTICE}", flush=True)
     try:
@@ -179,8 +204,7 @@ def _serve(args) -> int:
 
 def _cells(args) -> None:
     from leukoscreen.training.cell_finder_evaluation import evaluate_cell_finder
-    evaluate_cell_finder(Path(args.data) if args.data else None, Path(args.out) if args.out else None,
-                         args.fields)
+    evaluate_cell_finder(_path(args.data), _path(args.out), args.fields)
 
 
 def _export(args) -> None:
@@ -213,10 +237,9 @@ def _explain(args) -> None:
 
 def _search(args) -> None:
     from leukoscreen.training.odrnn_search import run_search
-    hsv = (tuple(args.hsv_lower), tuple(args.hsv_upper)) if args.hsv_lower and args.hsv_upper else None
     out = Path(args.out or f"runs/search-odrnn-{args.method}-seed{args.seed}")
     summary = run_search(args.data, out, args.method, args.budget, args.seed, args.task, args.epochs,
-                         args.input_size, hsv, final_epochs=args.final_epochs,
+                         args.input_size, _stain_bounds(args), final_epochs=args.final_epochs,
                          balanced_validation=args.balanced_validation, deterministic=args.deterministic)
     print(f"best validation macro-F1 {summary['best_val_macro_f1']:.3f} with {summary['best_params']} "
           f"after {summary['evaluations']} evaluations in {summary['search_seconds'] / 60:.1f} min")
@@ -243,19 +266,17 @@ def _report(args) -> None:
                  search_dirs=[Path(f) for f in args.searches or []])
 
 
-NO_XNNPACK_HELP = ("TFLite files: the runtime's built-in kernels instead of its XNNPACK delegate (slower, but "
-                   "without XNNPACK's second copy of the weights in memory: for large models on small boards)")
-BALANCED_VALIDATION_HELP = ("weight the validation loss by class as training does, so early stopping and the kept "
-                            "epoch follow the class-balanced objective (advised for imbalanced tasks such as binary)")
+# --- the parser: one function per command -----------------------------------------------------------
+def _add_stain_options(command) -> None:
+    command.add_argument("--stain-bounds", default=None, metavar="FILE",
+                         help="keep only the stained pixels within the bounds of this hsv_bounds.json "
+                              "(`leukoscreen data hsv-bounds`)")
+    command.add_argument("--hsv-lower", type=int, nargs=3, metavar=("H", "S", "V"),
+                         help="keep only pixels within these HSV bounds (odrnn default: the device's stained bounds)")
+    command.add_argument("--hsv-upper", type=int, nargs=3, metavar=("H", "S", "V"))
 
 
-def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(prog="leukoscreen", description=(
-        "Leukemia screening aid for blood smears: training, evaluation and the edge device. "
-        "Research use only; not for use in diagnostic procedures."))
-    main.add_argument("--version", action="version", version=_version())
-    commands = main.add_subparsers(dest="command", required=True)
-
+def _add_data(commands) -> None:
     data = commands.add_parser("data", help="look at a data folder before training")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     audit = data_commands.add_parser("audit", help="counts, sizes, modes, unreadable files, duplicates")
@@ -270,22 +291,23 @@ def parser() -> argparse.ArgumentParser:
     bounds.add_argument("--out", default="hsv-bounds")
     bounds.add_argument("--per-class", type=int, default=4, help="images per class in the mask grid")
     bounds.set_defaults(handler=_hsv_bounds)
-
     probes = data_commands.add_parser("shortcuts", help="probes that see only colour or a corner patch")
     probes.add_argument("dir")
     probes.add_argument("--out", default="shortcuts")
     probes.add_argument("--task", default=None)
     probes.add_argument("--block-size", type=int, default=20)
     probes.add_argument("--seed", type=int, default=0)
-    probes.add_argument("--colour", default="rgb", choices=["rgb", "standardize", "reinhard", "grayscale"],
+    probes.add_argument("--colour", default="rgb", choices=COLOUR_MODES,
                         help="transform every image first (what is left of the colour shortcut?)")
     probes.add_argument("--probes", nargs="*", default=None, help="a subset of the probes")
     probes.set_defaults(handler=_shortcuts)
 
+
+def _add_train(commands) -> None:
     train = commands.add_parser("train", help="train a model on a leak-free split")
     train.add_argument("--data", default=_data_default(), help=f"data folder (default {DEFAULT_DATA})")
     train.add_argument("--model", default="basic-cnn",
-                       help="basic-cnn, odrnn, or a backbone to fine-tune: efficientnet-lite0, mobilenet-v2, alexnet")
+                       help="basic-cnn, odrnn, or a backbone to fine-tune: " + ", ".join(get_args(Backbone)))
     train.add_argument("--weights", default="imagenet", help="backbones: imagenet (installed package), none "
                                                             "(from scratch) or a .pth path (AlexNet)")
     train.add_argument("--preset", default=None, choices=["thesis"],
@@ -295,18 +317,15 @@ def parser() -> argparse.ArgumentParser:
                        help="thesis: reflection, rotation 25-125 degrees, 15-25 px translation")
     train.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                        help="odrnn: sequence=rows|cnn, cell=lstm|gru, layers=N, units=N, bidirectional=true, dropout=F")
-    train.add_argument("--hsv-lower", type=int, nargs=3, metavar=("H", "S", "V"),
-                       help="keep only pixels within these HSV bounds (odrnn default: the cell finder's)")
-    train.add_argument("--hsv-upper", type=int, nargs=3, metavar=("H", "S", "V"))
+    _add_stain_options(train)
     train.add_argument("--head-epochs", type=int, default=5, help="backbones: epochs for the new head alone")
     train.add_argument("--fine-tune-fraction", type=float, default=0.3,
                        help="backbones: share of the top layers trained after the head")
-    train.add_argument("--task", default=None, help="binary, subtype or classes (default: the data "
-                                                     "set's first task)")
+    train.add_argument("--task", default=None, help="binary, subtype or classes (default: the data set's first task)")
     train.add_argument("--kind", default="auto", choices=["auto", "aria", "cnmc", "folders"])
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATA-TASK)")
     train.add_argument("--epochs", type=int, default=None, help="default 30 for basic-cnn, 40 otherwise")
-    train.add_argument("--schedule", default=None, choices=["constant", "cosine"],
+    train.add_argument("--schedule", default=None, choices=get_args(Schedule),
                        help="learning rate over the epochs (default cosine for basic-cnn, constant otherwise)")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--learning-rate", type=float, default=None,
@@ -318,25 +337,29 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--no-mask-corner", action="store_true",
                        help="keep the bottom-right corner (all-aria's scale-bar label) in training")
-    train.add_argument("--colour", default="rgb", choices=["rgb", "standardize", "reinhard", "grayscale"])
+    train.add_argument("--colour", default="rgb", choices=COLOUR_MODES)
     train.add_argument("--block-size", type=int, default=20)
     train.add_argument("--split", default=None, help="re-use the split.csv of an earlier run")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"],
+    train.add_argument("--precision", default="auto", choices=get_args(Precision),
                        help="auto: bfloat16 mixed precision where the CPU computes it natively")
     train.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("evaluate", help="metrics of a run on a split or another data folder")
+
+def _add_evaluate(commands) -> None:
+    evaluate = commands.add_parser("evaluate", help="metrics of a run or bundle on a split or another data folder")
     evaluate.add_argument("run")
     evaluate.add_argument("--data", default=None, help="another data folder (every image is evaluated)")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     evaluate.add_argument("--out", default=None)
     evaluate.add_argument("--bootstrap", type=int, default=1000)
-    evaluate.add_argument("--format", default=None, help="bundle model format (default: the bundle's)")
-    evaluate.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "onnx"])
+    evaluate.add_argument("--format", default=None, choices=FORMATS, help="bundle model format (default: the bundle's)")
+    evaluate.add_argument("--runtime", default="auto", choices=RUNTIMES)
     evaluate.set_defaults(handler=_evaluate)
 
+
+def _add_convert(commands) -> None:
     convert = commands.add_parser("convert", help="turn a run into a TFLite/ONNX model bundle for the device")
     convert.add_argument("run", help="a run folder of `leukoscreen train`, or of `leukoscreen classical` (a "
                                      "two-stage bundle: the backbone's features, then the classifier)")
@@ -344,8 +367,9 @@ def parser() -> argparse.ArgumentParser:
                          help="Model 1 runs: the classifier to ship, e.g. 'SVM cubic' (default: the best "
                               "cross-validated macro-F1)")
     convert.add_argument("--out", required=True, help="bundle folder to write")
-    convert.add_argument("--formats", default="tflite-int8,tflite-dynamic,tflite-fp32,onnx-fp32,onnx-int8",
-                         help="comma-separated; the first is the bundle's default")
+    convert.add_argument("--formats", default=",".join(("tflite-int8", "tflite-dynamic", "tflite-fp32", "onnx-fp32",
+                                                        "onnx-int8")),
+                         help=f"comma-separated, from {', '.join(FORMATS)}; the first is the bundle's default")
     convert.add_argument("--representative", type=int, default=500,
                          help="training images used to calibrate int8 quantization")
     convert.add_argument("--max-accuracy-drop", type=float, default=1.0,
@@ -368,9 +392,22 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("--bundle-version", default="1")
     convert.set_defaults(handler=_convert)
 
+
+def _add_bundle(commands) -> None:
+    bundle = commands.add_parser("bundle", help="the bundle manifest: its schema, checking and upgrading a bundle")
+    bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
+    bundle_commands.add_parser("schema", help="print the manifest's JSON Schema").set_defaults(handler=_bundle)
+    for name, text in (("check", "validate a bundle (manifest and file hashes) and describe it"),
+                       ("upgrade", "rewrite an older manifest (schema 1) in the current schema")):
+        command = bundle_commands.add_parser(name, help=text)
+        command.add_argument("bundle")
+        command.set_defaults(handler=_bundle)
+
+
+def _add_bench(commands) -> None:
     bench = commands.add_parser("bench", help="latency and memory of a bundle on this machine's runtimes")
     bench.add_argument("bundle")
-    bench.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "onnx"])
+    bench.add_argument("--runtime", default="auto", choices=RUNTIMES)
     bench.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     bench.add_argument("--runs", type=int, default=200)
     bench.add_argument("--no-xnnpack", action="store_true", help=NO_XNNPACK_HELP)
@@ -385,34 +422,28 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--requests", type=int, default=500, help="--web: requests per endpoint under load")
     bench.set_defaults(handler=_bench)
 
+
+def _add_device(commands) -> None:
     classify = commands.add_parser("classify", help="screen image files with a model bundle (research use only)")
     classify.add_argument("images", nargs="+")
     classify.add_argument("--bundle", default=None, help="bundle folder (default: the shipped default)")
-    classify.add_argument("--format", default=None)
-    classify.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "onnx"])
+    classify.add_argument("--format", default=None, choices=FORMATS)
+    classify.add_argument("--runtime", default="auto", choices=RUNTIMES)
     classify.add_argument("--providers", default=None,
                           help="onnxruntime execution providers, comma-separated (e.g. CUDAExecutionProvider,"
                                "CPUExecutionProvider)")
     classify.add_argument("--no-xnnpack", action="store_true", help=NO_XNNPACK_HELP)
     classify.add_argument("--json", action="store_true", help="print JSON")
     classify.set_defaults(handler=_classify)
-
     serve = commands.add_parser("serve", help="run the device: camera, button, model, results, displays")
     serve.add_argument("--config", default=None, help="TOML file (default: built-in defaults, synthetic camera)")
-    serve.add_argument("--camera", default=None, choices=["picamera2", "opencv", "gstreamer", "folder", "synthetic"])
+    serve.add_argument("--camera", default=None, choices=CAMERA_KINDS)
     serve.add_argument("--camera-folder", default=None, help="images for --camera folder")
     serve.add_argument("--state-dir", default=None, help="where results are kept")
     serve.add_argument("--port", type=int, default=None, help="web page port (default from the config: 8080)")
     serve.add_argument("--host", default=None, help="web page address (default 127.0.0.1; another address "
                                                     "listens on the network and needs access_token)")
     serve.set_defaults(handler=_serve)
-
-    cells = commands.add_parser("cells", help="evaluate the cell finder (generated fields, a real folder)")
-    cells.add_argument("--data", default=None, help="real data folder: cells found per field")
-    cells.add_argument("--fields", type=int, default=200, help="generated fields with known cells")
-    cells.add_argument("--out", default=None)
-    cells.set_defaults(handler=_cells)
-
     export = commands.add_parser("export", help="export stored results (CSV, JSON, images) as a zip")
     export.add_argument("--state-dir", required=True)
     export.add_argument("--out", required=True, help="zip file to write")
@@ -420,13 +451,19 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--since", default=None, help="ISO date/time, e.g. 2026-11-01")
     export.add_argument("--until", default=None)
     export.set_defaults(handler=_export)
+    cells = commands.add_parser("cells", help="evaluate the cell finder (generated fields, a real folder)")
+    cells.add_argument("--data", default=None, help="real data folder: cells found per field")
+    cells.add_argument("--fields", type=int, default=200, help="generated fields with known cells")
+    cells.add_argument("--out", default=None)
+    cells.set_defaults(handler=_cells)
 
+
+def _add_thesis_models(commands) -> None:
     explain = commands.add_parser("explain", help="Grad-CAM overlays: where a run's model looked")
     explain.add_argument("run")
     explain.add_argument("images", nargs="+")
     explain.add_argument("--out", default="explain")
     explain.set_defaults(handler=_explain)
-
     search = commands.add_parser("search", help="ODRNN hyperparameters by Red Deer Algorithm or random search")
     search.add_argument("--data", default=_data_default(), help=f"data folder (default {DEFAULT_DATA})")
     search.add_argument("--task", default=None)
@@ -435,15 +472,13 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--epochs", type=int, default=10, help="epochs per evaluation")
     search.add_argument("--input-size", type=int, default=64)
-    search.add_argument("--hsv-lower", type=int, nargs=3, metavar=("H", "S", "V"))
-    search.add_argument("--hsv-upper", type=int, nargs=3, metavar=("H", "S", "V"))
+    _add_stain_options(search)
     search.add_argument("--final-epochs", type=int, default=40, help="full training of the best (0: none)")
     search.add_argument("--balanced-validation", action="store_true", help=BALANCED_VALIDATION_HELP)
     search.add_argument("--deterministic", action="store_true",
                         help="TensorFlow op determinism for the whole search: a configuration scores the same each time")
     search.add_argument("--out", default=None, help="folder; an interrupted search resumes from it")
     search.set_defaults(handler=_search)
-
     tune = commands.add_parser("tune-head", help="RDA on a trained run's output-layer weights (validation)")
     tune.add_argument("run")
     tune.add_argument("--out", required=True)
@@ -451,14 +486,13 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--spread", type=float, default=0.5, help="largest move per weight, in weight std units")
     tune.set_defaults(handler=_tune_head)
-
     classical = commands.add_parser("classical", help="thesis Model 1: frozen CNN features + classical classifiers")
     classical.add_argument("--data", default=_data_default(), help=f"data folder (default {DEFAULT_DATA})")
-    classical.add_argument("--backbone", default="mobilenet-v2", choices=["mobilenet-v2", "efficientnet-lite0", "alexnet"])
+    classical.add_argument("--backbone", default="mobilenet-v2", choices=get_args(Backbone))
     classical.add_argument("--weights", default="imagenet",
                            help="imagenet (installed package), none (random: 'from scratch'), or a .pth path")
     classical.add_argument("--task", default=None)
-    classical.add_argument("--colour", default="rgb", choices=["rgb", "standardize", "reinhard", "grayscale"])
+    classical.add_argument("--colour", default="rgb", choices=COLOUR_MODES)
     classical.add_argument("--folds", type=int, default=10)
     classical.add_argument("--block-size", type=int, default=20)
     classical.add_argument("--seed", type=int, default=0)
@@ -466,6 +500,8 @@ def parser() -> argparse.ArgumentParser:
     classical.add_argument("--out", default=None)
     classical.set_defaults(handler=_classical)
 
+
+def _add_report(commands) -> None:
     report = commands.add_parser("report", help="one page comparing runs with the thesis figures")
     report.add_argument("runs", nargs="+")
     report.add_argument("--out", default="report")
@@ -476,6 +512,17 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--no-gradcam", action="store_true", help="leave out the Grad-CAM grids")
     report.add_argument("--searches", nargs="*", help="`leukoscreen search` folders (ODRNN ablation table)")
     report.set_defaults(handler=_report)
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="leukoscreen", description=(
+        "Leukemia screening aid for blood smears: training, evaluation and the edge device. "
+        "Research use only; not for use in diagnostic procedures."))
+    main.add_argument("--version", action="version", version=_version())
+    commands = main.add_subparsers(dest="command", required=True)
+    for add in (_add_data, _add_train, _add_evaluate, _add_convert, _add_bundle, _add_bench, _add_device,
+                _add_thesis_models, _add_report):
+        add(commands)
     return main
 
 

@@ -6,10 +6,11 @@ import pytest
 
 from leukoscreen.cli import main
 from leukoscreen.edge.cell_finder import CellFinderConfig, find_cells, stain_mask
-from leukoscreen.edge.decision import blast_score, calibrate, decide
+from leukoscreen.edge.decision import DecisionRule, blast_score, calibrate
 from leukoscreen.edge.image_io import read_image
 from leukoscreen.edge.quality import check_quality
-from leukoscreen.edge.screening import Screener
+from leukoscreen.edge.runtimes import RuntimeOptions
+from leukoscreen.edge.screening import ScreeningModel, screen
 from leukoscreen.edge.synthetic_smear import synthetic_field
 
 from conftest import write_rgb
@@ -62,11 +63,12 @@ def test_good_field_passes_quality():
 
 
 def test_decision_wording_and_band():
-    assert decide(0.1, 0.3, (0.3, 0.7)).wording == "No blasts suggested. Research use only."
-    assert decide(0.5, 0.3, (0.3, 0.7)).code == "indeterminate"
-    assert decide(0.7, 0.3, (0.3, 0.7)).wording.startswith("Possible blasts: refer for haematologist review")
+    rule = DecisionRule(negative_classes=["Benign"], threshold=0.3, refer_at=0.7)
+    assert rule.decide(0.1).wording == "No blasts suggested. Research use only."
+    assert rule.decide(0.5).code == "indeterminate"
+    assert rule.decide(0.7).wording.startswith("Possible blasts: refer for haematologist review")
     with pytest.raises(ValueError):
-        decide(0.5, 0.9, (0.3, 0.7))
+        DecisionRule(negative_classes=["Benign"], threshold=0.9, refer_at=0.7)
 
 
 def test_calibration_keeps_ranking_and_blast_score():
@@ -78,16 +80,17 @@ def test_calibration_keeps_ranking_and_blast_score():
 
 
 def test_screening_outcomes_count_the_devices_answers():
-    from leukoscreen.convert.calibration import screening_outcomes
+    from leukoscreen.edge.manifest import Calibration
+    from leukoscreen.training.metrics import screening_outcomes
     p_benign = np.array([0.9, 0.5, 0.1, 0.95, 0.6, 0.2])  # blast scores 0.1, 0.5, 0.9, 0.05, 0.4, 0.8
     probabilities = np.stack([p_benign, 1 - p_benign], axis=1)
     labels = np.array([1, 1, 1, 0, 0, 0])  # 0 = Benign
-    decision = {"negative_classes": ["Benign"], "threshold": 0.3, "indeterminate_band": [0.3, 0.7]}
-    outcomes = screening_outcomes(probabilities, labels, ["Benign", "Early"], 1.0, decision)
-    assert outcomes["blast"] == {"n": 3, "no_blasts": 1, "indeterminate": 1, "possible_blasts": 1}
-    assert outcomes["non_blast"] == {"n": 3, "no_blasts": 1, "indeterminate": 1, "possible_blasts": 1}
-    assert outcomes["sensitivity"] == pytest.approx(2 / 3) and outcomes["specificity"] == pytest.approx(1 / 3)
-    assert outcomes["indeterminate_share"] == pytest.approx(2 / 6)
+    rule = DecisionRule(negative_classes=["Benign"], threshold=0.3, refer_at=0.7)
+    outcomes = screening_outcomes(probabilities, labels, ["Benign", "Early"], Calibration(temperature=1.0), rule)
+    assert outcomes.blast.model_dump() == {"n": 3, "no_blasts": 1, "indeterminate": 1, "possible_blasts": 1}
+    assert outcomes.non_blast.model_dump() == {"n": 3, "no_blasts": 1, "indeterminate": 1, "possible_blasts": 1}
+    assert outcomes.sensitivity == pytest.approx(2 / 3) and outcomes.specificity == pytest.approx(1 / 3)
+    assert outcomes.indeterminate_share == pytest.approx(2 / 6)
 
 
 def test_threshold_keeps_the_target_sensitivity_for_new_blast_images():
@@ -107,22 +110,22 @@ def test_threshold_keeps_the_target_sensitivity_for_new_blast_images():
         choose_threshold(blasts, np.ones(480, bool))
     probabilities = np.stack([1 - scores, scores], axis=1)  # class 1 = blast
     labels = positive.astype(int)
-    rule = decision_parameters(probabilities, labels, ["Benign", "Pre"], ["Benign"])["decision"]["threshold_rule"]
+    rule = decision_parameters(probabilities, labels, ["Benign", "Pre"], ["Benign"])[1].threshold_rule
     assert rule == "blast score 4 of 480, counted from the lowest (split-conformal rank)"
-    rule = decision_parameters(probabilities[470:], labels[470:], ["Benign", "Pre"], ["Benign"])["decision"]
-    assert rule["threshold_rule"].endswith("a 99% guarantee needs at least 99 blast images in the validation split")
+    rule = decision_parameters(probabilities[470:], labels[470:], ["Benign", "Pre"], ["Benign"])[1]
+    assert rule.threshold_rule.endswith("a 99% guarantee needs at least 99 blast images in the validation split")
 
 
-def test_screener_gives_decision_or_retake(bundle):
-    screener = Screener(bundle)
-    result = screener.screen(synthetic_field(3).image).to_dict()
-    assert result["decision"] in ("no_blasts", "indeterminate", "possible_blasts")
-    assert "Research use only" in result["message"] and result["cells_found"] >= 1
-    assert abs(sum(result["probabilities"].values()) - 1) < 1e-6
-    dark = screener.screen(np.zeros((200, 200, 3), np.uint8)).to_dict()
-    assert dark["decision"] == "retake" and "too dark" in dark["message"]
+def test_screening_gives_decision_or_retake(bundle):
+    model = ScreeningModel.open(bundle)
+    result = screen(synthetic_field(3).image, model)
+    assert result.decision in ("no_blasts", "indeterminate", "possible_blasts")
+    assert "Research use only" in result.message and result.cells_found >= 1
+    assert abs(sum(result.probabilities.values()) - 1) < 1e-6
+    dark = screen(np.zeros((200, 200, 3), np.uint8), model)
+    assert dark.decision == "retake" and "too dark" in dark.message
     with pytest.raises(ValueError, match="at least 32x32"):
-        screener.screen(np.zeros((10, 10, 3), np.uint8))
+        screen(np.zeros((10, 10, 3), np.uint8), model)
 
 
 def test_classify_command_json_and_bad_files(bundle, tmp_path, capsys):
@@ -141,13 +144,13 @@ def test_shipped_default_bundle_is_valid_and_screens():
     from leukoscreen.edge.bundle import load_bundle
     from leukoscreen.edge.screening import DEFAULT_BUNDLE
     bundle = load_bundle(DEFAULT_BUNDLE)  # schema and sha256 of every file
-    assert bundle.manifest["intended_use"] == "Research use only. Not for use in diagnostic procedures."
+    assert bundle.manifest.intended_use == "Research use only. Not for use in diagnostic procedures."
+    assert bundle.manifest.schema_version == 2 and bundle.notes == ()  # stored in the current schema
     assert set(bundle.formats) == {"tflite-int8", "onnx-int8"}
-    metrics = bundle.manifest["metrics"]
-    assert abs(metrics["tflite-int8"]["accuracy_change"]) <= 0.01
+    assert abs(bundle.manifest.metrics["tflite-int8"].accuracy_change) <= 0.01
     for fmt in bundle.formats:
-        result = Screener(bundle, fmt).screen(synthetic_field(5).image).to_dict()
-        assert result["decision"] in ("no_blasts", "indeterminate", "possible_blasts")
+        result = screen(synthetic_field(5).image, ScreeningModel.open(bundle, RuntimeOptions(format=fmt)))
+        assert result.decision in ("no_blasts", "indeterminate", "possible_blasts")
 
 
 def test_cell_bundle_classifies_every_cell_and_counts(bundle, tmp_path):
@@ -158,9 +161,9 @@ def test_cell_bundle_classifies_every_cell_and_counts(bundle, tmp_path):
     manifest = json.loads((cell_bundle / "manifest.json").read_text())
     (cell_bundle / "manifest.json").write_text(json.dumps(manifest | {"input_kind": "cell"}))
     field = synthetic_field(1)
-    result = Screener(cell_bundle).screen(field.image).to_dict()
-    assert len(result["cells"]) == len(field.cells)
-    assert all(cell["predicted"] in ("benign", "malignant") for cell in result["cells"])
-    assert sum(result["counts"].values()) == len(field.cells)
-    assert result["blast_fraction"] == result["counts"]["malignant"] / len(field.cells)
-    assert result["blast_score"] == max(cell["blast_score"] for cell in result["cells"])
+    result = screen(field.image, ScreeningModel.open(cell_bundle))
+    assert len(result.cells) == len(field.cells)
+    assert all(cell.predicted in ("benign", "malignant") for cell in result.cells)
+    assert sum(result.counts.values()) == len(field.cells)
+    assert result.blast_fraction == result.counts["malignant"] / len(field.cells)
+    assert result.blast_score == max(cell.blast_score for cell in result.cells)

@@ -45,10 +45,11 @@ def test_model1_table_from_pretrained_features(aria_like, tmp_path, capsys):
     code = BLOCK_DESKTOP_IMPORTS + f"""
 import numpy as np
 from leukoscreen.edge.bundle import load_bundle
+from leukoscreen.edge.runtimes import RuntimeOptions
 bundle = load_bundle({str(bundle_dir)!r})
 x = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), np.uint8)
 for fmt in bundle.formats:
-    p = bundle.runner(fmt).predict(x)
+    p = bundle.runner(RuntimeOptions(format=fmt)).predict(x)
     assert p.shape == (2, 2) and np.allclose(p.sum(axis=1), 1), (fmt, p)
 print('two-stage ran', len(bundle.formats))
 """
@@ -83,7 +84,7 @@ def test_model2_fine_tunes_a_pretrained_backbone_and_converts(aria_like, tmp_pat
     assert 0 <= metrics["macro_f1"] <= 1 and metrics["epochs_run"] == 1
     convert_run(run, tmp_path / "bundle", ["tflite-int8"], representative=10, allow_drop=True)
     bundle = load_bundle(tmp_path / "bundle")
-    assert bundle.manifest["input"]["size"] == 224 and bundle.manifest["preprocess"]["input_size"] == 224
+    assert bundle.manifest.input.size == 224 and bundle.manifest.preprocess.input_size == 224
 
 
 def test_thesis_augmentation_stays_in_its_ranges():

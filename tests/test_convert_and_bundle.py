@@ -9,7 +9,7 @@ import pytest
 
 from leukoscreen.cli import main
 from leukoscreen.edge.bundle import BundleError, load_bundle
-from leukoscreen.edge.runtimes import RuntimeProblem, open_runner
+from leukoscreen.edge.runtimes import RuntimeOptions, RuntimeProblem, open_runner
 
 from conftest import BLOCK_DESKTOP_IMPORTS, smear_image, write_rgb
 
@@ -18,14 +18,13 @@ def test_manifest_holds_the_contract(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["intended_use"] == "Research use only. Not for use in diagnostic procedures."
     assert manifest["class_names"] == ["benign", "malignant"] and manifest["output"] == "sigmoid"
-    assert manifest["input"]["per_format"]["tflite-int8"]["dtype"] == "int8"
+    assert manifest["schema_version"] == 2 and manifest["files"]["tflite-int8"]["input"]["dtype"] == "int8"
     assert set(manifest["files"]) == {"tflite-int8", "tflite-dynamic", "tflite-fp32", "onnx-fp32", "onnx-int8"}
     for fmt in manifest["files"]:
         assert {"accuracy", "accuracy_change", "top1_agreement", "max_probability_difference",
                 "size_bytes"} <= set(manifest["metrics"][fmt])
     assert manifest["metrics"]["keras-fp32"]["accuracy"] >= 0
-    low, high = manifest["decision"]["indeterminate_band"]
-    assert low == manifest["decision"]["threshold"] <= high
+    assert manifest["decision"]["threshold"] <= manifest["decision"]["refer_at"]  # the indeterminate band
     assert manifest["calibration"]["temperature"] > 0
     screening = manifest["metrics"][manifest["default_format"]]["screening"]  # the decision on the test split
     test_images = sum(c["support"] for c in manifest["metrics"]["keras-fp32"]["per_class"].values())
@@ -75,9 +74,9 @@ def test_altered_or_missing_files_and_bad_manifests_are_rejected(bundle, tmp_pat
     manifest = json.loads((bundle / "manifest.json").read_text())
     for change, message in (({"schema_version": 99}, "schema_version 99 is not supported"),
                             ({"intended_use": "diagnosis"}, "intended_use"),
-                            ({"output": "relu"}, "output 'relu'"),
+                            ({"output": "relu"}, "output = 'relu'"),
                             ({"decision": {"negative_classes": ["benign"], "threshold": "high",
-                                           "indeterminate_band": [0.1, 0.9]}}, "must be a number"),
+                                           "refer_at": 0.9}}, "expected a number"),
                             ({"calibration": {"temperature": -1}}, "temperature")):
         shutil.rmtree(copy)
         shutil.copytree(bundle, copy)
@@ -100,9 +99,10 @@ def test_wrong_input_and_wrong_files_give_clear_errors(bundle, tmp_path):
     with pytest.raises(RuntimeProblem, match="unknown model file type"):
         open_runner(bundle / "manifest.json")
     with pytest.raises(RuntimeProblem, match="has no TensorrtExecutionProvider"):
-        open_runner(bundle / "model-int8.onnx", providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])
+        open_runner(bundle / "model-int8.onnx",
+                    RuntimeOptions(providers=("TensorrtExecutionProvider", "CPUExecutionProvider")))
     with pytest.raises(RuntimeProblem, match="is an ONNX model"):
-        open_runner(bundle / "model-fp32.onnx", runtime="litert")
+        open_runner(bundle / "model-fp32.onnx", RuntimeOptions(runtime="litert"))
 
 
 def test_builtin_kernels_give_xnnpacks_answers_without_xnnpack(bundle):
@@ -112,8 +112,8 @@ def test_builtin_kernels_give_xnnpacks_answers_without_xnnpack(bundle):
     for name in ("model-int8.tflite", "model-fp32.tflite"):
         code = f"""
 import numpy as np
-from leukoscreen.edge.runtimes import open_runner
-runner = open_runner({str(bundle / name)!r}, xnnpack=False)
+from leukoscreen.edge.runtimes import RuntimeOptions, open_runner
+runner = open_runner({str(bundle / name)!r}, RuntimeOptions(xnnpack=False))
 print(runner.name)
 print(*runner.predict(np.random.default_rng(3).integers(0, 256, (4, 128, 128, 3), np.uint8))[:, 1])
 """
@@ -133,7 +133,7 @@ def test_tflite_runtime_missing_is_a_message(bundle):
     except ImportError:
         pass
     with pytest.raises(RuntimeProblem, match="pip install tflite-runtime"):
-        open_runner(bundle / "model-int8.tflite", runtime="tflite-runtime")
+        open_runner(bundle / "model-int8.tflite", RuntimeOptions(runtime="tflite-runtime"))
 
 
 def test_evaluate_bundle_through_device_runtime(bundle, tmp_path):
@@ -187,15 +187,15 @@ def test_size_ratio_makes_convolutions_per_tensor_until_the_file_is_small_enough
     target = per_channel * 1.001  # just beyond what per-channel weights give
     manifest = convert_run(bundle.parent / "run", tmp_path / "mixed", ["tflite-int8", "tflite-fp32"],
                            representative=10, allow_drop=True, size_ratio=target)
-    sizes = {fmt: manifest["metrics"][fmt]["size_bytes"] for fmt in ("tflite-int8", "tflite-fp32")}
+    sizes = {fmt: manifest.metrics[fmt].size_bytes for fmt in ("tflite-int8", "tflite-fp32")}
     assert sizes["tflite-fp32"] / sizes["tflite-int8"] >= target
     runner = open_runner(tmp_path / "mixed" / "model-int8.tflite")
     assert runner.input["dtype"] == np.int8 and runner.input["quantization"][0] == pytest.approx(1.0)  # 0-255 pixels
     kernels = [len(t["quantization_parameters"]["scales"]) for t in runner.interpreter.get_tensor_details()
                if len(t["shape"]) == 4 and t["dtype"] == np.int8 and t["shape"][0] > 1]
     assert 1 in kernels and max(kernels) > 1  # some convolutions per-tensor, the others still per-channel
-    assert "per-tensor weights (OCTAV clipping" in manifest["quantization"]["tflite-int8"]
-    assert abs(manifest["metrics"]["tflite-int8"]["accuracy_change"]) <= 0.2
+    assert "per-tensor weights (OCTAV clipping" in manifest.files["tflite-int8"].quantization
+    assert abs(manifest.metrics["tflite-int8"].accuracy_change) <= 0.2
     with pytest.raises(ValueError, match="short of 10.0x; ask for a smaller --size-ratio"):
         convert_run(bundle.parent / "run", tmp_path / "too-small", ["tflite-int8"], representative=10,
                     allow_drop=True, size_ratio=10.0)
@@ -210,11 +210,12 @@ def test_uint8_input_and_output_as_configured(bundle, tmp_path):
     convert_run(bundle.parent / "run", tmp_path / "u8", ["tflite-int8"], representative=20, allow_drop=True,
                 io_type="uint8")
     uint8 = load_bundle(tmp_path / "u8")
-    assert uint8.manifest["input"]["per_format"]["tflite-int8"]["dtype"] == "uint8"
-    runner = uint8.runner("tflite-int8")
+    assert uint8.manifest.files["tflite-int8"].input.dtype == "uint8"
+    runner = uint8.runner(RuntimeOptions(format="tflite-int8"))
     assert runner.input["dtype"] == np.uint8 and runner.output["dtype"] == np.uint8
     x = np.random.default_rng(5).integers(0, 256, (6, 128, 128, 3), np.uint8)
-    np.testing.assert_allclose(runner.predict(x), load_bundle(bundle).runner("tflite-int8").predict(x), atol=0.05)
+    np.testing.assert_allclose(runner.predict(x), load_bundle(bundle).runner(RuntimeOptions(format="tflite-int8"))
+                               .predict(x), atol=0.05)
 
 
 def test_onnx_export_gives_the_same_bytes_every_time(tmp_path):
@@ -329,10 +330,11 @@ def test_per_tensor_int8_has_one_scale_per_weight_tensor(bundle, tmp_path):
     details = runner.interpreter.get_tensor_details()
     conv_scales = [len(t["quantization_parameters"]["scales"]) for t in details if len(t["shape"]) == 4]
     assert max(conv_scales) == 1  # convolution kernels: one scale each
-    assert json.loads((tmp_path / "pt" / "manifest.json").read_text())["quantization"]["tflite-int8"].startswith(
+    assert load_bundle(tmp_path / "pt").manifest.files["tflite-int8"].quantization.startswith(
         "full integer, per-tensor weights; biases of ")
-    per_channel = json.loads((bundle / "manifest.json").read_text())["quantization"]
-    assert per_channel["representative_images"] == 20
-    assert per_channel["tflite-int8"] == ("full integer, per-channel weights; biases of 5 layers corrected against "
-                                          "float32 on 20 training images")  # the Basic CNN: 3 convolutions, 2 dense
-    assert per_channel["onnx-int8"].startswith("static QDQ, per-channel weights; biases of ")
+    per_channel = load_bundle(bundle).manifest
+    assert per_channel.representative_images == 20
+    assert per_channel.files["tflite-int8"].quantization == (
+        "full integer, per-channel weights; biases of 5 layers corrected against float32 on 20 training images")
+    # the Basic CNN: 3 convolutions, 2 dense
+    assert per_channel.files["onnx-int8"].quantization.startswith("static QDQ, per-channel weights; biases of ")

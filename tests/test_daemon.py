@@ -27,14 +27,14 @@ def test_capture_is_classified_stored_and_shown(tmp_path, bundle):
     display = EmulatedDisplay(16, 2, png=str(tmp_path / "lcd.png"))
     daemon = Daemon(device(tmp_path, bundle), display)
     result = daemon.capture_once("S-1")
-    assert result["decision"] in ("no_blasts", "indeterminate", "possible_blasts", "retake")
-    assert result["sample_id"] == "S-1" and daemon.store.captures("S-1")
+    assert result.decision in ("no_blasts", "indeterminate", "possible_blasts", "retake")
+    assert result.sample_id == "S-1" and daemon.store.captures("S-1")
     assert display.lines[-1].startswith("Research use")
     assert (tmp_path / "lcd.png").exists()
     bad = daemon.classify_frame(np.zeros((300, 300, 3), np.uint8))  # all black: retake, still stored
-    assert bad["decision"] == "retake" and "too dark" in bad["message"]
+    assert bad.decision == "retake" and "too dark" in bad.message
     wrong_shape = daemon.classify_frame(np.zeros((300, 300), np.uint8))
-    assert wrong_shape["decision"] == "retake" and "unusable frame" in wrong_shape["message"]
+    assert wrong_shape.decision == "retake" and "unusable frame" in wrong_shape.message
     daemon.close()
 
 
@@ -49,11 +49,11 @@ def test_missing_camera_keeps_daemon_running_and_recovers(tmp_path, bundle):
 
     display = EmulatedDisplay()
     daemon = Daemon(device(tmp_path, bundle), display, camera_factory=flaky_camera)
-    assert daemon.capture_once()["decision"] == "error"
-    assert "Camera not" in " ".join(display.lines) and daemon.status.camera == "not connected"
-    daemon.next_camera_attempt = 0  # skip the back-off wait
-    assert daemon.capture_once()["decision"] != "error"
-    assert daemon.status.camera.startswith("connected")
+    assert daemon.capture_once().decision == "error"
+    assert "Camera not" in " ".join(display.lines) and daemon.camera.state == "not connected"
+    daemon.camera.next_attempt = 0  # skip the back-off wait
+    assert daemon.capture_once().decision != "error"
+    assert daemon.camera.state.startswith("connected")
     daemon.close()
 
 
@@ -68,7 +68,7 @@ def test_full_disk_is_shown_and_nothing_lost(tmp_path, bundle):
     daemon.capture_once()
     daemon.store.min_free_mb = 1e12
     result = daemon.capture_once()
-    assert result["decision"] == "error" and "Storage full" in result["message"]
+    assert result.decision == "error" and "Storage full" in result.message
     assert "Storage full" in " ".join(display.lines)
     assert len(daemon.store.captures()) == 1
     daemon.close()
@@ -106,12 +106,12 @@ def test_systemd_notifications_and_button_presses(tmp_path, bundle, monkeypatch)
 
 def test_presses_while_busy_are_ignored_or_queued(tmp_path, bundle):
     daemon = Daemon(device(tmp_path, bundle), EmulatedDisplay())
-    with daemon.busy:
+    with daemon.queue.busy:
         assert daemon.press() == "busy: press ignored"
     queued = Daemon(device(tmp_path, bundle, button={"while_busy": "queue"}), EmulatedDisplay())
-    with queued.busy:
+    with queued.queue.busy:
         assert queued.press() == "queued"
-    assert queued.requests.qsize() == 1
+    assert queued.queue.requests.qsize() == 1
     daemon.close()
     queued.close()
 
@@ -162,21 +162,21 @@ def test_compared_bundles_run_side_by_side_and_only_one_decides(tmp_path, bundle
     from leukoscreen.edge.screening import DEFAULT_BUNDLE
     daemon = Daemon(device(tmp_path, bundle, compare_bundles=[str(DEFAULT_BUNDLE)]), EmulatedDisplay())
     result = daemon.classify_frame(synthetic_field(4).image, "S-9")
-    assert result["bundle"] == daemon.screener.bundle.title != DEFAULT_TITLE
-    assert [c["bundle"] for c in result["compared"]] == [DEFAULT_TITLE]
-    assert result["compared"][0]["decision"] in ("no_blasts", "indeterminate", "possible_blasts")
+    assert result.bundle == daemon.models.deciding.title != DEFAULT_TITLE
+    assert [c.bundle for c in result.compared] == [DEFAULT_TITLE]
+    assert result.compared[0].decision in ("no_blasts", "indeterminate", "possible_blasts")
     stored = json.loads(daemon.store.captures("S-9")[0]["result"])
-    assert stored["compared"] == result["compared"]
-    assert daemon.status_dict()["compared_bundles"] == [DEFAULT_TITLE]
+    assert stored["compared"] == [c.model_dump() for c in result.compared]
+    assert daemon.status_view().compared_bundles == [DEFAULT_TITLE]
     daemon.close()
 
 
 def test_xnnpack_false_runs_every_bundle_on_the_built_in_kernels(tmp_path, bundle):
     from leukoscreen.edge.screening import DEFAULT_BUNDLE
     daemon = Daemon(device(tmp_path, bundle, compare_bundles=[str(DEFAULT_BUNDLE)], xnnpack=False), EmulatedDisplay())
-    assert [s.runner.name for s in (daemon.screener, *daemon.compared)] == ["litert built-in"] * 2
-    assert daemon.status_dict()["bundle"]["runtime"] == "litert built-in"  # the status page shows it
-    assert daemon.classify_frame(synthetic_field(4).image, "S-1")["decision"] in (
+    assert [m.runner.name for m in (daemon.models.deciding, *daemon.models.compared)] == ["litert built-in"] * 2
+    assert daemon.status_view().bundle.runtime == "litert built-in"  # the status page shows it
+    assert daemon.classify_frame(synthetic_field(4).image, "S-1").decision in (
         "no_blasts", "indeterminate", "possible_blasts")
     daemon.close()
 
@@ -184,29 +184,29 @@ def test_xnnpack_false_runs_every_bundle_on_the_built_in_kernels(tmp_path, bundl
 def test_reload_takes_a_valid_bundle_and_keeps_the_last_good_one(tmp_path, bundle):
     import shutil
 
-    from leukoscreen.edge.daemon import RELOAD
+    from leukoscreen.edge.capture_queue import RELOAD
     from leukoscreen.edge.screening import DEFAULT_BUNDLE
     live = tmp_path / "live"
     shutil.copytree(bundle, live)
     daemon = Daemon(device(tmp_path, live), EmulatedDisplay())
-    first = daemon.screener.bundle.title
-    model = live / daemon.screener.bundle.manifest["files"][daemon.screener.bundle.default_format]["file"]
+    first = daemon.models.deciding.title
+    model = daemon.models.deciding.bundle.file()
     model.write_bytes(model.read_bytes()[:-10] + b"x" * 10)  # a copy that went wrong
     assert daemon.reload() is False
     assert "refused" in daemon.status.message and first in daemon.status.message
-    assert daemon.screener.bundle.title == first
-    assert daemon.classify_frame(synthetic_field(2).image)["decision"] != "error"  # still screening
+    assert daemon.models.deciding.title == first
+    assert daemon.classify_frame(synthetic_field(2).image).decision != "error"  # still screening
     shutil.rmtree(live)
     shutil.copytree(DEFAULT_BUNDLE, live)  # a good new version
     loop = threading.Thread(target=daemon.run, daemon=True)
     loop.start()
-    daemon.requests.put(RELOAD)  # what SIGHUP (systemctl reload) does
+    daemon.queue.control(RELOAD)  # what SIGHUP (systemctl reload) does
     deadline = time.monotonic() + 30
-    while daemon.screener.bundle.title == first and time.monotonic() < deadline:
+    while daemon.models.deciding.title == first and time.monotonic() < deadline:
         time.sleep(0.05)
     daemon.stop()
     loop.join(10)
-    assert daemon.screener.bundle.title == DEFAULT_TITLE
+    assert daemon.models.deciding.title == DEFAULT_TITLE
     events = [row[0] for row in daemon.store.db.execute("SELECT event FROM audit")]
     assert "bundle_reload_refused" in events and "bundle_reloaded" in events
     daemon.close()

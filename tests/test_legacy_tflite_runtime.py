@@ -13,15 +13,16 @@ import importlib.util, json, sys
 import numpy as np
 spec = importlib.util.spec_from_file_location("runtimes", sys.argv[1])
 runtimes = importlib.util.module_from_spec(spec)
+sys.modules["runtimes"] = runtimes  # a module loaded by path is registered before it runs (dataclasses)
 spec.loader.exec_module(runtimes)
 out = {}
 for path in sys.argv[2:]:
     try:
-        runner = runtimes.open_runner(path, "tflite-runtime")
+        runner = runtimes.open_runner(path, runtimes.RuntimeOptions(runtime="tflite-runtime"))
         x = np.random.default_rng(0).integers(0, 256, (1, runner.input_size, runner.input_size, 3), np.uint8)
         p = runner.predict(x)
         out[path.rsplit("/", 1)[1]] = "ok %.3f" % p.sum()
-        builtin = runtimes.open_runner(path, "tflite-runtime", xnnpack=False)
+        builtin = runtimes.open_runner(path, runtimes.RuntimeOptions(runtime="tflite-runtime", xnnpack=False))
         same = np.abs(builtin.predict(x) - p).max() < 0.02 and builtin.name == "tflite-runtime built-in"
         out[path.rsplit("/", 1)[1] + " built-in"] = "same" if same else "differs"
     except runtimes.RuntimeProblem as error:

@@ -12,7 +12,8 @@ from leukoscreen.training.odrnn_search import DEFAULT, run_search
 
 def test_odrnn_trains_on_masked_rows_and_converts_without_flex(aria_like, tmp_path):
     from leukoscreen.convert.bundle_builder import convert_run
-    from leukoscreen.edge.screening import Screener
+    from leukoscreen.edge.runtimes import RuntimeOptions
+    from leukoscreen.edge.screening import ScreeningModel, screen
     from leukoscreen.edge.synthetic_smear import synthetic_field
     run = tmp_path / "run"
     assert main(["train", "--data", str(aria_like), "--model", "odrnn", "--model-option", "cell=gru",
@@ -27,8 +28,8 @@ def test_odrnn_trains_on_masked_rows_and_converts_without_flex(aria_like, tmp_pa
     ops = {node.op_type for node in onnx.load(tmp_path / "bundle" / "model-int8.onnx").graph.node}
     assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, ops
     for fmt in ("tflite-int8", "onnx-fp32", "onnx-int8"):  # each checked for Flex ops and run by the device runtime
-        result = Screener(tmp_path / "bundle", fmt).screen(synthetic_field(1).image).to_dict()
-        assert result["decision"] != "retake" and sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+        result = screen(synthetic_field(1).image, ScreeningModel.open(tmp_path / "bundle", RuntimeOptions(format=fmt)))
+        assert result.decision != "retake" and sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
 
 
 class FakeEvaluator:

@@ -90,3 +90,21 @@ def test_training_with_reinhard_keeps_the_reference_in_the_run_and_bundle(aria_l
     convert_run(run, tmp_path / "bundle", ["tflite-int8"], representative=10, allow_drop=True)
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["preprocess"]["colour"] == "reinhard" and manifest["preprocess"]["reference"] == reference
+
+
+def test_a_non_square_frame_is_cropped_to_its_centre_not_squashed():
+    """A 4:3 camera frame: the model sees its central square at the same scale (a round cell stays round)."""
+    import cv2
+
+    from leukoscreen.edge.preprocessing import central_square
+    wide = np.full((300, 400, 3), 230, np.uint8)
+    cv2.circle(wide, (200, 150), 60, (120, 60, 150), -1)
+    config = PreprocessConfig(median=0, sharpen=False, input_size=128)
+    out = preprocess(wide, config)
+    assert central_square(wide).shape == (300, 300, 3)
+    assert np.array_equal(out, preprocess(central_square(wide), config))
+    ys, xs = np.nonzero(out[..., 1] < 100)  # the circle's pixels
+    assert abs((xs.max() - xs.min()) - (ys.max() - ys.min())) <= 1  # as wide as high
+    squashed = cv2.resize(wide, (128, 128), interpolation=cv2.INTER_AREA)
+    ys, xs = np.nonzero(squashed[..., 1] < 100)
+    assert (ys.max() - ys.min()) - (xs.max() - xs.min()) > 10  # what resizing the whole frame would do

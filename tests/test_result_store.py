@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import sqlite3
@@ -10,10 +9,18 @@ import zipfile
 import numpy as np
 import pytest
 
+from leukoscreen.edge.capture_record import CaptureRecord, CellRecord
+from leukoscreen.edge.quality import QualityReport
 from leukoscreen.edge.result_store import ResultStore, StoreError
 
-RESULT = {"decision": "no_blasts", "message": "No blasts suggested. Research use only.", "blast_score": 0.1,
-          "quality": {"focus": 50.0}, "cells": [{"box": [1, 2, 3, 4], "predicted": None, "blast_score": None}]}
+RESULT = CaptureRecord(decision="no_blasts", message="No blasts suggested. Research use only.", blast_score=0.1,
+                       quality=QualityReport(focus=50.0, dark_fraction=0, clipped_fraction=0, stain_fraction=0.1,
+                                             cells=1), cells=(CellRecord(box=(1, 2, 3, 4)),), bundle="model 1",
+                       bundle_sha256="abc")
+
+
+def record(sample_id: str) -> CaptureRecord:
+    return RESULT.model_copy(update={"sample_id": sample_id})
 
 
 def frame(seed=0):
@@ -22,24 +29,25 @@ def frame(seed=0):
 
 def test_capture_is_stored_with_image_cells_and_audit(tmp_path):
     store = ResultStore(tmp_path, min_free_mb=0)
-    stored = store.add_capture("S1", frame(), RESULT, "model 1", "abc")
-    assert stored.image.is_file() and stored.sample_id == "S1"
+    stored = store.add(record("S1"), frame())
     rows = store.captures("S1")
-    assert len(rows) == 1 and rows[0]["decision"] == "no_blasts" and json.loads(rows[0]["result"]) == RESULT
+    assert store.image_path(rows[0]["image"]).is_file() and stored.sample_id == "S1"
+    assert len(rows) == 1 and rows[0]["decision"] == "no_blasts" and store.record(rows[0]) == stored
+    assert stored.model_copy(update={"capture_id": None}) == record("S1")  # stored as it was given
     assert store.db.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 1
     events = [r[0] for r in store.db.execute("SELECT event FROM audit")]
     assert events == ["store_opened", "capture_stored"]
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         store.db.execute("DELETE FROM audit")
     assert store.integrity_problems() == []
-    generated = store.add_capture("", frame(1), RESULT, "model 1", "abc")
+    generated = store.add(record(""), frame(1))
     assert generated.sample_id.startswith("S")
 
 
 def test_export_zip_holds_results_images_and_notice(tmp_path):
     store = ResultStore(tmp_path / "state", min_free_mb=0)
     for seed in range(3):
-        store.add_capture("S1" if seed < 2 else "S2", frame(seed), RESULT, "model 1", "abc")
+        store.add(record("S1" if seed < 2 else "S2"), frame(seed))
     assert store.export(tmp_path / "s1.zip", sample_id="S1") == 2
     with zipfile.ZipFile(tmp_path / "s1.zip") as archive:
         names = archive.namelist()
@@ -58,10 +66,10 @@ def test_export_zip_holds_results_images_and_notice(tmp_path):
 
 def test_full_disk_refuses_capture_and_deletes_nothing(tmp_path):
     store = ResultStore(tmp_path, min_free_mb=0)
-    store.add_capture("S1", frame(), RESULT, "m", "h")
+    store.add(record("S1"), frame())
     store.min_free_mb = 1e12
     with pytest.raises(StoreError, match="Storage full.*nothing was deleted"):
-        store.add_capture("S1", frame(1), RESULT, "m", "h")
+        store.add(record("S1"), frame(1))
     assert len(store.captures()) == 1 and store.integrity_problems() == []
 
 
@@ -72,18 +80,19 @@ def test_image_paths_never_leave_the_image_folder(tmp_path):
         with pytest.raises(FileNotFoundError):
             store.image_path(name)
     with pytest.raises(ValueError, match="sample id"):
-        store.add_capture("../../evil", frame(), RESULT, "m", "h")
+        store.add(record("../../evil"), frame())
 
 
 WRITER = """
 import sys, numpy as np
+from leukoscreen.edge.capture_record import CaptureRecord, CellRecord
 from leukoscreen.edge.result_store import ResultStore
 store = ResultStore(sys.argv[1], min_free_mb=0)
-result = {"decision": "no_blasts", "message": "m", "quality": {}, "cells": [{"box": [0, 0, 5, 5]}] * 20}
+result = CaptureRecord(decision="no_blasts", message="m", cells=[CellRecord(box=(0, 0, 5, 5))] * 20, sample_id="S")
 rng = np.random.default_rng(int(sys.argv[2]))
 print("ready", flush=True)
 while True:
-    store.add_capture("S", rng.integers(0, 255, (300, 300, 3), dtype=np.uint8), result, "m", "h")
+    store.add(result, rng.integers(0, 255, (300, 300, 3), dtype=np.uint8))
 """
 
 

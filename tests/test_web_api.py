@@ -13,7 +13,7 @@ import pytest
 
 from leukoscreen.edge.cameras import CameraError
 from leukoscreen.edge.synthetic_smear import synthetic_field
-from leukoscreen.edge.web_access import COOKIE
+from leukoscreen.edge.web.access import COOKIE
 
 from conftest import DEFAULT_TITLE, Device, png_bomb
 
@@ -120,7 +120,7 @@ def test_malformed_requests_get_4xx_with_a_reason(device):
         (client.post("/api/classify", content=b"{not json", headers={"content-type": "application/json"}), 400,
          "not valid JSON"),
         (client.post("/api/classify", json=["S-1"]), 400, "must be an object"),
-        (client.post("/api/classify", json={"sample_id": 12}), 400, "must be text"),
+        (client.post("/api/classify", json={"sample_id": 12}), 400, "expected text"),
         (client.post("/api/classify", json={"sample_id": "../../etc"}), 400, "without slashes"),
         (client.post("/api/classify", content=b"x", headers={"content-type": "text/plain"}), 415, "content type"),
         (client.post("/api/classify", files={"picture": ("a.png", b"x")}), 400, "field 'file'"),
@@ -170,7 +170,7 @@ def test_foreign_host_and_cross_site_posts_are_refused(device):
 
 
 def test_busy_device_answers_409(device):
-    with device.daemon.busy:  # a classification is running (button or another page)
+    with device.daemon.queue.busy:  # a classification is running (button or another page)
         answer = device.client.post("/api/classify", json={})
     assert answer.status_code == 409 and "running" in answer.json()["detail"]
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from leukoscreen.edge.preprocessing import SCALE_BAR_CORNER, PreprocessConfig
 from leukoscreen.training.metrics import classification_metrics
+from leukoscreen.training.model_source import Source
 from leukoscreen.training.prepared_data import (default_cache_dir, prepare, preprocessed_images,
                                                 with_colour_reference)
 from leukoscreen.training.splits import group_kfold, save_split
@@ -73,7 +74,6 @@ def classical_source(path: Path, classifier: str | None = None):
     """What `leukoscreen convert` needs to make a two-stage bundle of a Model 1 run: the feature extractor
     and the chosen classifier (default: the best cross-validated macro-F1), refitted on the run's train
     part so that the validation part stays free for calibration and the test part for the figures."""
-    from leukoscreen.convert.bundle_builder import Source
     summary = json.loads((path / "classical.json").read_text())
     results = summary["classifiers"]
     name = classifier or max(results, key=lambda n: results[n]["cross_validation"]["macro_f1"])

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from leukoscreen.edge.preprocessing import SCALE_BAR_CORNER, PreprocessConfig
-from leukoscreen.edge.runtimes import to_probabilities
+from leukoscreen.edge.runtimes import RuntimeOptions, to_probabilities
 from leukoscreen.training import plots
-from leukoscreen.training.metrics import classification_metrics, format_table
+from leukoscreen.training.metrics import classification_metrics, describe_outcomes, format_table, screening_outcomes
 from leukoscreen.training.prepared_data import PreparedData, prepare, preprocessed_images
 from leukoscreen.training.runs import RunError, RunFolder
 from leukoscreen.training.splits import SplitError
@@ -105,35 +105,37 @@ def evaluate_run(run_path: Path, data_dir: Path | None = None, part: str = "test
 
 
 def evaluate_bundle(bundle_path: Path, data_dir: Path | None, out_dir: Path | None = None,
-                    fmt: str | None = None, runtime: str = "auto", n_boot: int = 1000) -> dict:
-    """`leukoscreen evaluate BUNDLE`: metrics through the device runtime (not TensorFlow). Images that
-    are in the bundle's saved split are evaluated on its test part only; other folders in full."""
-    from leukoscreen.convert.calibration import describe_outcomes, screening_outcomes
+                    options: RuntimeOptions = RuntimeOptions(), n_boot: int = 1000) -> dict:
+    """`leukoscreen evaluate BUNDLE`: the model's metrics through the device runtime (not TensorFlow), and
+    its decision rule's answers. This measures the model and its decision, not the whole device pipeline
+    (no quality gate, no cell finder). Images that are in the bundle's saved split are evaluated on its test
+    part only; other folders in full."""
     from leukoscreen.edge.bundle import load_bundle
     bundle = load_bundle(bundle_path)
     if data_dir is None:
         raise RunError("evaluating a bundle needs --data FOLDER")
-    task = bundle.manifest["task"]
+    manifest = bundle.manifest
     split_file = bundle.path / "split.csv"
     try:
-        prepared = prepare(data_dir, task, split_file=split_file if split_file.exists() else None)
+        prepared = prepare(data_dir, manifest.task, split_file=split_file if split_file.exists() else None)
     except SplitError:  # not the training data set: every image is unseen
-        prepared = prepare(data_dir, task, all_test=True)
+        prepared = prepare(data_dir, manifest.task, all_test=True)
     if prepared.class_names != bundle.class_names:
-        raise RunError(f"{data_dir} has the classes {prepared.class_names} for task {task!r}; the bundle "
+        raise RunError(f"{data_dir} has the classes {prepared.class_names} for task {manifest.task!r}; the bundle "
                        f"was trained on {bundle.class_names}")
-    fmt = fmt or bundle.default_format
-    runner = bundle.runner(fmt, runtime)
+    fmt = options.format or manifest.default_format
+    runner = bundle.runner(options)
     out = Path(out_dir) if out_dir else bundle.path.parent / f"{bundle.path.name}-evaluation-{fmt}"
-    manifest = bundle.manifest
 
     def screening(probabilities, labels):
-        outcomes = screening_outcomes(probabilities, labels, bundle.class_names,
-                                      manifest["calibration"]["temperature"], manifest["decision"])
-        print(f"the bundle's decision: {describe_outcomes(outcomes)}")
-        return outcomes
+        outcomes = screening_outcomes(probabilities, labels, bundle.class_names, manifest.calibration,
+                                      manifest.decision)
+        print(f"the bundle's decision (model and decision rule, without the quality gate): "
+              f"{describe_outcomes(outcomes)}")
+        return outcomes.model_dump()
 
     metrics = evaluate_with_variants(runner.predict, prepared, "test", bundle.preprocess, out, n_boot, screening)
-    metrics.update(bundle=str(bundle.path), format=fmt, runtime=runner.name)
+    metrics.update(bundle=str(bundle.path), format=fmt, runtime=runner.name,
+                   measures="the model and its decision rule on every image (no quality gate or cell finder)")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

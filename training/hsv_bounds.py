@@ -15,11 +15,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from leukoscreen.edge.preprocessing import PreprocessConfig, hsv_mask, keep_stained
+from leukoscreen.edge.preprocessing import PreprocessConfig
+from leukoscreen.edge.stain import hsv_mask, keep_stained
 from leukoscreen.training.prepared_data import prepare, preprocessed_images
 
 PURPLE_HUES = (100, 179)
 TOO_LITTLE, TOO_MUCH = 0.002, 0.6
+
+
+def read_bounds(path: str | Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The HSV bounds in a `hsv_bounds.json` written by `leukoscreen data hsv-bounds`."""
+    try:
+        values = json.loads(Path(path).read_text())
+        return tuple(values["hsv_lower"]), tuple(values["hsv_upper"])
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{path}: not a hsv_bounds.json of `leukoscreen data hsv-bounds` ({error})") from error
 
 
 def propose_bounds(images: np.ndarray, pixels_per_image: int = 2000, seed: int = 0) -> tuple[tuple, tuple]:

@@ -1,4 +1,5 @@
-"""Classification metrics with 95% bootstrap intervals, computed with scikit-learn.
+"""Classification metrics with 95% bootstrap intervals, computed with scikit-learn, and the screening
+outcomes of a bundle's decision rule on labelled images.
 
 Intervals resample whole groups (patients or smear blocks) when groups are given, because images of
 one group are not independent.
@@ -7,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
+
+from leukoscreen.edge.decision import WORDING, DecisionRule
+from leukoscreen.edge.manifest import AnswerCounts, Calibration, ScreeningOutcomes
 
 
 def rates_from_confusion(cm: np.ndarray) -> dict:
@@ -114,3 +118,26 @@ def format_table(metrics: dict, title: str = "") -> str:
     for name, row in zip(names, metrics["confusion_matrix"]):
         lines.append(f"  {name:<12}" + " ".join(f"{v:6d}" for v in row))
     return "\n".join(lines)
+
+
+def screening_outcomes(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
+                       calibration: Calibration, rule: DecisionRule) -> ScreeningOutcomes:
+    """A bundle's three answers on labelled images (its model's raw probabilities, calibration and decision
+    rule; not the quality gate): counts per answer for blast and non-blast images; sensitivity = blast images
+    not answered "no blasts" (referred or retaken), specificity = non-blast images answered "no blasts"."""
+    scores = rule.score(calibration.apply(probabilities), class_names)
+    answers = np.array([rule.decide(score).code for score in scores])
+    blast = ~np.isin(labels, [class_names.index(name) for name in rule.negative_classes])
+    counts = {kind: AnswerCounts(n=int(rows.sum()), **{code: int((answers[rows] == code).sum()) for code in WORDING})
+              for kind, rows in (("blast", blast), ("non_blast", ~blast))}
+    return ScreeningOutcomes(**counts, sensitivity=1.0 - counts["blast"].no_blasts / max(counts["blast"].n, 1),
+                             specificity=counts["non_blast"].no_blasts / max(counts["non_blast"].n, 1),
+                             indeterminate_share=float(np.mean(answers == "indeterminate")))
+
+
+def describe_outcomes(outcomes: ScreeningOutcomes) -> str:
+    blast, other = outcomes.blast, outcomes.non_blast
+    return (f"sensitivity {outcomes.sensitivity:.3f} (blast images: {blast.possible_blasts} possible blasts, "
+            f"{blast.indeterminate} indeterminate, {blast.no_blasts} missed of {blast.n}), specificity "
+            f"{outcomes.specificity:.3f} (non-blast images: {other.no_blasts} no blasts, {other.indeterminate} "
+            f"indeterminate, {other.possible_blasts} possible blasts of {other.n})")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leukoscreen.edge.cell_finder import CellFinderConfig
+from leukoscreen.edge.stain import STAINED_LOWER, STAINED_UPPER
 from leukoscreen.edge.preprocessing import SCALE_BAR_CORNER, PreprocessConfig
 from leukoscreen.training.prepared_data import prepare, preprocessed_images
 from leukoscreen.training.red_deer import Dimension, random_search, red_deer
@@ -102,7 +102,7 @@ def run_search(data: str, out: Path, method: str = "rda", budget: int = 20, seed
         raise ValueError(f"budget {budget}: RDA needs at least its population ({population}) evaluations")
     if epochs < 1 or input_size < 8:
         raise ValueError(f"epochs {epochs} and input size {input_size} must be positive (input size >= 8)")
-    hsv = hsv or (CellFinderConfig().hsv_lower, CellFinderConfig().hsv_upper)
+    hsv = hsv or (STAINED_LOWER, STAINED_UPPER)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "evaluations.jsonl"
     settings = {"data": data, "method": method, "budget": budget, "seed": seed, "task": task, "epochs": epochs,

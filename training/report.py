@@ -5,11 +5,12 @@ measured, because they were measured differently (augmentation before a random s
 """
 from __future__ import annotations
 
-import html
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 import numpy as np
 
 from leukoscreen import RESEARCH_USE_NOTICE
@@ -64,18 +65,6 @@ def run_row(run: RunFolder) -> dict:
             if "timing_seconds" in metrics else "-"}
 
 
-def _markdown_table(columns: list[str], rows: list[dict]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return lines + ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-
-
-def _html_table(columns: list[str], rows: list[dict]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(row.get(c, '')))}</td>" for c in columns)
-                   + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 BUNDLE_COLUMNS = ["bundle", "format", "size MB", "x smaller than fp32", "test accuracy", "change vs Keras",
                   "macro-F1 change", "top-1 agreement", "median ms (1 thread)", "median ms (2 threads)",
                   "x reference", "peak RSS MB", "decision on test: sensitivity / specificity / indeterminate"]
@@ -83,38 +72,40 @@ BUNDLE_COLUMNS = ["bundle", "format", "size MB", "x smaller than fp32", "test ac
 
 def bundle_rows(bundle_dir: Path, bench_files: list[Path]) -> list[dict]:
     """One row per model format of a bundle: manifest metrics plus any benchmark of that bundle."""
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    from leukoscreen.edge.bundle import read_manifest
+    manifest = read_manifest(bundle_dir)[0]
     bench = []
     for path in bench_files:
         data = json.loads(path.read_text())
         if Path(data["bundle"]).resolve() == bundle_dir.resolve():
             bench += data["rows"]
-    fp32 = manifest["metrics"].get("tflite-fp32", {}).get("size_bytes")
-    rows = [{"bundle": manifest["name"], "format": "keras-fp32 (reference)",
-             "test accuracy": f"{manifest['metrics']['keras-fp32']['accuracy']:.4f}"}]
-    for fmt in manifest["files"]:
-        m = manifest["metrics"][fmt]
+    fp32 = manifest.metrics["tflite-fp32"].size_bytes if "tflite-fp32" in manifest.metrics else None
+    rows = [{"bundle": manifest.name, "format": "keras-fp32 (reference)",
+             "test accuracy": f"{manifest.metrics['keras-fp32'].accuracy:.4f}"}]
+    for fmt in manifest.files:
+        m = manifest.metrics[fmt]
         timings = [r for r in bench if r.get("model") == fmt and "error" not in r]
         for runtime in dict.fromkeys(r["runtime"] for r in timings) or [None]:  # e.g. litert, litert built-in
             timed = {}  # the first bench file that timed this format on this runtime counts
             for r in timings:
                 if r["runtime"] == runtime:
                     timed.setdefault(r["threads"], r)
+            screening = m.screening
             rows.append({
-                "bundle": manifest["name"], "format": f"{fmt} ({runtime})" if "built-in" in (runtime or "") else fmt,
-                "size MB": f"{m['size_bytes'] / 1e6:.2f}",
-                "x smaller than fp32": f"{fp32 / m['size_bytes']:.1f}" if fp32 else "-",
-                "test accuracy": f"{m['accuracy']:.4f}", "change vs Keras": f"{m['accuracy_change'] * 100:+.2f} pt",
-                "macro-F1 change": f"{m['macro_f1_change'] * 100:+.2f} pt",
-                "top-1 agreement": f"{m['top1_agreement']:.4f}",
+                "bundle": manifest.name, "format": f"{fmt} ({runtime})" if "built-in" in (runtime or "") else fmt,
+                "size MB": f"{m.size_bytes / 1e6:.2f}",
+                "x smaller than fp32": f"{fp32 / m.size_bytes:.1f}" if fp32 else "-",
+                "test accuracy": f"{m.accuracy:.4f}", "change vs Keras": f"{m.accuracy_change * 100:+.2f} pt",
+                "macro-F1 change": f"{m.macro_f1_change * 100:+.2f} pt",
+                "top-1 agreement": f"{m.top1_agreement:.4f}",
                 "median ms (1 thread)": f"{timed[1]['median_ms']:.2f}" if 1 in timed else "-",
                 "median ms (2 threads)": f"{timed[2]['median_ms']:.2f}" if 2 in timed else "-",
                 "x reference": f"{timed[min(timed)]['ratio_to_reference']:.2f}"
                 if timed and "ratio_to_reference" in timed[min(timed)] else "-",
                 "peak RSS MB": f"{max(r['peak_rss_mb'] for r in timed.values()):.0f}" if timed else "-",
                 "decision on test: sensitivity / specificity / indeterminate":
-                    "{sensitivity:.3f} / {specificity:.3f} / {indeterminate_share:.3f}".format(**m["screening"])
-                    if "screening" in m else "-"})
+                    f"{screening.sensitivity:.3f} / {screening.specificity:.3f} / {screening.indeterminate_share:.3f}"
+                    if screening else "-"})
     return rows
 
 
@@ -186,29 +177,87 @@ def ablation_rows(search_dirs: list[Path]) -> list[dict]:
             for (data, method, kind), items in groups.items()]
 
 
-def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | None = None,
-                 bundle_dirs: list[Path] | None = None, bench_files: list[Path] | None = None,
-                 classical_dirs: list[Path] | None = None, gradcam: bool = True,
-                 search_dirs: list[Path] | None = None) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [RunFolder(p) for p in run_paths if (p / "metrics.json").exists()]
-    if not runs:
-        raise ValueError(f"none of {', '.join(map(str, run_paths))} is a finished run folder "
-                         "(with metrics.json); train first")
-    rows = [run_row(run) for run in runs]
-    probe_rows = []
-    for folder in probe_dirs or []:
-        summary = json.loads((folder / "shortcuts.json").read_text())
-        for name, result in summary["probes"].items():
-            colour = {"standardize": " (colour-standardised)", "grayscale": " (grayscale)",
-                      "reinhard": " (Reinhard-normalised)"}.get(
-                summary.get("colour"), "")
-            probe_rows.append({"probe": name + colour,
-                               "data / task": _data_task(summary),
-                               "features": result["features"],
-                               "test accuracy": f"{result['accuracy']:.3f}",
-                               "test macro-F1 [95% CI]": f"{result['macro_f1']:.3f} "
-                               f"[{result['ci95']['macro_f1'][0]:.3f}-{result['ci95']['macro_f1'][1]:.3f}]"})
+@dataclass
+class Section:
+    """One part of the report, rendered the same way into Markdown and HTML."""
+    title: str
+    note: str = ""
+    tables: list[tuple[str, list[str], list[dict]]] = field(default_factory=list)  # (caption, columns, rows)
+    items: list[str] = field(default_factory=list)      # a bulleted list
+    figures: list[tuple[str, str, str]] = field(default_factory=list)   # (run, title, file)
+
+
+MARKDOWN = """# LeukoScreen report
+
+**{{ notice }}**
+{% for section in sections %}
+## {{ section.title }}
+{% if section.note %}
+{{ section.note }}
+{% endif %}{% for caption, columns, rows in section.tables %}{% if caption %}
+{{ caption }}
+{% endif %}
+| {{ columns | join(" | ") }} |
+|{% for _ in columns %}---|{% endfor %}
+{% for row in rows %}| {% for c in columns %}{{ row.get(c, "") }}{{ " | " if not loop.last }}{% endfor %} |
+{% endfor %}{% endfor %}{% if section.items %}
+{% for item in section.items %}- {{ item }}
+{% endfor %}{% endif %}{% if section.figures %}
+{% for run, title, file in section.figures %}![{{ run }} {{ title }}]({{ file }})
+{% endfor %}{% endif %}{% endfor %}"""
+
+HTML = """<!doctype html><html><head><meta charset='utf-8'><title>LeukoScreen report</title>
+<meta name='viewport' content='width=device-width, initial-scale=1'>
+<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:90%}
+td,th{border:1px solid #bbb;padding:3px 6px}img{max-width:48%;margin:4px}</style></head><body>
+<h1>LeukoScreen report</h1><p><strong>{{ notice }}</strong></p>
+{% for section in sections %}<h2>{{ section.title }}</h2>
+{% if section.note %}<p>{{ section.note }}</p>{% endif %}
+{% for caption, columns, rows in section.tables %}{% if caption %}<p>{{ caption }}</p>{% endif %}
+<table><thead><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr></thead><tbody>
+{% for row in rows %}<tr>{% for c in columns %}<td>{{ row.get(c, "") }}</td>{% endfor %}</tr>
+{% endfor %}</tbody></table>
+{% endfor %}{% if section.items %}<ul>{% for item in section.items %}<li>{{ item }}</li>{% endfor %}</ul>{% endif %}
+{% for run, title, file in section.figures %}<figure><img src='{{ file }}' alt='{{ run }} {{ title }}'>
+<figcaption>{{ run }}: {{ title }}</figcaption></figure>
+{% endfor %}{% endfor %}</body></html>
+"""
+
+PROBE_COLUMNS = ["probe", "data / task", "features", "test accuracy", "test macro-F1 [95% CI]"]
+THESIS_COLUMNS = ["model", "task", "train", "val", "test", "how"]
+SEARCH_NOTE = ("ODRNN hyperparameter searches at equal budgets of evaluations (each a short training scored on the "
+               "validation part); the best configuration is then trained in full and scored on the test split. "
+               "'default' is the default configuration, evaluated once.")
+CLASSICAL_NOTE = ("Model 1 (thesis Table 1): frozen CNN features + classical classifiers, 10-fold group "
+                  "cross-validation over the whole data set (whole groups in one fold), macro averages over the "
+                  "classes with 95% group-bootstrap intervals; the last column is the foundation's test split "
+                  "(fitted on its train and validation parts).")
+NOTES = [
+    "Test figures are on a stratified group split (60/20/20): exact and near duplicates, patients and blocks of "
+    "neighbouring file numbers (one smear) never cross splits. Intervals are 95% bootstrap intervals over groups.",
+    "Augmentation (flips, rotation, shift, zoom, shear) is applied to the training part only, after splitting. The "
+    "thesis augmented before splitting, so its test images had near-copies in training; its figures are not "
+    "comparable with ours.",
+    "Colour alone separates all-aria's classes, and so do histograms of colour-standardised and of grayscale images "
+    "(see the shortcut probes): on such data a whole-field score does not show that a model reads the cells. The "
+    "colour-standardised and grayscale columns show at least whether it leans on raw colour.",
+]
+COLOUR_LABELS = {"standardize": " (colour-standardised)", "grayscale": " (grayscale)",
+                 "reinhard": " (Reinhard-normalised)"}
+
+
+def probe_rows(folder: Path) -> list[dict]:
+    summary = json.loads((folder / "shortcuts.json").read_text())
+    colour = COLOUR_LABELS.get(summary.get("colour"), "")
+    return [{"probe": name + colour, "data / task": _data_task(summary), "features": result["features"],
+             "test accuracy": f"{result['accuracy']:.3f}",
+             "test macro-F1 [95% CI]": f"{result['macro_f1']:.3f} [{result['ci95']['macro_f1'][0]:.3f}-"
+                                       f"{result['ci95']['macro_f1'][1]:.3f}]"}
+            for name, result in summary["probes"].items()]
+
+
+def run_figures(runs: list[RunFolder], out_dir: Path, gradcam: bool) -> list[tuple[str, str, str]]:
+    """Each run's plots copied beside the report, and its Grad-CAM grid."""
     figures = []
     for run in runs:
         for picture in ("training_curves.png", "confusion.png", "roc.png"):
@@ -221,73 +270,40 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
             target = f"{run.path.name}-gradcam.png"
             if explain_grid(run.path, out_dir / target):
                 figures.append((run.path.name, "Grad-CAM: true positives, false positives, false negatives", target))
-    converted = [row for bundle in bundle_dirs or [] for row in bundle_rows(bundle, bench_files or [])]
+    return figures
+
+
+def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | None = None,
+                 bundle_dirs: list[Path] | None = None, bench_files: list[Path] | None = None,
+                 classical_dirs: list[Path] | None = None, gradcam: bool = True,
+                 search_dirs: list[Path] | None = None) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = [RunFolder(p) for p in run_paths if (p / "metrics.json").exists()]
+    if not runs:
+        raise ValueError(f"none of {', '.join(map(str, run_paths))} is a finished run folder "
+                         "(with metrics.json); train first")
+    sections = [Section("Runs", tables=[("", RUN_COLUMNS, [run_row(run) for run in runs])])]
+    probes = [row for folder in probe_dirs or [] for row in probe_rows(folder)]
+    if probes:
+        sections.append(Section("Shortcut probes (what a model should not rely on)",
+                                tables=[("", PROBE_COLUMNS, probes)]))
     classical = [row for folder in classical_dirs or [] for row in classical_rows(folder)]
-    searches = [search_row(folder) for folder in search_dirs or []]
-    ablation = ablation_rows(search_dirs or [])
-    search_note = ("ODRNN hyperparameter searches at equal budgets of evaluations (each a short training scored "
-                   "on the validation part); the best configuration is then trained in full and scored on the "
-                   "test split. 'default' is the default configuration, evaluated once.")
-    classical_note = ("Model 1 (thesis Table 1): frozen CNN features + classical classifiers, 10-fold group "
-                      "cross-validation over the whole data set (whole groups in one fold), macro averages over "
-                      "the classes with 95% group-bootstrap intervals; the last column is the foundation's test "
-                      "split (fitted on its train and validation parts).")
-    probe_columns = ["probe", "data / task", "features", "test accuracy", "test macro-F1 [95% CI]"]
-    thesis_columns = ["model", "task", "train", "val", "test", "how"]
-    notes = [
-        "Test figures are on a stratified group split (60/20/20): exact and near duplicates, patients and "
-        "blocks of neighbouring file numbers (one smear) never cross splits. Intervals are 95% bootstrap "
-        "intervals over groups.",
-        "Augmentation (flips, rotation, shift, zoom, shear) is applied to the training part only, after "
-        "splitting. The thesis augmented before splitting, so its test images had near-copies in training; "
-        "its figures are not comparable with ours.",
-        "Colour alone separates all-aria's classes, and so do histograms of colour-standardised and of grayscale "
-        "images (see the shortcut probes): on such data a whole-field score does not show that a model reads "
-        "the cells. The colour-standardised and grayscale columns show at least whether it leans on raw colour.",
-    ]
-    markdown = ["# LeukoScreen report", "", f"**{RESEARCH_USE_NOTICE}**", "", "## Runs", ""]
-    markdown += _markdown_table(RUN_COLUMNS, rows)
-    if probe_rows:
-        markdown += ["", "## Shortcut probes (what a model should not rely on)", ""]
-        markdown += _markdown_table(probe_columns, probe_rows)
     if classical:
-        markdown += ["", "## Model 1: CNN features + classical classifiers", "", classical_note, ""]
-        markdown += _markdown_table(CLASSICAL_COLUMNS, classical)
-    if searches:
-        markdown += ["", "## ODRNN: Red Deer Algorithm vs random search vs default", "", search_note, ""]
-        markdown += _markdown_table(ABLATION_COLUMNS, ablation) + ["", "Each search:", ""]
-        markdown += _markdown_table(SEARCH_COLUMNS, searches)
+        sections.append(Section("Model 1: CNN features + classical classifiers", CLASSICAL_NOTE,
+                                tables=[("", CLASSICAL_COLUMNS, classical)]))
+    if search_dirs:
+        sections.append(Section("ODRNN: Red Deer Algorithm vs random search vs default", SEARCH_NOTE, tables=[
+            ("", ABLATION_COLUMNS, ablation_rows(search_dirs)),
+            ("Each search:", SEARCH_COLUMNS, [search_row(folder) for folder in search_dirs])]))
+    converted = [row for bundle in bundle_dirs or [] for row in bundle_rows(bundle, bench_files or [])]
     if converted:
-        markdown += ["", "## Converted models (test split, through the device runtime)", ""]
-        markdown += _markdown_table(BUNDLE_COLUMNS, converted)
-    markdown += ["", "## Figures reported by the thesis", ""] + _markdown_table(thesis_columns, THESIS_ROWS)
-    markdown += ["", "## How these figures were measured", ""] + [f"- {n}" for n in notes] + ["", "## Plots", ""]
-    markdown += [f"![{run} {title}]({target})" for run, title, target in figures]
-    (out_dir / "report.md").write_text("\n".join(markdown) + "\n")
-    page = ["<!doctype html><html><head><meta charset='utf-8'><title>LeukoScreen report</title>",
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-            "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:90%}"
-            "td,th{border:1px solid #bbb;padding:3px 6px}img{max-width:48%;margin:4px}</style></head><body>",
-            "<h1>LeukoScreen report</h1>", f"<p><strong>{html.escape(RESEARCH_USE_NOTICE)}</strong></p>",
-            "<h2>Runs</h2>", _html_table(RUN_COLUMNS, rows)]
-    if probe_rows:
-        page += ["<h2>Shortcut probes (what a model should not rely on)</h2>",
-                 _html_table(probe_columns, probe_rows)]
-    if classical:
-        page += ["<h2>Model 1: CNN features + classical classifiers</h2>", f"<p>{html.escape(classical_note)}</p>",
-                 _html_table(CLASSICAL_COLUMNS, classical)]
-    if searches:
-        page += ["<h2>ODRNN: Red Deer Algorithm vs random search vs default</h2>", f"<p>{html.escape(search_note)}</p>",
-                 _html_table(ABLATION_COLUMNS, ablation), "<p>Each search:</p>", _html_table(SEARCH_COLUMNS, searches)]
-    if converted:
-        page += ["<h2>Converted models (test split, through the device runtime)</h2>",
-                 _html_table(BUNDLE_COLUMNS, converted)]
-    page += ["<h2>Figures reported by the thesis</h2>", _html_table(thesis_columns, THESIS_ROWS),
-             "<h2>How these figures were measured</h2><ul>"]
-    page += [f"<li>{html.escape(n)}</li>" for n in notes] + ["</ul><h2>Plots</h2>"]
-    page += [f"<figure><img src='{html.escape(t)}' alt='{html.escape(r + ' ' + title)}'>"
-             f"<figcaption>{html.escape(r)}: {html.escape(title)}</figcaption></figure>" for r, title, t in figures]
-    page.append("</body></html>")
-    (out_dir / "report.html").write_text("\n".join(page))
+        sections.append(Section("Converted models (test split, through the device runtime)",
+                                tables=[("", BUNDLE_COLUMNS, converted)]))
+    sections += [Section("Figures reported by the thesis", tables=[("", THESIS_COLUMNS, THESIS_ROWS)]),
+                 Section("How these figures were measured", items=NOTES),
+                 Section("Plots", figures=run_figures(runs, out_dir, gradcam))]
+    for template, name, escape in ((MARKDOWN, "report.md", False), (HTML, "report.html", True)):
+        page = jinja2.Environment(autoescape=escape, keep_trailing_newline=True).from_string(template)
+        (out_dir / name).write_text(page.render(sections=sections, notice=RESEARCH_USE_NOTICE))
     print(f"report: {out_dir / 'report.md'} and {out_dir / 'report.html'}")
     return out_dir / "report.md"

@@ -1,7 +1,7 @@
-"""Who may use the web page and API.
+"""Who may use the web page and API: a dependency of every route that shows or changes results.
 
 - Bound to a loopback address, only loopback Host names are answered (a DNS-rebinding page cannot reach
-  the device through the browser).
+  the device through the browser; TrustedHostMiddleware in `app.py`).
 - With an access token configured (required to listen on the network) every request needs it: the page
   asks once and keeps a cookie derived from it (HttpOnly, SameSite=Strict); API clients send
   `Authorization: Bearer <token>`. Repeated wrong tokens lock the login for a while.
@@ -17,12 +17,10 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 COOKIE = "leukoscreen_access"
-LOGIN_PATH = "/api/login"
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_FAILURES, LOCKOUT_S = 5, 60.0
 
@@ -34,6 +32,17 @@ LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 autocomplete="current-password" required autofocus></label><button type="submit">Open</button></form>
 <p class="error">{error}</p>
 <p class="notice">Research use only. Not for use in diagnostic procedures.</p></main></body></html>"""
+
+
+class AccessRequired(Exception):
+    """Raised by the access rule; answered with the login page (the page) or 401 (the API)."""
+
+
+def access_required_response(request: Request, _: AccessRequired) -> Response:
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"detail": "access token required: send 'Authorization: Bearer <token>' or log in on "
+                                       "the device's page"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return HTMLResponse(LOGIN_PAGE.format(error=""), status_code=401)
 
 
 def cookie_value(token: str) -> str:
@@ -52,9 +61,15 @@ def cross_site(request: Request) -> str | None:
     return None
 
 
-class AccessControl(BaseHTTPMiddleware):
-    def __init__(self, app, token: str = ""):
-        super().__init__(app)
+def refuse_cross_site(request: Request) -> None:
+    if request.method in UNSAFE_METHODS and (reason := cross_site(request)):
+        raise HTTPException(403, f"cross-site request refused ({reason}); use the device's own page")
+
+
+class AccessRule:
+    """The dependency: `Depends(rule)` on a route refuses cross-site writes and requests without the token."""
+
+    def __init__(self, token: str = ""):
         self.token = token
         self.expected_cookie = cookie_value(token) if token else ""
         self.failures: list[float] = []
@@ -68,36 +83,37 @@ class AccessControl(BaseHTTPMiddleware):
             return True
         return hmac.compare_digest(request.cookies.get(COOKIE, "").encode(), self.expected_cookie.encode())
 
-    async def dispatch(self, request: Request, call_next) -> Response:
-        if request.method in UNSAFE_METHODS and (reason := cross_site(request)):
-            return JSONResponse({"detail": f"cross-site request refused ({reason}); use the device's own page"},
-                                status_code=403)
-        if request.url.path == LOGIN_PATH and request.method == "POST":
-            return await self.login(request)
-        if self.authorized(request) or request.url.path == "/static/style.css":
-            return await call_next(request)
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": "access token required: send 'Authorization: Bearer <token>' or "
-                                           "log in on the device's page"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
-        return HTMLResponse(LOGIN_PAGE.format(error=""), status_code=401)
+    def __call__(self, request: Request) -> None:
+        refuse_cross_site(request)
+        if not self.authorized(request):
+            raise AccessRequired()
 
-    async def login(self, request: Request) -> Response:
+    def locked(self) -> bool:
         with self.lock:
             now = time.monotonic()
             self.failures = [t for t in self.failures if now - t < LOCKOUT_S]
-            locked = len(self.failures) >= MAX_FAILURES
-        if locked:
-            return HTMLResponse(LOGIN_PAGE.format(error="Too many wrong tokens: wait a minute and try again."),
-                                status_code=429, headers={"Retry-After": str(int(LOCKOUT_S))})
-        form = await request.form(max_files=0, max_fields=2)
-        given = str(form.get("token", ""))
-        if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
-            with self.lock:
-                self.failures.append(time.monotonic())
-            error = "This device has no access token: just open the page." if not self.token else "Wrong token."
-            return HTMLResponse(LOGIN_PAGE.format(error=error), status_code=401)
-        response = Response(status_code=303, headers={"Location": "/"})
-        response.set_cookie(COOKIE, self.expected_cookie, max_age=30 * 24 * 3600, httponly=True,
-                            samesite="strict", path="/")
-        return response
+            return len(self.failures) >= MAX_FAILURES
+
+    def router(self) -> APIRouter:
+        """POST /api/login: the page's form sends the token; a right one sets the cookie."""
+        router = APIRouter()
+
+        @router.post("/api/login", include_in_schema=False)
+        async def login(request: Request) -> Response:
+            refuse_cross_site(request)
+            if self.locked():
+                return HTMLResponse(LOGIN_PAGE.format(error="Too many wrong tokens: wait a minute and try again."),
+                                    status_code=429, headers={"Retry-After": str(int(LOCKOUT_S))})
+            form = await request.form(max_files=0, max_fields=2)
+            given = str(form.get("token", ""))
+            if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
+                with self.lock:
+                    self.failures.append(time.monotonic())
+                error = "This device has no access token: just open the page." if not self.token else "Wrong token."
+                return HTMLResponse(LOGIN_PAGE.format(error=error), status_code=401)
+            response = Response(status_code=303, headers={"Location": "/"})
+            response.set_cookie(COOKIE, self.expected_cookie, max_age=30 * 24 * 3600, httponly=True,
+                                samesite="strict", path="/")
+            return response
+
+        return router

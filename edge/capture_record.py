@@ -1,0 +1,89 @@
+"""One capture's record, the same typed value from the trigger to the store, the web page and the LCD.
+
+A record is a screening answer (no_blasts, indeterminate, possible_blasts), a retake (the field was not
+usable: the quality gate's reasons) or an error (no frame: camera missing; not stored: storage full). It
+is stored as JSON beside its image and served back as it was stored. Research use only.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from leukoscreen import RESEARCH_USE_NOTICE
+from leukoscreen.edge.decision import DecisionCode
+from leukoscreen.edge.quality import QualityReport
+
+Outcome = Literal["no_blasts", "indeterminate", "possible_blasts", "retake", "error"]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class CellRecord(Record):
+    box: tuple[int, int, int, int] = Field(description="x, y, width, height in field pixels")
+    predicted: str | None = Field(None, description="the cell's class, when the model reads single cells")
+    blast_score: float | None = None
+
+
+class ModelAnswer(Record):
+    """What one model bundle answered on a field."""
+    bundle: str = Field(description="name and version of the bundle")
+    decision: DecisionCode | Literal["error"]
+    message: str
+    blast_score: float | None = None
+    probabilities: dict[str, float] = Field(default_factory=dict, description="calibrated; the field's, or the "
+                                                                              "mean over its cells")
+    counts: dict[str, int] = Field(default_factory=dict, description="cells per class (cell models)")
+    blast_fraction: float | None = Field(None, description="share of cells called blast-like (cell models)")
+    cells: tuple[CellRecord, ...] = Field((), description="per-cell answers (cell models)", exclude=True)
+    classify_ms: float = Field(0.0, exclude=True)
+
+
+class CaptureRecord(Record):
+    capture_id: int | None = Field(None, description="the store's id of the capture; none until it is stored (and "
+                                                     "not part of the stored JSON)")
+    decision: Outcome
+    message: str = Field(description="the wording shown to the technician, always with 'Research use only'")
+    notice: str = RESEARCH_USE_NOTICE
+    blast_score: float | None = None
+    quality: QualityReport | None = Field(None, description="the quality gate (none when there was no frame)")
+    cells_found: int = 0
+    cells: tuple[CellRecord, ...] = ()
+    probabilities: dict[str, float] = Field(default_factory=dict)
+    counts: dict[str, int] = Field(default_factory=dict)
+    blast_fraction: float | None = None
+    bundle: str = Field("", description="the deciding bundle")
+    bundle_sha256: str = Field("", description="sha256 of the deciding bundle's model file")
+    source: str = Field("camera", description="camera, or 'upload: NAME'")
+    sample_id: str = ""
+    compared: tuple[ModelAnswer, ...] = Field((), description="other bundles' answers on the same field; they "
+                                                              "never decide")
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def stored(self) -> bool:
+        """Whether this kind of record is kept in the store (errors are not: there is nothing to keep)."""
+        return self.decision != "error"
+
+
+def retake(quality: QualityReport | None, reason: str, bundle: str, bundle_sha256: str, **values) -> CaptureRecord:
+    """A field that cannot be screened: the gate's reasons (or why the frame is unusable)."""
+    return CaptureRecord(decision="retake", message=f"{reason}. {RESEARCH_USE_NOTICE}", quality=quality,
+                         bundle=bundle, bundle_sha256=bundle_sha256, **values)
+
+
+def screened(answer: ModelAnswer, quality: QualityReport, cells: tuple[CellRecord, ...],
+             compared: tuple[ModelAnswer, ...], bundle_sha256: str, **values) -> CaptureRecord:
+    """A screened field: the deciding bundle's answer, the cells found, the other bundles' answers."""
+    return CaptureRecord(decision=answer.decision, message=answer.message, blast_score=answer.blast_score,
+                         quality=quality, cells_found=len(cells), cells=answer.cells or cells,
+                         probabilities=answer.probabilities, counts=answer.counts,
+                         blast_fraction=answer.blast_fraction, bundle=answer.bundle, bundle_sha256=bundle_sha256,
+                         compared=compared, **values)
+
+
+def failed(message: str, **values) -> CaptureRecord:
+    """No screening and nothing to store (camera missing, storage full)."""
+    return CaptureRecord(decision="error", message=message, **values)

@@ -1,0 +1,43 @@
+"""Field analysis, once per capture and before any model: stain mask -> cell finder -> quality gate.
+
+The quality gate needs the number of white cells, so the cell finder runs first. However many models then
+compare their answers on the field, it is analysed once.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from leukoscreen.edge.cell_finder import CellFinderConfig, FoundCell, find_cells, stain_mask
+from leukoscreen.edge.quality import QualityConfig, QualityReport, check_quality
+
+MIN_SIDE = 32
+
+
+@dataclass(frozen=True)
+class FieldAnalysis:
+    cells: tuple[FoundCell, ...]     # white cells, largest first
+    quality: QualityReport
+    timings_ms: dict[str, float]     # find_cells, quality
+
+
+def check_frame(rgb: np.ndarray) -> None:
+    """Raise ValueError unless the frame is an RGB uint8 image of at least 32x32 pixels."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < MIN_SIDE:
+        raise ValueError(f"a field must be an RGB image of at least {MIN_SIDE}x{MIN_SIDE} pixels, got shape "
+                         f"{rgb.shape}")
+
+
+def analyse_field(rgb: np.ndarray, finder: CellFinderConfig = CellFinderConfig(),
+                  quality: QualityConfig = QualityConfig()) -> FieldAnalysis:
+    """The white cells of an H x W x 3 uint8 RGB field and the quality gate's verdict on it."""
+    check_frame(rgb)
+    started = time.perf_counter()
+    mask = stain_mask(rgb, finder)
+    cells = tuple(find_cells(rgb, finder, mask))
+    found = time.perf_counter()
+    report = check_quality(rgb, mask, len(cells), quality)
+    timings = {"find_cells": (found - started) * 1e3, "quality": (time.perf_counter() - found) * 1e3}
+    return FieldAnalysis(cells, report, timings)

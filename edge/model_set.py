@@ -1,0 +1,34 @@
+"""The models a device runs: the deciding bundle and the bundles compared with it on every field.
+
+Loaded together from the configuration, and loaded again as a whole on reload: a set that does not load
+is refused and the running one stays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from leukoscreen.edge.device_config import DeviceConfig
+from leukoscreen.edge.screening import DEFAULT_BUNDLE, ScreeningModel
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    deciding: ScreeningModel
+    compared: tuple[ScreeningModel, ...] = ()
+
+    @classmethod
+    def load(cls, config: DeviceConfig) -> "ModelSet":
+        """Raises BundleError or RuntimeProblem (both ValueError) naming the bundle that does not load."""
+        options = config.runtime_options
+        deciding = ScreeningModel.open(config.bundle or DEFAULT_BUNDLE, options)
+        compared = tuple(ScreeningModel.open(path, options.with_format(None)) for path in config.compare_bundles)
+        return cls(deciding, compared)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(note for model in (self.deciding, *self.compared) for note in model.bundle.notes)
+
+    def describe(self) -> dict:
+        """What the audit log records of a loaded set."""
+        return {"bundle": self.deciding.title, "sha256": self.deciding.sha256,
+                "compared": [model.title for model in self.compared]}

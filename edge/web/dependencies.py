@@ -1,0 +1,35 @@
+"""What the routes are handed: the daemon, its result store, and the request-size rule."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from leukoscreen.edge.daemon import Daemon
+from leukoscreen.edge.result_store import ResultStore
+
+
+def daemon(request: Request) -> Daemon:
+    return request.app.state.daemon
+
+
+def store(request: Request) -> ResultStore:
+    return request.app.state.daemon.store
+
+
+def body_within_limit(request: Request) -> None:
+    """Bodies are announced (no chunked uploads) and within the configured limit, before any is read."""
+    limit_mb = request.app.state.daemon.config.max_upload_mb
+    if "chunked" in request.headers.get("transfer-encoding", "").lower():
+        raise HTTPException(411, "send the request with a Content-Length (chunked bodies are not accepted)")
+    try:
+        length = int(request.headers.get("content-length") or 0)
+    except ValueError as error:
+        raise HTTPException(400, "the Content-Length header is not a number") from error
+    if length > limit_mb * 1e6:
+        raise HTTPException(413, f"the request is {length / 1e6:.1f} MB; the limit is {limit_mb:g} MB "
+                                 "(max_upload_mb in the config)")
+
+
+DaemonDep = Annotated[Daemon, Depends(daemon)]
+StoreDep = Annotated[ResultStore, Depends(store)]
