@@ -18,7 +18,8 @@ import numpy as np
 from leukoscreen import __version__
 from leukoscreen.edge.bundle import write_manifest
 from leukoscreen.edge.manifest import (FORMATS, INTENDED_USE, REFERENCE_METRICS, FormatFile, FormatMetrics,
-                                       InputSpec, Manifest, StoredFile, TensorSpec, TrainingRecord)
+                                       InputSpec, Manifest, SelfTest, StoredFile, TensorSpec, TrainingRecord)
+from leukoscreen.edge.self_test import GENERATOR, TOLERANCE, fields_sha256, generated_fields, largest_difference
 from leukoscreen.edge.runtimes import ModelRunner, RuntimeOptions, TwoStageRunner, open_runner
 from leukoscreen.training.metrics import classification_metrics, describe_outcomes, screening_outcomes
 from leukoscreen.training.model_source import Source, load_source
@@ -89,12 +90,22 @@ class Part:
 
 @dataclass
 class Job:
-    """What every exporter shares: the run, the options, the calibration images, the float files."""
+    """What every exporter shares: the run, the options, the calibration images, the float files, and the
+    self-test's generated fields with the float model's answers on them."""
     source: Source
     out: Path
     options: ConvertOptions
     calibration_set: np.ndarray
     _float_tflite: bytes | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.self_test_fields = generated_fields(self.source.preprocess.input_size)
+        self.self_test_reference = self.source.reference(self.self_test_fields)
+
+    def self_test(self) -> SelfTest:
+        return SelfTest(generator=GENERATOR, fields=len(self.self_test_fields),
+                        fields_sha256=fields_sha256(self.self_test_fields),
+                        reference=np.round(self.self_test_reference, 6).tolist(), tolerance=TOLERANCE)
 
     @property
     def recurrent(self) -> bool:
@@ -155,15 +166,16 @@ def _tflite_fp32(job: Job, target: Path) -> str:
 
 
 def _onnx_int8(job: Job, target: Path) -> str:
-    from leukoscreen.convert.bias_correction import correct_onnx_biases
+    from leukoscreen.convert.bias_correction import correct_onnx_biases, limit_onnx_biases
     from leukoscreen.convert.exporters import make_reproducible, quantize_onnx
     quantize_onnx(job.float_onnx(), target, job.calibration_set, dynamic=job.recurrent)
     if job.recurrent:  # recurrent networks: dynamic quantization (int8 weights)
         note = "dynamic: int8 weights, activations at run time"
     else:
-        note = "static QDQ, per-channel weights"
+        note = "static QDQ, per-channel 7-bit weights"
         if job.options.bias_correction:  # it finds layers by the names they have in both files
             note += job.corrected(correct_onnx_biases(target, job.float_onnx(), job.correction_set))
+        limit_onnx_biases(target)
     make_reproducible(target)
     return note
 
@@ -230,10 +242,13 @@ def _evaluate(job: Job, fmt: str, note: str, parts: dict[str, Part], keras_test:
     test_outputs = runner.predict(parts["test"].images)
     metrics = _format_metrics(test_outputs, keras_test, parts["test"], source.prepared.class_names)
     metrics["size_bytes"] = size
+    self_test = runner.predict(job.self_test_fields)
     print(f"      accuracy {metrics['accuracy']:.4f} ({metrics['accuracy_change']:+.4f}), agreement "
-          f"{metrics['top1_agreement']:.4f}, size {size / 1e6:.2f} MB")
+          f"{metrics['top1_agreement']:.4f}, size {size / 1e6:.2f} MB; on the self-test's generated fields up to "
+          f"{largest_difference(self_test, job.self_test_reference):.3f} from the float model")
     entry = FormatFile.of(job.out, target.name, input=_input_spec(features), quantization=note,
-                          outputs="features" if classifier else "probabilities", classifier=classifier)
+                          outputs="features" if classifier else "probabilities", classifier=classifier,
+                          self_test_outputs=np.round(self_test, 6).tolist())
     return Evaluated(entry, metrics, runner.predict(parts["val"].images), test_outputs)
 
 
@@ -279,7 +294,7 @@ def _manifest(job: Job, run_path: Path, evaluated: dict[str, Evaluated], parts: 
         preprocess=source.preprocess, output="sigmoid" if len(classes) == 2 and not source.fit_classifier else "softmax",
         calibration=calibration, decision=rule, files={fmt: e.entry for fmt, e in evaluated.items()},
         metrics={name: FormatMetrics.model_validate(m) for name, m in metrics.items()},
-        representative_images=len(job.calibration_set),
+        representative_images=len(job.calibration_set), self_test=job.self_test(),
         training=TrainingRecord(**source.training, split_file="split.csv", metrics_on="test split"),
         software_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         intended_use=INTENDED_USE)

@@ -103,8 +103,9 @@ def make_reproducible(path: Path) -> None:
     nodes, numbers folded constants and names the batch dimension differently from run to run. Nodes are
     put in a topological order whose ties are broken by what each node computes (operator, attributes,
     inputs), then named by position (`Conv_12`, its outputs `Conv_12_0`, its weights `Conv_12_in1`); the
-    graph's inputs and outputs keep their names and the first free dimension is called "batch". Files with
-    Loop or If nodes are left as they are."""
+    graph's inputs and outputs keep their names and the first free dimension is called "batch"; the shape
+    annotations are inferred again and the result checked (onnx.checker). Files with Loop or If nodes are left
+    as they are."""
     import heapq
     import hashlib
 
@@ -152,25 +153,31 @@ def make_reproducible(path: Path) -> None:
         for j, name in enumerate(node.output):
             if name not in kept:
                 node.output[j] = names.setdefault(name, f"{node.name}_{j}")
-    initializers, infos = list(graph.initializer), list(graph.value_info)
-    for item in initializers + infos:
+    initializers = list(graph.initializer)
+    for item in initializers:
         item.name = names.get(item.name, item.name)
     initializers.sort(key=lambda t: t.name)
-    infos.sort(key=lambda v: v.name)
     dimensions = {}
-    for value in [*graph.input, *graph.output, *infos]:
+    for value in [*graph.input, *graph.output]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param:
                 dim.dim_param = dimensions.setdefault(dim.dim_param, f"dim{len(dimensions)}" if dimensions else "batch")
-    for field, items in ((graph.node, nodes), (graph.initializer, initializers), (graph.value_info, infos)):
+    for field, items in ((graph.node, nodes), (graph.initializer, initializers)):
         del field[:]
         field.extend(items)
+    # Shape annotations (value_info) are recomputed, never renamed: after renaming by position an old
+    # annotation can name another tensor (a [batch,1152,7,7] label on a [batch,96,56,56] tensor), which a
+    # current onnxruntime's optimizer then trusts and computes wrongly.
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
 
 def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, dynamic: bool = False) -> None:
-    """Static int8 quantization in QDQ format, calibrated on real training images (uint8); or, for
-    recurrent networks (dynamic=True), int8 weights with activations quantized at run time."""
+    """Static int8 quantization in QDQ format (weights in 7 bits, see below), calibrated on real training
+    images (uint8); or, for recurrent networks (dynamic=True), int8 weights with activations quantized at run
+    time."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -189,8 +196,12 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, dyn
     prepared = int8_path.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_path), str(prepared))
     try:
+        # reduce_range: 7-bit weights. onnxruntime's x86 kernels without VNNI multiply 8-bit pairs with
+        # VPMADDUBSW, which saturates at 16 bits for full-range weights: on such CPUs (AVX2 only) the fused
+        # int8 convolutions of an 8-bit file compute wrongly (int8 ONNX and TFLite deciding differently).
         quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        reduce_range=True)
     finally:
         prepared.unlink(missing_ok=True)
 

@@ -1,18 +1,20 @@
 """The model bundle: a folder with model files and `manifest.json` (its typed definition: `edge/manifest.py`).
 
-The device loads a bundle only when the manifest validates and every file's sha256 matches, and opens a
-model file only after checking its input and output against the manifest; anything else is refused with
-the reason. The device trusts nothing that is not in the manifest.
+The device loads a bundle only when the manifest validates and every file's sha256 matches, and uses a
+model file only after checking its input and output against the manifest and running the bundle's self-test
+through its own runtime (`edge/self_test.py`); anything else is refused with the reason. The device trusts nothing that is not in the manifest.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from leukoscreen.edge.manifest import BundleError, FormatFile, Manifest, parse_manifest, sha256_of
+from leukoscreen.edge.manifest import BundleError, FormatFile, Manifest, manifest_json, parse_manifest, sha256_of
 from leukoscreen.edge.preprocessing import PreprocessConfig
 from leukoscreen.edge.runtimes import ModelRunner, RuntimeOptions, RuntimeProblem, open_runner
+from leukoscreen.edge.self_test import SelfTestFailed, fields_sha256, generated_fields, largest_difference
 
 
 @dataclass(frozen=True)
@@ -54,19 +56,79 @@ class ModelBundle:
 
     def runner(self, options: RuntimeOptions = RuntimeOptions()) -> ModelRunner:
         """The device runtime for `options.format` (default: the bundle's default format), checked against the
-        manifest: the file's input side and the width of its output."""
-        runner = open_runner(self.file(options.format), options, self.classifier_file(options.format))
+        manifest (the file's input side, the width of its output) and by the bundle's self-test."""
+        fmt = options.format or self.manifest.default_format
+        runner = open_runner(self.file(fmt), options, self.classifier_file(fmt), self.verified_contents(fmt))
         expected = self.manifest.input.size
         if runner.input_size != expected:
-            raise RuntimeProblem(f"{self.file(options.format).name} reads {runner.input_size}x{runner.input_size} "
-                                 f"images but the manifest says {expected}: the bundle's files do not belong together")
-        width = 1 if self.manifest.output == "sigmoid" and not self.classifier_file(options.format) else \
-            len(self.class_names)
+            raise RuntimeProblem(f"{self.file(fmt).name} reads {runner.input_size}x{runner.input_size} images but "
+                                 f"the manifest says {expected}: the bundle's files do not belong together")
+        width = 1 if self.manifest.output == "sigmoid" and not self.classifier_file(fmt) else len(self.class_names)
         if runner.output_size not in (width, None):
-            raise RuntimeProblem(f"{self.file(options.format).name} gives {runner.output_size} numbers per image but "
-                                 f"the manifest ({self.manifest.output}, {len(self.class_names)} classes) needs "
-                                 f"{width}: the bundle's files do not belong together")
+            raise RuntimeProblem(f"{self.file(fmt).name} gives {runner.output_size} numbers per image but the "
+                                 f"manifest ({self.manifest.output}, {len(self.class_names)} classes) needs {width}: "
+                                 "the bundle's files do not belong together")
+        spec = self.entry(fmt).input
+        dtype, scale, zero_point = runner.input_spec
+        if (dtype, zero_point) != (spec.dtype, spec.zero_point) or abs(scale - spec.scale) > 1e-6 * spec.scale:
+            raise RuntimeProblem(f"{self.file(fmt).name} takes {dtype} input (scale {scale:g}, zero point "
+                                 f"{zero_point}) but the manifest says {spec.dtype} ({spec.scale:g}, {spec.zero_point}): "
+                                 "the bundle's files do not belong together")
+        self.self_test(fmt, runner)
         return runner
+
+    def verified_contents(self, fmt: str) -> dict[Path, bytes]:
+        """The bytes of a format's files, read once and checked against the manifest's hashes: what the runtime
+        then works from, so a file changed on disk after this check cannot change the model."""
+        entry, contents = self.entry(fmt), {}
+        for stored in (entry, entry.classifier) if entry.classifier else (entry,):
+            path = self.path / stored.file
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                raise BundleError(f"{path}: cannot be read ({error.strerror}); copy the bundle again") from error
+            if hashlib.sha256(data).hexdigest() != stored.sha256:
+                raise BundleError(f"{path}: does not match its sha256 in the manifest (changed since the bundle "
+                                  "was made, or damaged); copy the bundle again")
+            contents[path] = data
+        return contents
+
+    def self_test(self, fmt: str, runner: ModelRunner) -> float | None:
+        """Run the manifest's self-test through this runtime: the largest difference from the converter's
+        outputs, or None when the bundle has no self-test. Raises SelfTestFailed beyond the tolerance."""
+        test = self.manifest.self_test
+        if test is None:
+            return None
+        fields = generated_fields(self.manifest.input.size, test.fields)
+        if fields_sha256(fields) != test.fields_sha256:
+            raise SelfTestFailed(f"{self.path}: this device generates other self-test fields than the converter "
+                                 f"({test.generator}); the software versions differ: update it or convert again")
+        difference = largest_difference(runner.predict(fields), self.entry(fmt).self_test_outputs)
+        if difference > test.tolerance:
+            raise SelfTestFailed(f"{self.path}: {fmt} ({self.entry(fmt).file}) failed its self-test through "
+                                 f"{runner.name}: its class probabilities on the generated fields differ from the "
+                                 f"converter's by up to {difference:.3f} (tolerance {test.tolerance}); this runtime "
+                                 "or CPU computes the file differently")
+        return difference
+
+    def open_checked(self, options: RuntimeOptions = RuntimeOptions()) -> tuple[ModelRunner, str, tuple[str, ...]]:
+        """The runner of the asked-for format (default: the bundle's default) or, when that one is refused by
+        its checks or self-test, of the next format that passes, with a note saying why; BundleError when
+        none passes."""
+        wanted = options.format or self.manifest.default_format
+        self.entry(wanted)  # an unknown format is an error, not a fallback
+        refused = []
+        for fmt in [wanted, *(f for f in self.formats if f != wanted)]:
+            if fmt.startswith("onnx") != wanted.startswith("onnx") and options.runtime != "auto":
+                continue  # a runtime that was chosen by name cannot run the other kind of file
+            try:
+                runner = self.runner(options.with_format(fmt))
+            except RuntimeProblem as error:  # SelfTestFailed included
+                refused.append(str(error))
+                continue
+            notes = tuple(f"{reason}; using {fmt} instead" for reason in refused)
+            return runner, fmt, notes
+        raise BundleError(f"{self.path}: no model format of this bundle can be used here: " + " | ".join(refused))
 
 
 def _file_entries(manifest: Manifest):
@@ -82,8 +144,8 @@ def read_manifest(path: Path) -> tuple[Manifest, tuple[str, ...]]:
         raise BundleError(f"{path} is not a model bundle (no manifest.json); pass a folder made by "
                           "`leukoscreen convert`")
     try:
-        values = json.loads(manifest_file.read_text())
-    except (OSError, ValueError) as error:
+        values = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
         raise BundleError(f"{manifest_file}: cannot be read as JSON ({error})") from error
     return parse_manifest(values, str(manifest_file))
 
@@ -108,4 +170,4 @@ def write_manifest(path: Path, manifest: Manifest) -> None:
     for what, entry in _file_entries(manifest):
         if sha256_of(path / entry.file) != entry.sha256:
             raise BundleError(f"{path}: {entry.file} ({what}) does not match the manifest's sha256")
-    (path / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+    (path / "manifest.json").write_text(manifest_json(manifest), encoding="utf-8")

@@ -45,15 +45,16 @@ class CameraSupervisor:
         self.backoff = min(self.backoff * 2, self.config.retry_max_s)
 
     def grab(self, still: bool = True) -> np.ndarray:
-        """A still (for classification) or a preview frame. Raises CameraError when there is no camera."""
+        """A still (for classification) or a preview frame. Raises CameraError, saying what is wrong (the camera's
+        own words: unplugged, an empty replay folder, ...), when there is no frame."""
         with self.lock:
             if not self.connect():
-                raise CameraError(NOT_CONNECTED)
+                raise CameraError(self.problem or NOT_CONNECTED)
             try:
                 return self.camera.capture() if still else self.camera.preview()
             except CameraError as error:
                 self._lost(str(error))
-                raise CameraError(NOT_CONNECTED) from error
+                raise
 
     def preview_jpeg(self, max_width: int = 640) -> tuple[bytes, float]:
         """The live preview as JPEG (at most max_width wide) and its focus score (variance of the Laplacian,

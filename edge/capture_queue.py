@@ -18,8 +18,9 @@ STOP = "stop"       # end the loop
 @dataclass
 class CaptureRequest:
     sample_id: str = ""
-    frame: np.ndarray | None = None     # an uploaded image; None: capture from the camera
+    frame: np.ndarray | None = None     # a given frame; None: capture from the camera (or decode `upload`)
     source: str = "camera"
+    upload: bytes | None = None         # an uploaded file, decoded in turn by the loop (one at a time)
     done: Future = field(default_factory=Future)   # the capture's record, once the loop has made it
 
 
@@ -28,10 +29,15 @@ class CaptureQueue:
         self.while_busy = while_busy
         self.requests: queue.Queue = queue.Queue()
         self.busy = threading.Lock()    # held while one capture is processed
+        self.closed = False             # the loop has stopped: nothing more is taken
+
+    def accepting(self) -> bool:
+        """Whether a request now would be taken (asked before an upload is even read)."""
+        return not self.closed and (self.while_busy == "queue" or not (self.busy.locked() or not self.requests.empty()))
 
     def submit(self, request: CaptureRequest) -> bool:
         """Queue a capture; False when it is refused because the device is busy."""
-        if self.while_busy == "ignore" and (self.busy.locked() or not self.requests.empty()):
+        if not self.accepting():
             return False
         self.requests.put(request)
         return True
@@ -48,7 +54,9 @@ class CaptureQueue:
             return None
 
     def cancel_waiting(self) -> None:
-        """At shutdown: the requests still waiting are cancelled, so no caller waits for ever."""
+        """At shutdown: nothing more is taken, and the requests still waiting are cancelled, so no caller waits
+        for ever."""
+        self.closed = True
         while True:
             try:
                 item = self.requests.get_nowait()

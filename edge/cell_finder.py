@@ -16,7 +16,7 @@ from pydantic.dataclasses import dataclass as config_dataclass
 from leukoscreen.edge.stain import STAINED_LOWER, STAINED_UPPER, check_hsv_bounds, hsv_mask
 
 
-@config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@config_dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class CellFinderConfig:
     """The `[cell_finder]` section of the device configuration."""
     hsv_lower: tuple[StrictInt, StrictInt, StrictInt] = Field(
@@ -26,10 +26,12 @@ class CellFinderConfig:
     min_area_fraction: StrictFloat = Field(0.0008, description="smallest nucleus, as a fraction of the field area")
     max_area_fraction: StrictFloat = Field(0.08, description="largest nucleus, as a fraction of the field area")
     split_touching: StrictBool = Field(True, description="split touching round nuclei (distance-transform watershed)")
-    box_margin: StrictFloat = Field(0.35, ge=0, description="box side = nucleus side * (1 + 2 * margin)")
+    box_margin: StrictFloat = Field(0.35, ge=0, le=2, description="box side = nucleus side * (1 + 2 * margin)")
 
     def __post_init__(self):
         check_hsv_bounds(self.hsv_lower, self.hsv_upper, "cell_finder")
+        if self.median and (self.median % 2 == 0 or not 3 <= self.median <= 31):
+            raise ValueError(f"cell_finder.median = {self.median}: use 0 (off) or an odd number from 3 to 31")
         if not 0 < self.min_area_fraction < self.max_area_fraction < 1:
             raise ValueError(f"cell_finder area limits {self.min_area_fraction}, {self.max_area_fraction}: "
                              "need 0 < min_area_fraction < max_area_fraction < 1")

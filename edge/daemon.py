@@ -14,6 +14,7 @@ import sqlite3
 import sys
 import time
 import traceback
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from leukoscreen.edge.capture_record import CaptureRecord, failed, retake
 from leukoscreen.edge.device_config import DeviceConfig
 from leukoscreen.edge.device_status import BundleStatus, DeviceStatus, DiskStatus, StatusView
 from leukoscreen.edge.displays import Display, open_display
+from leukoscreen.edge.image_io import ImageReadError, decode_image
 from leukoscreen.edge.model_set import ModelSet
 from leukoscreen.edge.result_store import ResultStore, StoreError
 from leukoscreen.edge.screening import screen
@@ -45,11 +47,14 @@ class Daemon:
         self.store = ResultStore(config.state_dir, config.min_free_mb)
         self.camera = CameraSupervisor(config.camera, camera_factory)
         self.queue = CaptureQueue(config.button.while_busy)
-        for note in self.models.notes:
+        for note in self.models.notes:  # an older manifest, a format refused by its self-test
             self._note(note)
+            self.store.audit("bundle_note", {"note": note})
+        if self.store.read_only:  # started on a full disk: say so before anyone presses the button
+            self._note(self.store.read_only)
 
     def _note(self, message: str) -> None:
-        self.status.message = message
+        self.status.message = f"{self.status.message} {message}".strip()
         print(message, file=sys.stderr)
 
     # --- triggers -----------------------------------------------------------------------------------
@@ -57,14 +62,13 @@ class Daemon:
         """The hardware button or the keyboard. Returns what happened to the press."""
         return "queued" if self.queue.submit(CaptureRequest(sample_id)) else "busy: press ignored"
 
-    def request(self, sample_id: str = "", frame: np.ndarray | None = None, source: str = "camera"
-                ) -> CaptureRecord | None:
-        """The web page or API: a capture, or the given (uploaded) frame, through the same queue; waits for
-        the record. None when the device is busy and presses while busy are ignored."""
-        request = CaptureRequest(sample_id, frame, source)
-        if not self.queue.submit(request):
-            return None
-        return request.done.result()
+    def request(self, sample_id: str = "", upload: bytes | None = None, source: str = "camera"
+                ) -> Future | None:
+        """The web page or API: a capture, or an uploaded image file, through the same queue. Returns the
+        future of its record (which raises ImageReadError for an upload that is not a usable image, and is
+        cancelled when the device stops first), or None when the device does not take it now."""
+        request = CaptureRequest(sample_id, source=source, upload=upload)
+        return request.done if self.queue.submit(request) else None
 
     # --- one capture (also callable directly, e.g. by benchmarks) --------------------------------------
     def capture_once(self, sample_id: str = "") -> CaptureRecord:
@@ -80,13 +84,17 @@ class Daemon:
         device-side problems."""
         started = time.perf_counter()
         frame, timings = request.frame, {}
-        if frame is None:
+        if request.upload is not None:  # decoded here, one at a time: the busy rule bounds the memory it takes
+            frame = decode_image(request.upload, request.source.removeprefix("upload: "))
+            timings["decode"] = _elapsed_ms(started)
+        elif frame is None:
             self.status.state = "capturing"
             self.display.show("capturing")
             try:
                 frame = self.camera.grab(still=True)
-            except CameraError:
-                return self._show(failed(NOT_CONNECTED, sample_id=request.sample_id), "camera")
+            except CameraError as error:
+                return self._show(failed(f"No frame from the camera: {error}", sample_id=request.sample_id),
+                                  "camera")
             timings["capture"] = _elapsed_ms(started)
         record = self._screen(frame, request)
         record = record.model_copy(update={"timings_ms": record.timings_ms | timings})
@@ -97,6 +105,8 @@ class Daemon:
             return self._show(failed(str(error), sample_id=request.sample_id), "store")
         timings = {"store": _elapsed_ms(stored_at)} | ({"total": _elapsed_ms(started)} if "capture" in timings else {})
         self.status.captures += 1
+        if self.status.state == "error":  # the problem is gone: a capture was stored
+            self.status.message = ""
         self.status.state = "ready"
         return self._show(record.model_copy(update={"timings_ms": record.timings_ms | timings}))
 
@@ -125,15 +135,15 @@ class Daemon:
         load is refused and the running one stays; the status says which and why."""
         try:
             loaded = ModelSet.load(self.config)
-        except (ValueError, OSError) as error:  # BundleError and RuntimeProblem are ValueErrors
-            kept = self.models.deciding.title
+        except Exception as error:  # BundleError and RuntimeProblem, and anything else a broken bundle causes:
+            kept = self.models.deciding.title  # a reload never stops the running device
             self._note(f"Model reload refused, still using {kept}: {error}")
             self.store.audit("bundle_reload_refused", {"kept": kept, "reason": str(error)})
             return False
         with self.queue.busy:
             self.models = loaded
-        self.status.message = f"Model reloaded: {loaded.deciding.title}"
-        self.store.audit("bundle_reloaded", loaded.describe())
+        self.status.message = " ".join([f"Model reloaded: {loaded.deciding.title}.", *loaded.notes])
+        self.store.audit("bundle_reloaded", loaded.describe() | {"notes": list(loaded.notes)})
         return True
 
     # --- status ----------------------------------------------------------------------------------------
@@ -157,8 +167,9 @@ class Daemon:
     # --- main loop -------------------------------------------------------------------------------------
     def run(self) -> None:
         connected = self.camera.connect()
-        self.status.state = "ready"
-        self.display.show("ready" if connected else "error", "" if connected else NOT_CONNECTED)
+        problem = self.store.read_only or ("" if connected else NOT_CONNECTED)
+        self.status.state = "error" if self.store.read_only else "ready"
+        self.display.show("error" if problem else "ready", problem)
         notify("READY=1")
         notify(f"STATUS=ready; camera {self.camera.state}")
         interval = watchdog_interval_s() or 5.0
@@ -171,18 +182,28 @@ class Daemon:
                 self.reload()
             elif item == STOP:
                 break
-            elif self.camera.camera is None and self.camera.connect():
+            elif self.camera.camera is None and self.camera.connect() and not self.store.read_only:
+                if self.status.state == "error":
+                    self.status.state, self.status.message = "ready", ""
                 self.display.show("ready")
         self.queue.cancel_waiting()
         notify("STOPPING=1")
 
     def _run_request(self, request: CaptureRequest) -> None:
-        with self.queue.busy:
-            try:
-                request.done.set_result(self._process(request))
-            except Exception as error:  # a bug must not stop the device; the caller gets the error
-                traceback.print_exc()
-                request.done.set_exception(error)
+        """One queued capture. Its caller is answered once the device is free again, so that a client that
+        sends its next request as soon as it has the answer is not told the device is busy."""
+        try:
+            with self.queue.busy:
+                record = self._process(request)
+        except ImageReadError as error:  # a bad upload: the caller says why
+            request.done.set_exception(error)
+        except Exception as error:  # a bug must not stop the device; the caller gets the error
+            traceback.print_exc()
+            self.status.state, self.status.message = "error", f"Unexpected error: {error}"
+            self.display.show("error", str(error))
+            request.done.set_exception(error)
+        else:
+            request.done.set_result(record)
 
     def stop(self) -> None:
         self.queue.control(STOP)

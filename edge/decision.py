@@ -49,7 +49,7 @@ class DecisionRule(BaseModel):
     """How a calibrated blast score becomes an answer: below `threshold` "No blasts suggested", from
     `refer_at` on "Possible blasts: refer for haematologist review", in between "Indeterminate: retake or
     review" (the indeterminate band)."""
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     negative_classes: list[str] = Field(min_length=1, description="the classes that are not blast-like (e.g. "
                                                                   "Benign); the blast score is 1 - their probability")
     threshold: float = Field(ge=0, le=1, description="blast scores below it are answered 'No blasts suggested'; "

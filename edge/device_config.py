@@ -29,7 +29,8 @@ ButtonKind = Literal["none", "gpiozero", "jetson", "keyboard"]
 DisplayKind = Literal["emulated", "hd44780", "luma", "none"]
 CAMERA_KINDS = get_args(CameraKind)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-SECTION = ConfigDict(extra="forbid")
+MIN_TOKEN_LENGTH = 12
+SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)  # no NaN or infinity in a setting
 
 
 class ConfigError(ValueError):
@@ -80,11 +81,12 @@ class DeviceConfig:
                                                                    "only `bundle` decides")
     runtime: Runtime = "auto"
     onnx_providers: tuple[StrictStr, ...] = Field((), description="onnxruntime execution providers, in order")
-    threads: StrictInt = Field(2, ge=1)
+    threads: StrictInt = Field(2, ge=1, le=64)
     xnnpack: StrictBool = Field(True, description="false: TFLite's built-in kernels, slower but without "
                                                   "XNNPACK's second copy of the weights (large models)")
     state_dir: StrictStr = "/var/lib/leukoscreen"
-    min_free_mb: StrictFloat = 200.0
+    min_free_mb: StrictFloat = Field(200.0, ge=0,
+                                     description="below this free space new captures are refused")
     host: StrictStr = "127.0.0.1"
     port: StrictInt = 8080
     access_token: StrictStr = Field("", description="needed (6+ characters) to listen on the network")
@@ -96,15 +98,17 @@ class DeviceConfig:
     cell_finder: CellFinderConfig = field(default_factory=CellFinderConfig)
 
     def __post_init__(self):
-        if self.camera.kind == "folder" and not Path(self.camera.folder).is_dir():
-            raise ValueError(f"camera.folder = {self.camera.folder!r}: not a folder (camera.kind is 'folder')")
+        if self.camera.kind == "folder" and not (self.camera.folder and Path(self.camera.folder).is_dir()):
+            raise ValueError(f"camera.folder = {self.camera.folder!r}: not a folder of images (camera.kind is "
+                             "'folder': set camera.folder, or --camera-folder)")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port = {self.port}: use 1-65535 (or 0: any free port)")
         if self.host not in LOOPBACK_HOSTS and not self.access_token:
             raise ValueError(f"host = {self.host!r} listens on the network: set access_token too")
-        if self.access_token and len(self.access_token) < 6:
-            raise ValueError("access_token is too short: use at least 6 characters (a PIN of 6+ digits or a "
-                             "passphrase)")
+        if self.access_token and (len(self.access_token) < MIN_TOKEN_LENGTH or len(set(self.access_token)) < 8):
+            raise ValueError(f"access_token is too short or too plain: use at least {MIN_TOKEN_LENGTH} characters, "
+                             "8 of them different (e.g. the output of `python3 -c \"import secrets; "
+                             "print(secrets.token_urlsafe(16))\"`)")
         if not 0 < self.max_upload_mb <= 200:
             raise ValueError(f"max_upload_mb = {self.max_upload_mb}: use a size in MB between 0 and 200")
 
@@ -137,9 +141,12 @@ def load_config(path: str | Path | None) -> DeviceConfig:
         return parse_config({"state_dir": str(Path.home() / ".local" / "state" / "leukoscreen")})
     path = Path(path)
     try:
-        values = tomllib.loads(path.read_text())
+        values = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except OSError as error:
         raise ConfigError(f"configuration file {path} cannot be read ({error.strerror})") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"configuration file {path} is not a text file (TOML, UTF-8): byte {error.start} "
+                          "cannot be read; is it the right file?") from error
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"configuration file {path} is not valid TOML: {error}") from error
     return parse_config(values)

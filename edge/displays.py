@@ -2,12 +2,14 @@
 SSD1309, ...) over I2C or SPI (luma.oled), or an emulated screen for development.
 
 The daemon calls `show(state, detail)` with the same states whatever the screen: starting, ready,
-capturing, retake, result, error (`show_capture` picks the state of a capture's record). `screen_lines` does the wording and fitting once for every screen.
+capturing, retake, result, error (`show_capture` picks the state of a capture's record). `screen_pages` holds the
+wording, written for 16x2 and 20x4 screens, once for every screen.
 """
 from __future__ import annotations
 
 import sys
-import textwrap
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -17,35 +19,89 @@ from leukoscreen.edge.capture_record import CaptureRecord
 from leukoscreen.edge.device_config import DisplayConfig
 
 STATES = ("starting", "ready", "capturing", "retake", "result", "error")
-SHORT = {  # decision code -> what fits on a character LCD
-    "no_blasts": "No blasts suggested",
-    "indeterminate": "Indeterminate: retake/review",
-    "possible_blasts": "Possible blasts: refer to haematologist",
+PAGE_SECONDS = 3.0
+# Fixed, deliberate texts per state: (16x2 lines, 20x4 lines). On 16x2 a second page says research use
+# only (17 characters do not fit a 16-character line); on 20x4 the last line always does.
+TEXTS = {
+    "starting": (["LeukoScreen", "starting..."], ["LeukoScreen", "starting...", ""]),
+    "ready": (["Ready: press", "the button"], ["Ready.", "Press the button", "to capture a field."]),
+    "capturing": (["Capturing...", "please wait"], ["Capturing and", "screening the field,", "please wait."]),
+    "no_blasts": (["No blasts", "suggested"], ["No blasts suggested", "", ""]),
+    "indeterminate": (["Indeterminate:", "retake/review"], ["Indeterminate:", "retake or review", ""]),
+    "possible_blasts": (["Possible blasts:", "refer for review"],
+                        ["Possible blasts:", "refer for haemato-", "logist review"]),
 }
+RETAKE = {  # the quality gate's reason (its first words) -> (16x2, 20x4) second line
+    "too dark": ("too dark", "too dark: check lamp"), "overexposed": ("too bright", "too bright: less light"),
+    "out of focus": ("out of focus", "out of focus: refocus"), "no stained cells": ("no stain seen", "no stained cells"),
+    "no white cells": ("no white cells", "no white cells here"), "unusable frame": ("unusable frame", "unusable frame"),
+}
+ERRORS = {  # a word of the error message -> (16x2, 20x4) lines
+    "camera": (["Error: camera", "no frame"], ["Error: no frame", "from the camera;", "check it."]),
+    "storage full": (["Storage full:", "export, free up"], ["Storage full:", "export results and", "free space."]),
+    "model": (["Error: model", "see web page"], ["Error: the model", "bundle; see the", "web page."]),
+}
+RESEARCH_PAGE = ["Research use", "only"]
+RESEARCH_LINE = "Research use only"
 
 
-def screen_lines(state: str, detail: str, cols: int, rows: int) -> list[str]:
-    """Text for a cols x rows character screen. The last row always says research use only."""
+def _content(state: str, detail: str, large: bool) -> list[str]:
+    pick = int(large)
+    if state == "result":
+        if detail not in TEXTS:
+            raise ValueError(f"unknown result {detail!r}")
+        return TEXTS[detail][pick]
+    if state == "retake":
+        reason = next((texts[pick] for words, texts in RETAKE.items() if detail.lower().startswith(words)),
+                      detail[:20 if large else 16])
+        return ["Retake the field:", reason, ""] if large else ["Retake:", reason]
+    if state == "error":
+        return next((texts[pick] for word, texts in ERRORS.items() if word in detail.lower()),
+                    ["Error:", "see the web page", ""] if large else ["Error:", "see web page"])
+    return TEXTS[state][pick]
+
+
+def screen_pages(state: str, detail: str, cols: int, rows: int) -> list[list[str]]:
+    """The pages of text for a cols x rows character screen (16x2 or 20x4), each line padded to cols. Every
+    state ends on research use only: the last line of a 20x4 screen, a page of its own on 16x2."""
     if state not in STATES:
         raise ValueError(f"unknown display state {state!r}")
-    headline = {"starting": "LeukoScreen", "ready": "Ready: press btn", "capturing": "Capturing...",
-                "retake": "Retake", "result": "", "error": "Error"}[state]
-    body = SHORT.get(detail, detail)
-    text = f"{headline} {body}".strip() if headline else body
-    lines = textwrap.wrap(text, cols)[: rows - 1] or [""]
-    lines += [""] * (rows - 1 - len(lines))
-    lines.append("Research use only"[:cols])
-    return [line.ljust(cols)[:cols] for line in lines]
+    if (cols, rows) not in ((16, 2), (20, 4)):
+        raise ValueError(f"{cols}x{rows} screens are not supported (16x2 or 20x4)")
+    large = rows == 4
+    pages = [_content(state, detail, large) + [RESEARCH_LINE]] if large else [_content(state, detail, large),
+                                                                             RESEARCH_PAGE]
+    return [[line.ljust(cols)[:cols] for line in page] for page in pages]
 
 
 class Display:
+    flips_pages = False     # screens that show one page after another (a real LCD); others keep the first
+
     def __init__(self, cols: int = 16, rows: int = 2):
         self.cols, self.rows = cols, rows
-        self.lines: list[str] = [" " * cols] * rows
+        self.pages: list[list[str]] = [[" " * cols] * rows]
+        self.lines = self.pages[0]
+        self.lock = threading.Lock()
+        self.flipper: threading.Thread | None = None
 
     def show(self, state: str, detail: str = "") -> None:
-        self.lines = screen_lines(state, detail, self.cols, self.rows)
-        self._draw()
+        with self.lock:
+            self.pages = screen_pages(state, detail, self.cols, self.rows)
+            self.lines = self.pages[0]
+            self._draw()
+        if self.flips_pages and len(self.pages) > 1 and self.flipper is None:
+            self.flipper = threading.Thread(target=self._flip, name="display pages", daemon=True)
+            self.flipper.start()
+
+    def _flip(self) -> None:
+        page = 0
+        while True:
+            time.sleep(PAGE_SECONDS)
+            with self.lock:
+                page = (page + 1) % len(self.pages)
+                if self.lines != self.pages[page]:
+                    self.lines = self.pages[page]
+                    self._draw()
 
     def show_capture(self, record: CaptureRecord) -> None:
         """A capture's outcome: the answer, the retake reason, or the error."""
@@ -72,18 +128,26 @@ class EmulatedDisplay(Display):
         self.png, self.echo = png, echo
 
     def _draw(self) -> None:
-        if self.echo:
-            print("LCD | " + " | ".join(self.lines))
+        if self.echo:  # every page, as a real 16x2 screen would show them one after another
+            print("LCD | " + " || ".join(" | ".join(page) for page in self.pages))
         if self.png:
             image = np.zeros((24 * self.rows + 16, 13 * self.cols + 16, 3), np.uint8)
             image[:] = (40, 160, 60)
             for row, line in enumerate(self.lines):
                 cv2.putText(image, line, (8, 26 + 24 * row), cv2.FONT_HERSHEY_PLAIN, 1.2, (10, 30, 10), 1)
-            cv2.imwrite(str(Path(self.png)), image)
+            try:  # a picture that cannot be written is a warning, never a stop
+                written = cv2.imwrite(str(Path(self.png)), image)
+            except cv2.error:
+                written = False
+            if not written:
+                print(f"warning: the screen picture {self.png} cannot be written (a .png file in a folder that "
+                      "exists); the device runs on", file=sys.stderr)
+                self.png = ""
 
 
 class HD44780Display(Display):
     """HD44780 16x2 / 20x4 behind an I2C expander (PCF8574 or MCP23008), through RPLCD."""
+    flips_pages = True
 
     def __init__(self, config: DisplayConfig):
         super().__init__(config.cols, config.rows)
@@ -106,6 +170,7 @@ class HD44780Display(Display):
 class LumaDisplay(Display):
     """A graphic OLED through luma (the same lines as the character LCD, drawn with luma's default font).
     Tests pass luma's own `dummy` device."""
+    flips_pages = True
 
     def __init__(self, config: DisplayConfig, device=None):
         super().__init__(config.cols, config.rows)

@@ -3,14 +3,16 @@ the device, used by `leukoscreen convert` to write it and by the device to read 
 
 Every part is a pydantic model that refuses unknown keys; the field descriptions are the schema's
 documentation (`leukoscreen bundle schema` prints the JSON Schema, kept in `edge/manifest.schema.json`).
-`schema_version` goes up whenever the meaning of a field changes. Schema 1 (before the files entries said
-what a model file outputs) is read as schema 2 with a note; `leukoscreen bundle upgrade` rewrites it.
+`schema_version` goes up whenever the meaning of a field changes. Older manifests are read with a note and
+`leukoscreen bundle upgrade` rewrites them: schema 1 (before the files entries said what a model file
+outputs), schema 2 (before the self-test; such a bundle has none until it is converted again).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,8 +21,9 @@ from leukoscreen.edge.decision import DecisionRule, calibrate
 from leukoscreen.edge.preprocessing import PreprocessConfig
 from leukoscreen.edge.validation import describe
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INTENDED_USE = "Research use only. Not for use in diagnostic procedures."
+PRINTABLE = r"^[^\x00-\x1f\x7f]{1,80}$"
 Format = Literal["tflite-int8", "tflite-dynamic", "tflite-fp32", "onnx-int8", "onnx-fp32"]
 FORMATS = get_args(Format)
 REFERENCE_METRICS = "keras-fp32"  # the float model on the desktop, beside the formats
@@ -39,7 +42,7 @@ def sha256_of(path: Path) -> str:
 
 
 class Part(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StoredFile(Part):
@@ -62,7 +65,7 @@ class StoredFile(Part):
 class TensorSpec(Part):
     dtype: Literal["int8", "uint8", "float32"] = Field(description="type of the model file's input tensor")
     scale: float = Field(1.0, gt=0, description="quantization scale: pixel value = (stored - zero_point) * scale")
-    zero_point: int = Field(0, description="quantization zero point")
+    zero_point: int = Field(0, ge=-128, le=255, description="quantization zero point")
 
 
 class FormatFile(StoredFile):
@@ -75,9 +78,15 @@ class FormatFile(StoredFile):
     classifier: StoredFile | None = Field(None, description="the ONNX classifier (skl2onnx) fitted on this "
                                                             "format's features; only with outputs = features")
     quantization: str = Field(description="how the weights and activations are stored, in words")
+    self_test_outputs: list[list[float]] | None = Field(
+        None, description="this file's class probabilities on the self-test's generated fields, as the converter's "
+                          "device runtime computed them; the device refuses the file when its own differ by more "
+                          "than self_test.tolerance")
 
     @model_validator(mode="after")
     def _classifier_matches_outputs(self) -> "FormatFile":
+        if self.input.dtype == "float32" and (self.input.scale, self.input.zero_point) != (1.0, 0):
+            raise ValueError(f"files entry {self.file}: a float32 input has scale 1 and zero point 0")
         if (self.outputs == "features") != (self.classifier is not None):
             raise ValueError(f"files entry {self.file}: outputs = {self.outputs!r} needs "
                              + ("a classifier" if self.outputs == "features" else "no classifier"))
@@ -89,12 +98,12 @@ class FormatFile(StoredFile):
 class InputSpec(Part):
     size: int = Field(ge=8, description="side of the square model input in pixels; the device checks the model "
                                         "file against it")
-    channels: Literal[3] = 3
-    layout: Literal["NHWC"] = "NHWC"
+    channels: Literal[3] = Field(3, description="RGB")
+    layout: Literal["NHWC"] = Field("NHWC", description="images, rows, columns, channels")
 
 
 class Calibration(Part):
-    temperature: float = Field(gt=0, description="temperature scaling: softmax(log(p) / T)")
+    temperature: float = Field(gt=0.01, le=100, description="temperature scaling: softmax(log(p) / T)")
     fitted_on: str = Field("validation split", description="the images the temperature was fitted on")
 
     def apply(self, probabilities: np.ndarray) -> np.ndarray:
@@ -102,85 +111,126 @@ class Calibration(Part):
 
 
 class AnswerCounts(Part):
-    n: int
-    no_blasts: int
-    indeterminate: int
-    possible_blasts: int
+    n: int = Field(ge=0, description="images")
+    no_blasts: int = Field(ge=0, description="answered 'No blasts suggested'")
+    indeterminate: int = Field(ge=0, description="answered 'Indeterminate: retake or review'")
+    possible_blasts: int = Field(ge=0, description="answered 'Possible blasts: refer for haematologist review'")
 
 
 class ScreeningOutcomes(Part):
     """The bundle's three answers on labelled images (the model and decision rule; no quality gate)."""
-    blast: AnswerCounts
-    non_blast: AnswerCounts
-    sensitivity: float = Field(description="blast images not answered 'no blasts' (referred or indeterminate)")
-    specificity: float = Field(description="non-blast images answered 'no blasts'")
-    indeterminate_share: float
+    blast: AnswerCounts = Field(description="the images of blast classes")
+    non_blast: AnswerCounts = Field(description="the images of the negative classes")
+    sensitivity: Share = Field(description="blast images not answered 'no blasts' (referred or indeterminate)")
+    specificity: Share = Field(description="non-blast images answered 'no blasts'")
+    indeterminate_share: Share = Field(description="share of all images answered 'Indeterminate'")
+
+
+Share = Annotated[float, Field(ge=0, le=1)]
+Change = Annotated[float, Field(ge=-1, le=1)]
 
 
 class ClassMetrics(Part):
-    precision: float
-    recall: float
-    specificity: float
-    f1: float
-    support: int
+    precision: Share = Field(description="of the images given this class, the share that have it")
+    recall: Share = Field(description="of the images of this class, the share given it (sensitivity)")
+    specificity: Share = Field(description="of the images of other classes, the share not given it")
+    f1: Share = Field(description="harmonic mean of precision and recall")
+    support: int = Field(ge=0, description="test images of this class")
 
 
 class FormatMetrics(Part):
     """Test-split figures of one format (or of the desktop float model, `keras-fp32`)."""
-    accuracy: float
-    macro_f1: float
-    macro_recall: float
-    macro_specificity: float
-    ci95: dict[str, tuple[float, float]] = Field(description="95% intervals resampling whole groups")
-    per_class: dict[str, ClassMetrics]
-    accuracy_change: float | None = Field(None, description="against the float model")
-    macro_f1_change: float | None = None
-    top1_agreement: float | None = Field(None, description="share of test images given the float model's class")
-    max_probability_difference: float | None = None
-    size_bytes: int | None = Field(None, description="model file plus classifier")
+    accuracy: Share = Field(description="share of test images given their class")
+    macro_f1: Share = Field(description="F1 averaged over the classes")
+    macro_recall: Share = Field(description="recall (sensitivity) averaged over the classes")
+    macro_specificity: Share = Field(description="specificity averaged over the classes")
+    ci95: dict[str, tuple[Share, Share]] = Field(description="95% intervals resampling whole groups")
+    per_class: dict[str, ClassMetrics] = Field(description="by class name")
+    accuracy_change: Change | None = Field(None, description="against the float model")
+    macro_f1_change: Change | None = Field(None, description="against the float model")
+    top1_agreement: Share | None = Field(None, description="share of test images given the float model's class")
+    max_probability_difference: Share | None = Field(None, description="largest difference of a class "
+                                                                          "probability from the float model's")
+    size_bytes: int | None = Field(None, ge=0, description="model file plus classifier")
     screening: ScreeningOutcomes | None = Field(None, description="the decision rule's answers (default format)")
 
 
 class TrainingRecord(Part):
-    model: str
+    model: str = Field(description="the network (e.g. efficientnet-lite0), or the Model 1 pair")
     data: str = Field(description="the training data folder's name")
-    task: str
-    split_method: str
+    task: str = Field(description="subtype, binary, classes")
+    split_method: str = Field(description="how the training, validation and test parts were drawn")
     run: str = Field(description="the run folder the bundle was converted from")
-    trained_precision: str = "float32"
+    trained_precision: str = Field("float32", description="float32 or mixed_bfloat16 (the saved model is float32)")
     split_file: str = Field("split.csv", description="the split, in the bundle: files by sha256")
-    metrics_on: str = "test split"
-    backbone: str | None = None
-    weights: str | None = None
+    metrics_on: str = Field("test split", description="the images the metrics were measured on")
+    backbone: str | None = Field(None, description="Model 1: the feature extractor")
+    weights: str | None = Field(None, description="Model 1: imagenet, none (random) or the weights file")
     classifier: str | None = Field(None, description="Model 1: the classical classifier after the features")
-    classifier_fitted_on: str | None = None
+    classifier_fitted_on: str | None = Field(None, description="Model 1: the features the classifier was fitted on")
+
+
+class SelfTest(Part):
+    """Generated fields every model file of the bundle is run on before it decides anything (edge/self_test.py)."""
+    generator: str = Field(description="how the fields are made; the device makes the same ones")
+    fields: int = Field(ge=1, le=64, description="how many generated fields (the converter makes 6)")
+    fields_sha256: str = Field(pattern="^[0-9a-f]{64}$", description="sha256 of the fields' pixels, so a device "
+                                                                      "that generated other bytes says so")
+    reference: list[list[float]] = Field(description="the float (desktop) model's class probabilities on them")
+    tolerance: float = Field(gt=0, le=1, description="largest difference of a class probability from the "
+                                                     "converter's answer that a device accepts")
 
 
 class Manifest(Part):
-    schema_version: Literal[2] = SCHEMA_VERSION
-    name: str = Field(min_length=1)
-    version: str = Field(min_length=1)
-    task: str
-    class_names: list[str] = Field(min_length=2)
+    schema_version: Literal[3] = Field(SCHEMA_VERSION, description="the version of this schema; the device refuses "
+                                                                     "versions it does not know")
+    name: str = Field(pattern=PRINTABLE, description="the bundle's name, shown with every result (1-80 "
+                                                     "characters, no control characters)")
+    version: str = Field(pattern=PRINTABLE, description="the bundle's version, shown with every result (1-80 "
+                                                        "characters, no control characters)")
+    task: str = Field(description="subtype (Benign/Early/Pre/Pro), binary (benign/malignant), or the folders' classes")
+    class_names: list[str] = Field(min_length=2, description="the model's output classes, in output order")
     default_format: Format = Field(description="the format the device uses unless configured otherwise")
-    input: InputSpec
+    input: InputSpec = Field(description="the model input the files read")
     input_kind: Literal["field", "cell"] = Field(description="field: the model reads the whole field; cell: it "
                                                              "reads each white cell's crop")
-    preprocess: PreprocessConfig
+    preprocess: PreprocessConfig = Field(description="how a field (or cell crop) becomes the model input "
+                                                     "(edge/preprocessing.py)")
     output: Literal["sigmoid", "softmax"] = Field(description="sigmoid: one column, P(class_names[1]); "
                                                               "softmax: one probability per class")
-    calibration: Calibration
-    decision: DecisionRule
-    files: dict[Format, FormatFile] = Field(min_length=1)
+    calibration: Calibration = Field(description="how raw probabilities are calibrated before the decision")
+    decision: DecisionRule = Field(description="how the calibrated blast score becomes an answer")
+    files: dict[Format, FormatFile] = Field(min_length=1, description="the model file of each format")
     metrics: dict[str, FormatMetrics] = Field(description="keras-fp32 and each format, on the test split")
-    representative_images: int = Field(0, ge=0, description="training images that calibrated int8 quantization")
-    training: TrainingRecord
-    software_version: str
-    created: str
-    intended_use: Literal["Research use only. Not for use in diagnostic procedures."]
+    representative_images: int = Field(0, ge=0, le=1_000_000, description="training images that calibrated int8 "
+                                                                          "quantization")
+    self_test: SelfTest | None = Field(None, description="none only in bundles converted before the self-test "
+                                                         "existed (schema 1 and 2)")
+    training: TrainingRecord = Field(description="what the model was trained on, and how")
+    software_version: str = Field(description="the leukoscreen version that wrote the bundle")
+    created: str = Field(description="when the bundle was written (ISO time, UTC)")
+    intended_use: Literal["Research use only. Not for use in diagnostic procedures."] = Field(
+        description="the only use a bundle may have")
+    manifest_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$", description=(
+        "sha256 of this manifest without this key (canonical JSON: keys sorted, no spaces), written with it: the "
+        "device refuses a manifest changed afterwards (a hand edit of a class order, temperature or threshold "
+        "would change every answer without any file hash noticing); none only in schema 1 and 2"))
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"class_names {self.class_names} name a class twice")
+        if self.preprocess.colour == "reinhard" and (len(self.preprocess.reference) != 6
+                                                     or min(self.preprocess.reference[3:]) <= 0):
+            raise ValueError("preprocess.colour = 'reinhard' needs preprocess.reference: the L*, a*, b* means then "
+                             "their (positive) standard deviations of the training images")
+        negative = self.decision.negative_classes
+        if len(set(negative)) != len(negative) or set(negative) >= set(self.class_names):
+            raise ValueError(f"decision.negative_classes {negative}: each class once, and not every class (the "
+                             "blast score is the probability of the other classes)")
+        for fmt, entry in self.files.items():
+            if Path(entry.file).suffix != (".onnx" if fmt.startswith("onnx") else ".tflite"):
+                raise ValueError(f"files.{fmt}.file {entry.file!r} is not a {fmt.split('-')[0]} file")
         if self.default_format not in self.files:
             raise ValueError(f"default_format {self.default_format!r} is not among the files "
                              f"({', '.join(self.files)})")
@@ -195,6 +245,17 @@ class Manifest(Part):
         unknown = sorted(set(self.metrics) - {REFERENCE_METRICS, *self.files})
         if unknown:
             raise ValueError(f"metrics for {unknown}: not a format of this bundle")
+        if self.self_test:
+            missing = [fmt for fmt, entry in self.files.items() if entry.self_test_outputs is None]
+            if missing:
+                raise ValueError(f"files {missing} have no self_test_outputs although the bundle has a self_test")
+            shape = (self.self_test.fields, len(self.class_names))
+            tables = {"self_test.reference": self.self_test.reference} | {
+                f"files.{fmt}.self_test_outputs": entry.self_test_outputs for fmt, entry in self.files.items()}
+            for where, table in tables.items():
+                if (len(table), *{len(row) for row in table}) != shape:
+                    raise ValueError(f"{where} is not {shape[0]} rows of {shape[1]} class probabilities (one row per "
+                                     "self-test field)")
         return self
 
     @property
@@ -222,11 +283,26 @@ def _from_schema_1(values: dict) -> dict:
         files[fmt] = entry
     decision = dict(values.get("decision") or {})
     band = decision.pop("indeterminate_band", None)
-    if isinstance(band, list) and len(band) == 2:
-        decision["threshold"], decision["refer_at"] = band
+    if not (isinstance(band, list) and len(band) == 2 and all(isinstance(v, (int, float)) for v in band)
+            and band[0] <= decision.get("threshold", band[0]) <= band[1]):
+        raise ValueError(f"decision.indeterminate_band {band!r} is not two numbers around the threshold")
+    decision["threshold"], decision["refer_at"] = band
     values.update(schema_version=SCHEMA_VERSION, input=given_input, files=files, decision=decision,
                   representative_images=quantization.get("representative_images", 0))
     return values
+
+
+def manifest_digest(values: dict) -> str:
+    """sha256 of a manifest's JSON values without `manifest_sha256`, in canonical form."""
+    rest = {key: value for key, value in values.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+                                     ).encode()).hexdigest()
+
+
+def manifest_json(manifest: Manifest) -> str:
+    """The manifest as written into a bundle: its values and their digest."""
+    values = json.loads(manifest.model_dump_json(exclude={"manifest_sha256"}))
+    return json.dumps(values | {"manifest_sha256": manifest_digest(values)}, indent=2, ensure_ascii=False) + "\n"
 
 
 def parse_manifest(values, where: str = "manifest.json") -> tuple[Manifest, tuple[str, ...]]:
@@ -235,15 +311,32 @@ def parse_manifest(values, where: str = "manifest.json") -> tuple[Manifest, tupl
     if not isinstance(values, dict):
         raise BundleError(f"{where}: not a JSON object")
     version, notes = values.get("schema_version"), ()
-    if version == 1:
-        values = _from_schema_1(values)
-        notes = (f"{where} is schema 1 and was read as schema {SCHEMA_VERSION}; `leukoscreen bundle upgrade "
-                 "BUNDLE` rewrites it",)
-    elif version != SCHEMA_VERSION:
+    if isinstance(version, bool):  # JSON true is not version 1
+        version = str(version).lower()
+    if version in (1, 2):
+        try:
+            values = _from_schema_1(values) if version == 1 else values | {"schema_version": SCHEMA_VERSION}
+        except (AttributeError, TypeError, ValueError) as error:
+            raise BundleError(f"{where}: a schema-1 manifest of an unexpected shape ({error}); convert the model "
+                              "again with `leukoscreen convert RUN --out BUNDLE`") from error
+        notes = (f"{where} is schema {version} and was read as schema {SCHEMA_VERSION}, without a self-test; "
+                 "`leukoscreen bundle upgrade BUNDLE` rewrites it, `leukoscreen convert` again adds the self-test",)
+    elif version == SCHEMA_VERSION:
+        recorded = values.get("manifest_sha256")
+        if not isinstance(recorded, str) or recorded != manifest_digest(values):
+            raise BundleError(f"{where}: " + ("has no manifest_sha256" if recorded is None else
+                                              "was changed after it was written (its manifest_sha256 does not match)")
+                              + ": an edited manifest can change every answer (class order, temperature, "
+                              "threshold), so it is refused; convert the model again with `leukoscreen convert`")
+        values = {key: value for key, value in values.items() if key != "manifest_sha256"}  # of the file, not
+        # of its content: a Manifest read from a file equals the one it was written from
+    else:
         raise BundleError(f"{where}: schema_version {version!r} is not supported (this software reads versions 1 "
-                          f"and {SCHEMA_VERSION}); convert the model again with `leukoscreen convert RUN --out "
+                          f"to {SCHEMA_VERSION}); convert the model again with `leukoscreen convert RUN --out "
                           "BUNDLE`, or update the device's software")
-    try:
-        return Manifest.model_validate(values), notes
-    except ValidationError as error:
-        raise BundleError(describe(error, where)) from error
+    try:  # strictly: `leukoscreen convert` writes every value in its type, so a number written as text means
+        # the manifest was not written by it (JSON arrays stand for tuples)
+        return Manifest.model_validate_json(json.dumps(values), strict=True), notes
+    except (ValidationError, ValueError, RecursionError) as error:
+        message = describe(error, where) if isinstance(error, ValidationError) else f"{where}: {error}"
+        raise BundleError(message) from error

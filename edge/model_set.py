@@ -26,7 +26,7 @@ class ModelSet:
 
     @property
     def notes(self) -> tuple[str, ...]:
-        return tuple(note for model in (self.deciding, *self.compared) for note in model.bundle.notes)
+        return tuple(note for model in (self.deciding, *self.compared) for note in model.notes)
 
     def describe(self) -> dict:
         """What the audit log records of a loaded set."""

@@ -28,13 +28,13 @@ STANDARD_STD = 48.0
 SCALE_BAR_CORNER = 34 / 224
 
 
-@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class PreprocessConfig:
     """Parameters of `preprocess`; stored in run folders and in the bundle manifest (`preprocess`)."""
-    resize: int = Field(256, ge=0, description="side of the intermediate square image in pixels (0 = skip)")
+    resize: int = Field(256, ge=0, le=4096, description="side of the intermediate square image in pixels (0 = skip)")
     median: int = Field(3, description="median filter aperture in pixels (0 = off; odd numbers >= 3)")
     sharpen: bool = Field(True, description="apply the 3x3 sharpening kernel")
-    input_size: int = Field(128, ge=8, description="side of the square model input in pixels")
+    input_size: int = Field(128, ge=8, le=1024, description="side of the square model input in pixels")
     mask_corner: float = Field(0.0, description="side of the bottom-right square filled with the image's median "
                                                 "colour, as a fraction of the image side (0 = off; all-aria's "
                                                 "scale-bar label)")
@@ -54,8 +54,11 @@ class PreprocessConfig:
         if self.reference and len(self.reference) != 6:
             raise ValueError(f"preprocess.reference has {len(self.reference)} numbers: give L*, a*, b* means "
                              "then their standard deviations (6)")
-        if self.median and (self.median < 3 or self.median % 2 == 0):
-            raise ValueError(f"preprocess.median = {self.median}: use 0 (off) or an odd number >= 3")
+        if self.median and (self.median % 2 == 0 or not 3 <= self.median <= 31):
+            raise ValueError(f"preprocess.median = {self.median}: use 0 (off) or an odd number from 3 to 31")
+        if self.resize and self.resize < self.input_size:
+            raise ValueError(f"preprocess.resize = {self.resize} is smaller than input_size = {self.input_size}: "
+                             "use 0 (no intermediate size) or at least the input size")
         if not 0.0 <= self.mask_corner < 0.5:
             raise ValueError(f"preprocess.mask_corner = {self.mask_corner}: use a fraction in [0, 0.5)")
 

@@ -10,15 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, compu
 from pydantic.dataclasses import dataclass
 
 
-@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class QualityConfig:
     """The `[quality]` section of the device configuration."""
-    min_focus: StrictFloat = Field(15.0, description="variance of the Laplacian of the grayscale field (depends on "
+    min_focus: StrictFloat = Field(15.0, ge=0, description="variance of the Laplacian of the grayscale field (depends on "
                                                      "the camera: raise it for sharp high-resolution cameras)")
-    max_dark_fraction: StrictFloat = Field(0.5, description="share of pixels with luminance < 20")
-    max_clipped_fraction: StrictFloat = Field(0.5, description="share of pixels white in all three channels")
-    min_stain_fraction: StrictFloat = Field(0.0005, description="share of stained (purple) pixels")
-    min_cells: StrictInt = Field(1, description="white cells the cell finder must find")
+    max_dark_fraction: StrictFloat = Field(0.5, ge=0, le=1, description="share of pixels with luminance < 20")
+    max_clipped_fraction: StrictFloat = Field(0.5, ge=0, le=1, description="share of pixels white in all three channels")
+    min_stain_fraction: StrictFloat = Field(0.0005, ge=0, le=1, description="share of stained (purple) pixels")
+    min_cells: StrictInt = Field(1, ge=0, description="white cells the cell finder must find")
 
 
 class QualityReport(BaseModel):

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
+import sys
 import threading
+import unicodedata
 import uuid
 import zipfile
 from pathlib import Path
@@ -54,16 +58,42 @@ EXPORT_COLUMNS = ["id", "sample_id", "time", "decision", "message", "blast_score
 EXPORT_NOTICE = RESEARCH_USE_NOTICE + " Screening aid only, not a diagnosis."
 
 
-class StoreError(RuntimeError):
+class StoreError(OSError):
     """The store cannot take a capture (disk full, unwritable); the message says what to do."""
 
 
+# Sample ids: letters and digits of any script, and - _ . : and spaces inside; at most 64 characters.
+SAMPLE_ID = re.compile(r"[^\W_](?:[\w\-.: ]{0,62}[^\W_])?|")
+IMAGE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}_[0-9a-f]{16}\.png")
+SAMPLE_ID_RULE = ("up to 64 letters or digits (any script), with - _ . : or spaces between them; no slashes, "
+                  "line breaks or symbols")
+
+
 def check_sample_id(sample_id: str) -> str:
-    """The sample id without surrounding spaces; ValueError for one that cannot be stored."""
-    sample_id = sample_id.strip()
-    if len(sample_id) > 64 or any(c in sample_id for c in "/\\\0"):
-        raise ValueError(f"sample id {sample_id!r}: use up to 64 characters without slashes")
+    """The sample id in Unicode NFKC form (full-width "Ｓ-１２" is "S-12", a decomposed accent composed) without
+    surrounding spaces (empty: the store makes one); ValueError naming the rule for one that does not follow
+    it. The one check of sample ids, for the web, the API and the store."""
+    sample_id = unicodedata.normalize("NFKC", sample_id).strip()
+    if not SAMPLE_ID.fullmatch(sample_id):
+        raise ValueError(f"sample id {sample_id[:80]!r}: use {SAMPLE_ID_RULE}")
     return sample_id
+
+
+def utc_time(text: str) -> str:
+    """An ISO date or time ("2026-11-01", "2026-11-01T08:30", "...+03:30") as the store writes times (UTC,
+    milliseconds), so that it can be compared with them; a time without an offset is taken as UTC. ValueError
+    for text that is not an ISO date or time."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.timezone.utc)
+        return moment.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")
+    except (TypeError, ValueError, OverflowError) as error:  # OverflowError: beyond year 1-9999 in UTC
+        raise ValueError(f"{text!r} is not an ISO date or time; write e.g. 2026-11-01 or 2026-11-01T08:30") from error
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return getattr(error, "errno", None) == errno.ENOSPC or "disk is full" in str(error)
 
 
 def _now() -> str:
@@ -79,13 +109,18 @@ def _fsync_directory(path: Path) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write data to path so that path either does not exist or holds all of data."""
+    """Write data to path so that path either does not exist or holds all of data; a failed write leaves
+    nothing behind."""
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     _fsync_directory(path.parent)
 
 
@@ -99,32 +134,54 @@ class ResultStore:
             raise StoreError(f"state directory {self.root} cannot be created ({error.strerror}); "
                              "check the StateDirectory setting and permissions") from error
         self.min_free_mb = min_free_mb
-        self.db = sqlite3.connect(self.root / "results.sqlite3", timeout=30, isolation_level=None,
-                                  check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
         self.lock = threading.RLock()
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
+        self.read_only = ""     # why the store takes no captures (the disk was full when it was opened)
         leftovers = list(self.images.glob(".*.tmp"))
         for partial in leftovers:  # an interrupted write: its row was never committed
             partial.unlink()
-        self.audit("store_opened", {"removed_partial_files": len(leftovers)})
+        for export in self.root.glob(".export-*"):  # an export interrupted by a crash
+            shutil.rmtree(export, ignore_errors=True)
+        try:
+            self.db = sqlite3.connect(self.root / "results.sqlite3", timeout=30, isolation_level=None,
+                                      check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(SCHEMA)
+            self.db.execute("INSERT INTO audit (time, event, detail) VALUES (?, ?, ?)",  # can it be written?
+                            (_now(), "store_opened", json.dumps({"removed_partial_files": len(leftovers)})))
+        except (sqlite3.Error, OSError) as error:
+            if not is_disk_full(error) or not (self.root / "results.sqlite3").is_file():
+                raise StoreError(f"the result store in {self.root} cannot be opened ({error}); check the "
+                                 "state directory's disk and permissions") from error
+            self.read_only = (f"Storage full: the results in {self.root} can be read and exported, but no new "
+                              "capture is taken until space is freed; nothing was deleted")
 
     def close(self) -> None:
         with self.lock:
             self.db.close()
 
     def audit(self, event: str, detail: dict | None = None) -> None:
-        with self.lock:
-            self.db.execute("INSERT INTO audit (time, event, detail) VALUES (?, ?, ?)",
-                            (_now(), event, json.dumps(detail or {})))
+        """Append an event to the audit log. On a full disk the line cannot be written: it goes to stderr (the
+        system journal) instead of stopping the device."""
+        line = (_now(), event, json.dumps(detail or {}))
+        try:
+            with self.lock:
+                if self.read_only:
+                    raise sqlite3.OperationalError("database or disk is full")
+                self.db.execute("INSERT INTO audit (time, event, detail) VALUES (?, ?, ?)", line)
+        except sqlite3.Error as error:
+            if not is_disk_full(error):
+                raise
+            print(f"audit line not stored (the disk is full): {' '.join(line)}", file=sys.stderr)
 
     def free_mb(self) -> float:
         return shutil.disk_usage(self.root).free / 1e6
 
     def check_space(self) -> None:
+        if self.read_only:
+            raise StoreError(self.read_only)
         free = self.free_mb()
         if free < self.min_free_mb:
             self.audit("capture_refused_disk_full", {"free_mb": round(free, 1)})
@@ -151,6 +208,17 @@ class ResultStore:
             write_atomically(self.images / name, data)
         except OSError as error:
             raise StoreError(f"the image could not be saved ({error.strerror}); check the storage") from error
+        try:
+            capture_id = self._insert(record, time, name, digest)
+        except sqlite3.Error as error:
+            if not is_disk_full(error):
+                raise
+            raise StoreError("Storage full: the result could not be written (the disk is full). Export and "
+                             "archive results, then free space; nothing was deleted.") from error
+        return record.model_copy(update={"capture_id": capture_id})
+
+    def _insert(self, record: CaptureRecord, time: str, name: str, digest: str) -> int:
+        """The capture's row, its cells and its audit line, in one transaction; returns its id."""
         with self.lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("INSERT OR IGNORE INTO samples (id, created) VALUES (?, ?)", (record.sample_id, time))
@@ -167,7 +235,7 @@ class ResultStore:
             self.db.execute("INSERT INTO audit (time, event, detail) VALUES (?, ?, ?)",
                             (time, "capture_stored", json.dumps({"capture": capture_id, "sample": record.sample_id,
                                                                  "decision": record.decision})))
-        return record.model_copy(update={"capture_id": capture_id})
+        return capture_id
 
     @staticmethod
     def record(row: dict) -> CaptureRecord:
@@ -177,12 +245,12 @@ class ResultStore:
     def captures(self, sample_id: str | None = None, since: str | None = None, until: str | None = None,
                  limit: int = 1000) -> list[dict]:
         query, arguments = "SELECT * FROM captures WHERE 1=1", []
-        if sample_id:
-            query, arguments = query + " AND sample_id = ?", arguments + [sample_id]
+        if sample_id:  # found however it was typed (the stored ids are NFKC)
+            query, arguments = query + " AND sample_id = ?", arguments + [unicodedata.normalize("NFKC", sample_id)]
         if since:
-            query, arguments = query + " AND time >= ?", arguments + [since]
+            query, arguments = query + " AND time >= ?", arguments + [utc_time(since)]
         if until:
-            query, arguments = query + " AND time < ?", arguments + [until]
+            query, arguments = query + " AND time < ?", arguments + [utc_time(until)]
         with self.lock:
             rows = self.db.execute(query + " ORDER BY id DESC LIMIT ?", arguments + [limit]).fetchall()
         return [dict(row) for row in rows]
@@ -205,11 +273,11 @@ class ResultStore:
                 for row in rows]
 
     def image_path(self, name: str) -> Path:
-        """The stored image of that name; never a path outside the image folder."""
-        path = (self.images / name).resolve()
-        if path.parent != self.images.resolve() or not path.is_file():
-            raise FileNotFoundError(f"no stored image named {name!r}")
-        return path
+        """The stored image of that name (the store names them DATE_HASH.png); never a path outside the image
+        folder. FileNotFoundError for any other name."""
+        if not IMAGE_NAME.fullmatch(name) or not (self.images / name).is_file():
+            raise FileNotFoundError(f"no stored image named {name[:80]!r}")
+        return self.images / name
 
     @staticmethod
     def tables(rows: list[dict]) -> tuple[str, str]:
@@ -224,20 +292,37 @@ class ResultStore:
     def export(self, out_zip: Path, sample_id: str | None = None, since: str | None = None,
                until: str | None = None) -> int:
         """Write a zip (results.csv, results.json, images/, NOTICE.txt) of the chosen captures; returns
-        how many. The captures are marked exported; nothing is deleted."""
+        how many. Each stored image once (identical frames share one); an image missing from the store is
+        listed in MISSING-IMAGES.txt instead of stopping the export. The captures are marked exported;
+        nothing is deleted."""
         rows = self.captures(sample_id, since, until, limit=1_000_000)
         csv_text, json_text = self.tables(rows)
         temporary = out_zip.with_name(f".{out_zip.name}.{uuid.uuid4().hex}.tmp")
-        with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("NOTICE.txt", EXPORT_NOTICE + "\n")
-            archive.writestr("results.csv", csv_text)
-            archive.writestr("results.json", json_text)
-            for row in rows:
-                archive.write(self.images / row["image"], f"images/{row['image']}")
-        os.replace(temporary, out_zip)
-        with self.lock, self.db:
-            self.db.executemany("UPDATE captures SET exported = 1 WHERE id = ?", [(row["id"],) for row in rows])
-        self.audit("exported", {"captures": len(rows), "file": str(out_zip)})
+        try:
+            with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:
+                archive.writestr("NOTICE.txt", EXPORT_NOTICE + "\n")
+                archive.writestr("results.csv", csv_text)
+                archive.writestr("results.json", json_text)
+                missing = []
+                for name in dict.fromkeys(row["image"] for row in rows):
+                    if (self.images / name).is_file():
+                        archive.write(self.images / name, f"images/{name}")
+                    else:
+                        missing.append(name)
+                if missing:
+                    archive.writestr("MISSING-IMAGES.txt", "Stored images not found when this export was made "
+                                     "(their results are in results.csv and results.json):\n" + "\n".join(missing) + "\n")
+            os.replace(temporary, out_zip)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        try:  # the zip is whole; marking it is bookkeeping and may fail on a full disk
+            with self.lock, self.db:
+                self.db.executemany("UPDATE captures SET exported = 1 WHERE id = ?", [(row["id"],) for row in rows])
+            self.audit("exported", {"captures": len(rows), "file": str(out_zip)})
+        except sqlite3.Error as error:
+            if not is_disk_full(error):
+                raise
         return len(rows)
 
     def integrity_problems(self) -> list[str]:

@@ -90,6 +90,7 @@ class ModelRunner:
     """Base: checks inputs and turns raw outputs into probabilities. Subclasses implement `_run`."""
     input_size: int
     output_size: int | None   # numbers per image (None: not fixed in the file)
+    input_spec: tuple[str, float, int]   # the input tensor's type, scale and zero point
     name: str
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -123,13 +124,16 @@ class TFLiteRunner(ModelRunner):
     times slower, but XNNPACK keeps a second, repacked copy of the weights in memory, which a large model
     (AlexNet: 57 MB int8) cannot afford on a small board."""
 
-    def __init__(self, path: Path, backend: str = "litert", threads: int = 2, xnnpack: bool = True):
+    def __init__(self, path: Path, backend: str = "litert", threads: int = 2, xnnpack: bool = True,
+                 content: bytes | None = None):
         module = _import_tflite_interpreter(backend)
         self.name = backend if xnnpack else f"{backend} built-in"
         options = {} if xnnpack else {
             "experimental_op_resolver_type": module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
         try:
-            self.interpreter = module.Interpreter(model_path=str(path), num_threads=threads, **options)
+            # the file's bytes, held in memory (not mapped): a file changed on disk cannot change the model
+            self.model_content = content if content is not None else Path(path).read_bytes()
+            self.interpreter = module.Interpreter(model_content=self.model_content, num_threads=threads, **options)
         except (ValueError, RuntimeError) as error:
             text = str(error)
             if "Flex" in text or "Select TensorFlow op" in text:
@@ -150,6 +154,8 @@ class TFLiteRunner(ModelRunner):
         self.output = self.interpreter.get_output_details()[0]
         self.input_size = int(self.input["shape"][1])
         self.output_size = int(self.output["shape"][-1])
+        scale, zero_point = self.input["quantization"]
+        self.input_spec = (np.dtype(self.input["dtype"]).name, float(scale) or 1.0, int(zero_point))
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         outputs = []
@@ -165,7 +171,8 @@ class TFLiteRunner(ModelRunner):
 
 
 class OnnxRunner(ModelRunner):
-    def __init__(self, path: Path, threads: int = 2, providers: list[str] | None = None):
+    def __init__(self, path: Path, threads: int = 2, providers: list[str] | None = None,
+                 content: bytes | None = None):
         try:
             import onnxruntime
         except ImportError as error:
@@ -180,12 +187,14 @@ class OnnxRunner(ModelRunner):
         if missing:
             raise RuntimeProblem(f"onnxruntime here has no {', '.join(missing)}; available: {', '.join(available)}")
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=wanted)
+            self.session = onnxruntime.InferenceSession(content if content is not None else Path(path).read_bytes(),
+                                                        options, providers=wanted)
         except Exception as error:  # onnxruntime raises its own exception types
             raise RuntimeProblem(f"{path}: not an ONNX model onnxruntime can load ({error})") from error
         self.input = self.session.get_inputs()[0]
         self.input_size = int(self.input.shape[1])
         self.output_size = _fixed(self.session.get_outputs()[-1].shape[-1])
+        self.input_spec = ({"tensor(float)": "float32"}.get(self.input.type, self.input.type), 1.0, 0)
 
     def _run(self, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
         # a few images per call: a whole data set at once would hold every layer's activations for all of it
@@ -197,15 +206,16 @@ class TwoStageRunner(ModelRunner):
     """Thesis Model 1 on the device: a feature-extractor model, then a classical classifier (scikit-learn,
     converted to ONNX by skl2onnx) that turns the features into class probabilities."""
 
-    def __init__(self, features: ModelRunner, classifier: Path, threads: int = 1):
+    def __init__(self, features: ModelRunner, classifier: Path, threads: int = 1, content: bytes | None = None):
         self.features = features
-        self.classifier = OnnxRunner(classifier, threads)
+        self.classifier = OnnxRunner(classifier, threads, content=content)
         self.name = f"{features.name} + onnxruntime"
         self.input_size = features.input_size
         if len(self.classifier.session.get_outputs()) != 2:
             raise RuntimeProblem(f"{classifier}: a classifier needs the outputs (label, probabilities); "
                                  "convert it with skl2onnx and zipmap off")
         self.output_size = self.classifier.output_size
+        self.input_spec = features.input_spec
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         features = np.asarray(self.features._run(batch), dtype=np.float32).reshape(len(batch), -1)
@@ -217,28 +227,33 @@ class TwoStageRunner(ModelRunner):
 
 
 def open_runner(path: str | Path, options: RuntimeOptions = RuntimeOptions(),
-                classifier: str | Path | None = None) -> ModelRunner:
+                classifier: str | Path | None = None, contents: dict[Path, bytes] | None = None) -> ModelRunner:
     """A runner for a .tflite or .onnx file with the given runtime options (`options.format` is the
     bundle's business and is not read here). With `classifier` (an ONNX classifier file) the model file
-    is a feature extractor and the classifier turns its features into probabilities."""
+    is a feature extractor and the classifier turns its features into probabilities. `contents`: the files'
+    bytes already read (and checked against their hashes); otherwise they are read here. Either way the
+    runtime works from bytes in memory, never from a file that could change under it."""
+    contents = contents or {}
     if classifier is not None:
-        return TwoStageRunner(open_runner(path, options), Path(classifier))
+        return TwoStageRunner(open_runner(path, options, contents=contents), Path(classifier),
+                              content=contents.get(Path(classifier)))
     path, runtime = Path(path), options.runtime
-    if not path.is_file():
+    if not path.is_file() and path not in contents:
         raise RuntimeProblem(f"model file {path} does not exist")
+    content = contents.get(path)
     if path.suffix == ".onnx":
         if runtime not in ("auto", "onnx"):
             raise RuntimeProblem(f"{path.name} is an ONNX model; runtime {runtime!r} cannot run it (use onnx)")
-        return OnnxRunner(path, options.threads, list(options.providers) or None)
+        return OnnxRunner(path, options.threads, list(options.providers) or None, content)
     if path.suffix != ".tflite":
         raise RuntimeProblem(f"{path.name}: unknown model file type (expected .tflite or .onnx)")
     if runtime == "onnx":
         raise RuntimeProblem(f"{path.name} is a TFLite model; use runtime litert or tflite-runtime")
     if runtime == "auto":
         try:
-            return TFLiteRunner(path, "litert", options.threads, options.xnnpack)
+            return TFLiteRunner(path, "litert", options.threads, options.xnnpack, content)
         except RuntimeProblem as error:
             if "not installed" not in str(error):
                 raise
             runtime = "tflite-runtime"
-    return TFLiteRunner(path, runtime, options.threads, options.xnnpack)
+    return TFLiteRunner(path, runtime, options.threads, options.xnnpack, content)

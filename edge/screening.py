@@ -25,14 +25,22 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
 class ScreeningModel:
     """A loaded bundle and its runtime. `classify(rgb, field)` answers on a field that passed the gate."""
 
-    def __init__(self, bundle: ModelBundle, runner: ModelRunner, fmt: str):
+    def __init__(self, bundle: ModelBundle, runner: ModelRunner, fmt: str, notes: tuple[str, ...] = ()):
         self.bundle, self.runner, self.format = bundle, runner, fmt
+        self.notes = bundle.notes + notes   # what the user should know: an older schema, a refused format
 
     @classmethod
     def open(cls, bundle: ModelBundle | str | Path = DEFAULT_BUNDLE,
-             options: RuntimeOptions = RuntimeOptions()) -> "ScreeningModel":
+             options: RuntimeOptions = RuntimeOptions(), fallback: bool = True) -> "ScreeningModel":
+        """The bundle's model through the device runtime, checked and self-tested; a format that fails is
+        replaced by another of the bundle's formats that passes (see the notes), unless fallback is False (a
+        command asked for that format by name: it measures that file or nothing)."""
         bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
-        return cls(bundle, bundle.runner(options), options.format or bundle.manifest.default_format)
+        if not fallback:
+            fmt = options.format or bundle.manifest.default_format
+            return cls(bundle, bundle.runner(options.with_format(fmt)), fmt)
+        runner, fmt, notes = bundle.open_checked(options)
+        return cls(bundle, runner, fmt, notes)
 
     @property
     def title(self) -> str:

@@ -65,10 +65,16 @@ class KeyboardTrigger(Trigger):
 
 
 def open_trigger(config: ButtonConfig, on_press: Callable[[], None], on_quit: Callable[[], None]) -> Trigger:
-    if config.kind == "gpiozero":
-        return GpiozeroButton(config, on_press)
-    if config.kind == "jetson":
-        return JetsonButton(config, on_press)
+    """The configured trigger. A button that is missing or cannot be set up never stops the device: it then
+    runs without it (the web page and the keyboard still work) and says so."""
     if config.kind == "keyboard":
         return KeyboardTrigger(on_press, on_quit)
+    try:
+        if config.kind == "gpiozero":
+            return GpiozeroButton(config, on_press)
+        if config.kind == "jetson":
+            return JetsonButton(config, on_press)
+    except Exception as error:  # gpiozero and Jetson.GPIO raise their own kinds (no pin factory, no board)
+        print(f"warning: button {config.kind} on pin {config.pin} not available ({error}); running without it: "
+              "use the web page or the keyboard", file=sys.stderr)
     return Trigger()

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 WARM_UP = 20
+RSS_TARGET_MB, GROWTH_TARGET_MB = 120.0, 10.0  # the device process, after the classifications
 
 
 def _free_port() -> int:
@@ -133,6 +134,11 @@ def _measure(process: subprocess.Popen, port: int, started: float, classificatio
 def _print(summary: dict) -> None:
     rss = summary["rss_mb"]
     print(f"ready in {summary['ready_s']:.2f} s; RSS " + ", ".join(f"{k} {v:.1f} MB" for k, v in rss.items()))
+    after = next(v for k, v in rss.items() if k.startswith("after_") and k.endswith("_classifications"))
+    print(f"device memory target: at most {RSS_TARGET_MB:.0f} MB after the classifications ({after:.1f} MB: "
+          f"{'met' if after <= RSS_TARGET_MB else 'MISSED'}), growth under {GROWTH_TARGET_MB:.0f} MB "
+          f"({rss['growth_over_classifications']:.1f} MB: "
+          f"{'met' if rss['growth_over_classifications'] < GROWTH_TARGET_MB else 'MISSED'})")
     c = summary["classify"]
     print(f"POST /api/classify x{c['n']}: median {c['median_ms']:.1f} ms, p95 {c['p95_ms']:.1f} ms, "
           f"statuses {c['statuses']}")

@@ -3,6 +3,7 @@ from the typed definitions they belong to (the `Literal`s of the device and trai
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import get_args
@@ -123,6 +124,23 @@ def _bundle(args) -> None:
           f"(default {bundle.manifest.default_format}); every file matches its sha256")
     for note in bundle.notes:
         print(f"note: {note}")
+    from leukoscreen.edge.runtimes import RuntimeOptions, RuntimeProblem
+    failed = 0
+    for fmt in bundle.formats:
+        try:
+            runner = bundle.runner(RuntimeOptions(format=fmt))
+        except RuntimeProblem as error:
+            failed += 1
+            print(f"{fmt}: refused: {error}")
+            continue
+        difference = bundle.self_test(fmt, runner)
+        print(f"{fmt}: runs on {runner.name}" + ("" if difference is None else
+              f"; self-test passed (largest difference {difference:.4f}, tolerance "
+              f"{bundle.manifest.self_test.tolerance})"))
+    if failed:
+        raise ValueError(f"{failed} of the {len(bundle.formats)} model formats of {bundle.path} cannot be used on "
+                         "this device (above); the device would use " + ("another format" if failed < len(
+                             bundle.formats) else "none") + ": convert the bundle again, or check the runtime")
 
 
 def _bench(args) -> None:
@@ -145,7 +163,9 @@ def _classify(args) -> int:
     from leukoscreen.edge.capture_record import failed
     from leukoscreen.edge.image_io import read_image
     from leukoscreen.edge.screening import DEFAULT_BUNDLE, ScreeningModel, screen
-    model = ScreeningModel.open(args.bundle or DEFAULT_BUNDLE, _runtime_options(args))
+    model = ScreeningModel.open(args.bundle or DEFAULT_BUNDLE, _runtime_options(args), fallback=args.format is None)
+    for note in model.notes:
+        print(f"note: {note}", file=sys.stderr)
     results = []
     for path in args.images:
         try:
@@ -185,13 +205,15 @@ def _serve(args) -> int:
         daemon.close()
         raise
     triggers = [open_trigger(config.button, lambda: print(daemon.press()), daemon.stop)]
+    keyboard = config.button.kind == "keyboard" or sys.stdin.isatty()
     if config.button.kind != "keyboard" and sys.stdin.isatty():
         triggers.append(KeyboardTrigger(lambda: print(daemon.press()), daemon.stop))
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGHUP, lambda *_: daemon.queue.control(RELOAD))  # systemctl reload
     print(f"LeukoScreen device: model {daemon.models.deciding.title}, camera {config.camera.kind}, "
-          f"results in {config.state_dir}, web page {web.url}. Press Enter to classify, q + Enter to stop. "
-          f"{RESEARCH_USE_NOTICE}", flush=True)
+          f"results in {config.state_dir}, web page {web.url}. "
+          + ("Press Enter to classify, q + Enter to stop. " if keyboard else "Classify on the page; stop with SIGTERM. ")
+          + RESEARCH_USE_NOTICE, flush=True)
     try:
         daemon.run()
     finally:
@@ -202,6 +224,37 @@ def _serve(args) -> int:
     return 0
 
 
+def _scale(args) -> None:
+    import json
+
+    import numpy as np
+
+    from leukoscreen.edge.image_io import ImageReadError, is_image_file, read_image
+    from leukoscreen.edge.scale import RED_CELL_DIAMETER_UM, estimate_scale
+    files = [f for item in map(Path, args.images) for f in (sorted(item.rglob("*")) if item.is_dir() else [item])
+             if is_image_file(f)]
+    estimates = {}
+    for path in files:
+        try:
+            estimates[str(path)] = estimate_scale(read_image(path))
+        except ImageReadError as error:
+            print(f"{path}: {error}", file=sys.stderr)
+    found = [e.microns_per_pixel for e in estimates.values() if e]
+    if not found:
+        raise ValueError(f"none of the {len(files)} images shows enough red cells to estimate the scale")
+    low, median, high = np.percentile(found, [25, 50, 75])
+    summary = {"images": len(estimates), "estimated": len(found), "microns_per_pixel": round(float(median), 4),
+               "interquartile_range": [round(float(low), 4), round(float(high), 4)],
+               "red_cell_diameter_um": RED_CELL_DIAMETER_UM}
+    if args.json:
+        print(json.dumps(summary | {"per_image": {p: e and {"diameter_px": round(e.diameter_px, 2), "method": e.method,
+                                                              "microns_per_pixel": round(e.microns_per_pixel, 4)}
+                                                  for p, e in estimates.items()}}, indent=2))
+        return
+    print(f"{median:.3f} um per pixel (interquartile range {low:.3f}-{high:.3f}) from the red cells of "
+          f"{len(found)} of {len(estimates)} images (a red cell taken as {RED_CELL_DIAMETER_UM} um across)")
+
+
 def _cells(args) -> None:
     from leukoscreen.training.cell_finder_evaluation import evaluate_cell_finder
     evaluate_cell_finder(_path(args.data), _path(args.out), args.fields)
@@ -209,7 +262,11 @@ def _cells(args) -> None:
 
 def _export(args) -> None:
     from leukoscreen.edge.result_store import ResultStore
+    if not (Path(args.state_dir) / "results.sqlite3").is_file():
+        raise ValueError(f"{args.state_dir} holds no results (no results.sqlite3); give the device's state_dir")
     store = ResultStore(args.state_dir, min_free_mb=0)
+    if args.sample and not store.captures(args.sample, limit=1):
+        raise ValueError(f"no sample {args.sample!r} in {args.state_dir}; nothing was exported")
     count = store.export(Path(args.out), args.sample, args.since, args.until)
     print(f"exported {count} captures to {args.out}")
 
@@ -258,12 +315,18 @@ def _classical(args) -> None:
     print((out / "classical.md").read_text())
 
 
+def _robustness(args) -> None:
+    from leukoscreen.training.robustness import robustness
+    robustness(Path(args.bundle), [Path(d) for d in args.data], _path(args.out), args.perturb, limit=args.limit)
+
+
 def _report(args) -> None:
     from leukoscreen.training.report import write_report
     write_report([Path(r) for r in args.runs], Path(args.out), [Path(p) for p in args.probes or []],
                  [Path(b) for b in args.bundles or []], [Path(b) for b in args.bench or []],
                  [Path(c) for c in args.classical or []], gradcam=not args.no_gradcam,
-                 search_dirs=[Path(f) for f in args.searches or []])
+                 search_dirs=[Path(f) for f in args.searches or []],
+                 robustness_dirs=[Path(f) for f in args.robustness or []])
 
 
 # --- the parser: one function per command -----------------------------------------------------------
@@ -451,6 +514,10 @@ def _add_device(commands) -> None:
     export.add_argument("--since", default=None, help="ISO date/time, e.g. 2026-11-01")
     export.add_argument("--until", default=None)
     export.set_defaults(handler=_export)
+    scale = commands.add_parser("scale", help="microns per pixel of images, from their red cells")
+    scale.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    scale.add_argument("--json", action="store_true", help="print JSON, with every image's estimate")
+    scale.set_defaults(handler=_scale)
     cells = commands.add_parser("cells", help="evaluate the cell finder (generated fields, a real folder)")
     cells.add_argument("--data", default=None, help="real data folder: cells found per field")
     cells.add_argument("--fields", type=int, default=200, help="generated fields with known cells")
@@ -501,6 +568,20 @@ def _add_thesis_models(commands) -> None:
     classical.set_defaults(handler=_classical)
 
 
+def _add_robustness(commands) -> None:
+    robust = commands.add_parser("robustness", help="the whole device pipeline over data sets and perturbed "
+                                                    "acquisitions: answers, sensitivity, specificity")
+    robust.add_argument("bundle")
+    robust.add_argument("--data", nargs="+", required=True,
+                        help="folders: the first (e.g. all-aria: its test part) is also perturbed")
+    robust.add_argument("--perturb", nargs="*", default=None,
+                        help="perturbations of the first folder, e.g. 'jpeg q30' 'zoom x1.33' (default all; "
+                             "none: give the option alone)")
+    robust.add_argument("--limit", type=int, default=None, help="at most this many images per source (a quick look)")
+    robust.add_argument("--out", default=None, help="folder for robustness.json and robustness.md")
+    robust.set_defaults(handler=_robustness)
+
+
 def _add_report(commands) -> None:
     report = commands.add_parser("report", help="one page comparing runs with the thesis figures")
     report.add_argument("runs", nargs="+")
@@ -511,6 +592,8 @@ def _add_report(commands) -> None:
     report.add_argument("--classical", nargs="*", help="`leukoscreen classical` folders (Model 1 tables)")
     report.add_argument("--no-gradcam", action="store_true", help="leave out the Grad-CAM grids")
     report.add_argument("--searches", nargs="*", help="`leukoscreen search` folders (ODRNN ablation table)")
+    report.add_argument("--robustness", nargs="*", help="`leukoscreen robustness --out` folders (the whole "
+                        "pipeline across sources and perturbations)")
     report.set_defaults(handler=_report)
 
 
@@ -521,7 +604,7 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument("--version", action="version", version=_version())
     commands = main.add_subparsers(dest="command", required=True)
     for add in (_add_data, _add_train, _add_evaluate, _add_convert, _add_bundle, _add_bench, _add_device,
-                _add_thesis_models, _add_report):
+                _add_thesis_models, _add_robustness, _add_report):
         add(commands)
     return main
 
@@ -541,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python's own advice for a closed pipe)
+        return 0
 
 
 if __name__ == "__main__":

@@ -53,6 +53,15 @@ def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
             + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
 
 
+def write_manifest_values(folder: Path, values: dict) -> None:
+    """Write a test's changed manifest with its manifest_sha256 made again (as `convert` would), so the change
+    itself is what the device sees; a schema-1 or -2 manifest has none."""
+    from leukoscreen.edge.manifest import manifest_digest
+    if values.get("schema_version") == 3:
+        values = values | {"manifest_sha256": manifest_digest(values)}
+    (Path(folder) / "manifest.json").write_text(json.dumps(values))
+
+
 def write_rgb(path: Path, rgb: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
@@ -103,6 +112,14 @@ def aria_like(tmp_path) -> Path:
         for number in range(1, 31):
             write_rgb(root / cls / name.format(number), smear_image(rng, blast))
     return root
+
+
+@pytest.fixture
+def token_device(tmp_path):
+    """The device with an access token, listening beyond loopback."""
+    running = Device(tmp_path, access_token="open-sesame-42", host="0.0.0.0")
+    yield running
+    running.close()
 
 
 @pytest.fixture

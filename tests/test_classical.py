@@ -9,7 +9,7 @@ import pytest
 
 from leukoscreen.cli import main
 
-from conftest import BLOCK_DESKTOP_IMPORTS
+from conftest import BLOCK_DESKTOP_IMPORTS, write_manifest_values
 
 
 def test_model1_table_from_pretrained_features(aria_like, tmp_path, capsys):
@@ -61,7 +61,7 @@ print('two-stage ran', len(bundle.formats))
     with pytest.raises(BundleError, match="classifier-tflite-int8.onnx does not match its sha256"):
         load_bundle(bundle_dir)
     manifest["files"]["tflite-int8"]["classifier"]["file"] = "classifier.pkl"  # only ONNX, never a pickle
-    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest_values(bundle_dir, manifest)
     with pytest.raises(BundleError, match="must be an .onnx file"):
         load_bundle(bundle_dir)
     assert main(["convert", str(out), "--classifier", "SVM quartic", "--out", str(tmp_path / "other")]) == 2

@@ -1,5 +1,6 @@
 """A tiny trained run converted into every format, loaded back through the device runtimes."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,14 +12,14 @@ from leukoscreen.cli import main
 from leukoscreen.edge.bundle import BundleError, load_bundle
 from leukoscreen.edge.runtimes import RuntimeOptions, RuntimeProblem, open_runner
 
-from conftest import BLOCK_DESKTOP_IMPORTS, smear_image, write_rgb
+from conftest import BLOCK_DESKTOP_IMPORTS, smear_image, write_rgb, write_manifest_values
 
 
 def test_manifest_holds_the_contract(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["intended_use"] == "Research use only. Not for use in diagnostic procedures."
     assert manifest["class_names"] == ["benign", "malignant"] and manifest["output"] == "sigmoid"
-    assert manifest["schema_version"] == 2 and manifest["files"]["tflite-int8"]["input"]["dtype"] == "int8"
+    assert manifest["schema_version"] == 3 and manifest["files"]["tflite-int8"]["input"]["dtype"] == "int8"
     assert set(manifest["files"]) == {"tflite-int8", "tflite-dynamic", "tflite-fp32", "onnx-fp32", "onnx-int8"}
     for fmt in manifest["files"]:
         assert {"accuracy", "accuracy_change", "top1_agreement", "max_probability_difference",
@@ -80,7 +81,7 @@ def test_altered_or_missing_files_and_bad_manifests_are_rejected(bundle, tmp_pat
                             ({"calibration": {"temperature": -1}}, "temperature")):
         shutil.rmtree(copy)
         shutil.copytree(bundle, copy)
-        (copy / "manifest.json").write_text(json.dumps(manifest | change))
+        write_manifest_values(copy, manifest | change)
         with pytest.raises(BundleError, match=message):
             load_bundle(copy)
     with pytest.raises(BundleError, match="no manifest.json"):
@@ -334,7 +335,56 @@ def test_per_tensor_int8_has_one_scale_per_weight_tensor(bundle, tmp_path):
         "full integer, per-tensor weights; biases of ")
     per_channel = load_bundle(bundle).manifest
     assert per_channel.representative_images == 20
-    assert per_channel.files["tflite-int8"].quantization == (
-        "full integer, per-channel weights; biases of 5 layers corrected against float32 on 20 training images")
-    # the Basic CNN: 3 convolutions, 2 dense
-    assert per_channel.files["onnx-int8"].quantization.startswith("static QDQ, per-channel weights; biases of ")
+    # the Basic CNN: 3 convolutions, 2 dense; a layer whose trained biases equal another's (the converter stores
+    # them once) keeps them, which a 2-epoch training sometimes gives
+    assert re.fullmatch(r"full integer, per-channel weights; biases of [45] layers corrected against float32 on 20 "
+                        r"training images", per_channel.files["tflite-int8"].quantization)
+    assert per_channel.files["onnx-int8"].quantization.startswith("static QDQ, per-channel 7-bit weights; biases of ")
+
+
+def _rescale_output(path, factor: float) -> None:
+    """A conversion gone wrong that the hashes cannot see: the int8 ONNX file's output scale multiplied."""
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(str(path))
+    initializers = {i.name: i for i in model.graph.initializer}
+    last = next(node for node in reversed(model.graph.node) if node.op_type == "DequantizeLinear")
+    scale = numpy_helper.to_array(initializers[last.input[1]]) * factor  # its own copy: the QuantizeLinear keeps
+    model.graph.initializer.append(numpy_helper.from_array(scale.astype(np.float32), "rescaled"))  # the old one
+    last.input[1] = "rescaled"
+    onnx.save(model, str(path))
+
+
+def test_a_file_that_computes_differently_is_refused_by_its_self_test(bundle, tmp_path, capsys):
+    """Every bundle carries its files' answers on generated fields; the device compares its own before a model
+    decides: a wrong file is refused with the size of the difference, another format is used, and a bundle
+    with no usable format is refused."""
+    from leukoscreen.edge.manifest import sha256_of
+    from leukoscreen.edge.screening import ScreeningModel
+    from leukoscreen.edge.self_test import SelfTestFailed
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["schema_version"] == 3 and manifest["self_test"]["fields"] == 6
+    assert load_bundle(bundle).self_test("onnx-int8", open_runner(bundle / "model-int8.onnx")) <= 1e-5
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    _rescale_output(copy / "model-int8.onnx", 1.5)  # the sigmoid's probability p becomes 1.5 p
+    manifest["files"]["onnx-int8"]["sha256"] = sha256_of(copy / "model-int8.onnx")  # the hash is of the bad file
+    write_manifest_values(copy, manifest)
+    with pytest.raises(SelfTestFailed, match=r"onnx-int8 \(model-int8.onnx\) failed its self-test through "
+                                             r"onnxruntime: .* differ from the converter's by up to 0\.\d+"):
+        load_bundle(copy).runner(RuntimeOptions(format="onnx-int8"))
+    model = ScreeningModel.open(copy, RuntimeOptions(format="onnx-int8"))
+    assert model.format == "tflite-int8" and "using tflite-int8 instead" in model.notes[-1]
+    with pytest.raises(SelfTestFailed):  # a command that names the format measures that file or nothing
+        ScreeningModel.open(copy, RuntimeOptions(format="onnx-int8"), fallback=False)
+    from leukoscreen.cli import main
+    field = str(next((bundle.parent / "data").rglob("*.jpg")))
+    assert main(["classify", "--bundle", str(copy), "--format", "onnx-int8", field]) == 2
+    assert "failed its self-test" in capsys.readouterr().err
+    assert main(["bundle", "check", str(copy)]) == 2  # `bundle check` fails, naming the format
+    assert "onnx-int8: refused" in capsys.readouterr().out
+    only_onnx = manifest | {"default_format": "onnx-int8", "files": {"onnx-int8": manifest["files"]["onnx-int8"]},
+                            "metrics": {k: v for k, v in manifest["metrics"].items() if k in ("keras-fp32", "onnx-int8")}}
+    write_manifest_values(copy, only_onnx)
+    with pytest.raises(BundleError, match="no model format of this bundle can be used here"):
+        ScreeningModel.open(copy)

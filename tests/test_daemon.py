@@ -9,7 +9,7 @@ import pytest
 from leukoscreen.edge.cameras import CameraError, FolderCamera, SyntheticCamera
 from leukoscreen.edge.daemon import Daemon
 from leukoscreen.edge.device_config import ButtonConfig, parse_config
-from leukoscreen.edge.displays import EmulatedDisplay, screen_lines
+from leukoscreen.edge.displays import EmulatedDisplay, screen_pages
 from leukoscreen.edge.triggers import GpiozeroButton
 from leukoscreen.edge.bundle import BundleError
 
@@ -29,7 +29,7 @@ def test_capture_is_classified_stored_and_shown(tmp_path, bundle):
     result = daemon.capture_once("S-1")
     assert result.decision in ("no_blasts", "indeterminate", "possible_blasts", "retake")
     assert result.sample_id == "S-1" and daemon.store.captures("S-1")
-    assert display.lines[-1].startswith("Research use")
+    assert display.pages[-1] == ["Research use    ", "only            "]  # the 16x2 screen's second page
     assert (tmp_path / "lcd.png").exists()
     bad = daemon.classify_frame(np.zeros((300, 300, 3), np.uint8))  # all black: retake, still stored
     assert bad.decision == "retake" and "too dark" in bad.message
@@ -50,7 +50,7 @@ def test_missing_camera_keeps_daemon_running_and_recovers(tmp_path, bundle):
     display = EmulatedDisplay()
     daemon = Daemon(device(tmp_path, bundle), display, camera_factory=flaky_camera)
     assert daemon.capture_once().decision == "error"
-    assert "Camera not" in " ".join(display.lines) and daemon.camera.state == "not connected"
+    assert display.lines == ["Error: camera   ", "no frame        "] and daemon.camera.state == "not connected"
     daemon.camera.next_attempt = 0  # skip the back-off wait
     assert daemon.capture_once().decision != "error"
     assert daemon.camera.state.startswith("connected")
@@ -126,12 +126,56 @@ def test_folder_camera_cycles_and_skips_bad_files(tmp_path):
         FolderCamera(tmp_path / "empty")
 
 
-def test_screen_lines_fit_every_screen():
-    for cols, rows in ((16, 2), (20, 4)):
-        lines = screen_lines("result", "possible_blasts", cols, rows)
-        assert len(lines) == rows and all(len(line) == cols for line in lines)
-        assert lines[-1].strip() == "Research use only"[:cols].strip()
-    assert screen_lines("retake", "out of focus", 16, 2)[0].startswith("Retake out of")
+STATES = [("starting", "loading model"), ("ready", ""), ("capturing", ""),
+          ("retake", "too dark (check the lamp and exposure)"), ("retake", "out of focus"),
+          ("retake", "no white cells found (move to another field)"),
+          ("result", "no_blasts"),
+          ("result", "indeterminate"), ("result", "possible_blasts"),
+          ("error", "No frame from the camera: camera folder /x holds no images"),
+          ("error", "Storage full: 3 MB free, 200 MB needed."), ("error", "something unforeseen")]
+# what each state must say, whole words on either screen size
+EXPECTED = {"starting": "LeukoScreen", "ready": "press", "capturing": "Capturing", "too dark": "too dark",
+            "out of focus": "out of focus", "no white cells": "no white cells", "no_blasts": "No blasts suggested",
+            "indeterminate": "retake", "possible_blasts": "refer", "camera": "camera", "Storage full": "Storage full",
+            "something": "web page"}
+
+
+@pytest.mark.parametrize("cols, rows", [(16, 2), (20, 4)])
+@pytest.mark.parametrize("state, detail", STATES)
+def test_every_state_has_deliberate_text_on_every_screen(state, detail, cols, rows):
+    """Fixed texts per state and size, never cut mid-word: on 16x2 the answer is the first page and research use
+    only the second (17 characters do not fit 16); on 20x4 research use only is the last line."""
+    pages = screen_pages(state, detail, cols, rows)
+    assert all(len(page) == rows and all(len(line) == cols for line in page) for page in pages)
+    text = " ".join(" ".join(line.strip() for line in page) for page in pages).replace("- ", "")
+    key = next(k for k in EXPECTED if k in (detail or state) or k == state)
+    assert EXPECTED[key].lower() in text.lower(), (state, detail, pages)
+    if rows == 4:
+        assert len(pages) == 1 and pages[0][-1].strip() == "Research use only"
+    else:
+        assert len(pages) == 2 and [line.strip() for line in pages[1]] == ["Research use", "only"]
+    if detail == "possible_blasts":
+        assert "Possible blasts" in text and "refer" in text
+
+
+def test_a_real_lcd_shows_its_pages_in_turn(monkeypatch):
+    import leukoscreen.edge.displays as displays
+    monkeypatch.setattr(displays, "PAGE_SECONDS", 0.05)
+    drawn = []
+
+    class Lcd(displays.Display):
+        flips_pages = True
+
+        def _draw(self):
+            drawn.append(list(self.lines))
+
+    lcd = Lcd(16, 2)
+    lcd.show("result", "possible_blasts")
+    deadline = time.monotonic() + 5
+    while len({tuple(lines) for lines in drawn}) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert {tuple(line.strip() for line in lines) for lines in drawn} == {("Possible blasts:", "refer for review"),
+                                                                          ("Research use", "only")}
 
 
 def test_pipeline_benchmark_reports_every_stage(tmp_path, bundle):
@@ -196,6 +240,14 @@ def test_reload_takes_a_valid_bundle_and_keeps_the_last_good_one(tmp_path, bundl
     assert "refused" in daemon.status.message and first in daemon.status.message
     assert daemon.models.deciding.title == first
     assert daemon.classify_frame(synthetic_field(2).image).decision != "error"  # still screening
+    from leukoscreen.edge import daemon as daemon_module
+
+    def out_of_memory(config):  # what a manifest asking for a terabyte of self-test fields did
+        raise MemoryError("Unable to allocate 1.10 TiB")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(daemon_module.ModelSet, "load", out_of_memory)
+        assert daemon.reload() is False and "1.10 TiB" in daemon.status.message
+    assert daemon.models.deciding.title == first
     shutil.rmtree(live)
     shutil.copytree(DEFAULT_BUNDLE, live)  # a good new version
     loop = threading.Thread(target=daemon.run, daemon=True)

@@ -32,6 +32,11 @@ def test_toml_file_is_read_and_typed(tmp_path):
     ({"max_upload_mb": 0}, "max_upload_mb = 0.0"),
     ({"port": 70000}, "port = 70000"),
     ({"xnnpack": "no"}, "xnnpack = 'no': expected true or false"),
+    ({"cell_finder": {"median": 4}}, "cell_finder.median = 4: use 0 (off) or an odd number"),
+    ({"cell_finder": {"box_margin": float("inf")}}, "cell_finder.box_margin = inf"),
+    ({"quality": {"min_focus": float("nan")}}, "quality.min_focus = nan"),
+    ({"min_free_mb": float("inf")}, "min_free_mb = inf"),
+    ({"threads": 100_000_000_000}, "threads = 100000000000"),
 ])
 def test_bad_values_name_key_and_value(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

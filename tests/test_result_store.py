@@ -64,6 +64,23 @@ def test_export_zip_holds_results_images_and_notice(tmp_path):
         assert sum(n.startswith("images/") for n in archive.namelist()) == 3
 
 
+def test_an_export_holds_each_image_once_and_lists_a_missing_one(tmp_path):
+    store = ResultStore(tmp_path / "state", min_free_mb=0)
+    for seed in (0, 0, 1):  # the same frame twice: one stored image, two results
+        store.add(record("S1"), frame(seed))
+    images = sorted({row["image"] for row in store.captures("S1")})
+    assert len(images) == 2
+    lost = images[0]
+    os.remove(store.image_path(lost))
+    assert store.export(tmp_path / "s1.zip", sample_id="S1") == 3
+    with zipfile.ZipFile(tmp_path / "s1.zip") as archive:
+        names = archive.namelist()
+        assert len(names) == len(set(names))
+        assert sum(n.startswith("images/") for n in names) == 1 and f"images/{lost}" not in names
+        assert lost in archive.read("MISSING-IMAGES.txt").decode()
+        assert archive.read("results.csv").decode().count("S1") == 3
+
+
 def test_full_disk_refuses_capture_and_deletes_nothing(tmp_path):
     store = ResultStore(tmp_path, min_free_mb=0)
     store.add(record("S1"), frame())

@@ -10,7 +10,7 @@ import zipfile
 import cv2
 import pytest
 
-from conftest import DEFAULT_TITLE, Device
+from conftest import DEFAULT_TITLE, Device, write_manifest_values
 
 CHROMIUM = os.environ.get("LEUKOSCREEN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 # Chromium as root in a container, on a machine with no network beyond the local device.
@@ -59,6 +59,10 @@ def test_classify_result_history_export_in_a_browser(page, tmp_path):
         assert page.text_content("#result-decision") == stored["message"]
         assert "Research use only" in stored["message"]
         assert DEFAULT_TITLE in page.text_content("#result-meta")
+        assert page.text_content("#result-title") == "Latest result"
+        # on a phone the result is far below the button: the page scrolls to it
+        page.wait_for_function("(() => { const r = document.querySelector('#result').getBoundingClientRect(); "
+                               "return r.top >= -1 && r.top < window.innerHeight / 2; })()")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # fits a phone
 
         upload = tmp_path / "upload.jpg"
@@ -83,6 +87,7 @@ def test_classify_result_history_export_in_a_browser(page, tmp_path):
 
         page.click("#captures li a >> nth=1")  # an older capture opens in the result panel
         page.wait_for_function(f"document.querySelector('#result-meta').textContent.includes('capture {stored['id']},')")
+        assert page.text_content("#result-title") == f"Capture {stored['id']}"  # not "Latest result"
 
         page.click("#nav-status")
         page.wait_for_selector("#status dd[data-key='Model bundle']")
@@ -127,7 +132,7 @@ def test_boxes_are_coloured_by_each_cells_class(page, tmp_path):
     cell_bundle = tmp_path / "cell-bundle"
     shutil.copytree(DEFAULT_BUNDLE, cell_bundle)
     manifest = json.loads((cell_bundle / "manifest.json").read_text())
-    (cell_bundle / "manifest.json").write_text(json.dumps(manifest | {"input_kind": "cell"}))
+    write_manifest_values(cell_bundle, manifest | {"input_kind": "cell"})
     device = Device(tmp_path, bundle=str(cell_bundle), compare_bundles=[str(DEFAULT_BUNDLE)])
     try:
         page.goto(device.server.url + "/")

@@ -130,7 +130,8 @@ def evaluate_bundle(bundle_path: Path, data_dir: Path | None, out_dir: Path | No
     def screening(probabilities, labels):
         outcomes = screening_outcomes(probabilities, labels, bundle.class_names, manifest.calibration,
                                       manifest.decision)
-        print(f"the bundle's decision (model and decision rule, without the quality gate): "
+        print(f"the bundle's decision (model and decision rule, without the quality gate or cell finder; "
+              f"'Indeterminate' counts as caught; `leukoscreen robustness` measures the whole device pipeline): "
               f"{describe_outcomes(outcomes)}")
         return outcomes.model_dump()
 

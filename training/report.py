@@ -14,6 +14,7 @@ import jinja2
 import numpy as np
 
 from leukoscreen import RESEARCH_USE_NOTICE
+from leukoscreen.training.robustness import COLUMNS as ROBUSTNESS_COLUMNS, robustness_rows
 from leukoscreen.training.runs import RunFolder
 
 # Figures reported by the reference thesis, on its own data and split (see the note under the table).
@@ -276,7 +277,7 @@ def run_figures(runs: list[RunFolder], out_dir: Path, gradcam: bool) -> list[tup
 def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | None = None,
                  bundle_dirs: list[Path] | None = None, bench_files: list[Path] | None = None,
                  classical_dirs: list[Path] | None = None, gradcam: bool = True,
-                 search_dirs: list[Path] | None = None) -> Path:
+                 search_dirs: list[Path] | None = None, robustness_dirs: list[Path] | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [RunFolder(p) for p in run_paths if (p / "metrics.json").exists()]
     if not runs:
@@ -299,6 +300,11 @@ def write_report(run_paths: list[Path], out_dir: Path, probe_dirs: list[Path] | 
     if converted:
         sections.append(Section("Converted models (test split, through the device runtime)",
                                 tables=[("", BUNDLE_COLUMNS, converted)]))
+    for folder in robustness_dirs or []:
+        result = json.loads((folder / "robustness.json").read_text())
+        sections.append(Section(f"Robustness of {result['bundle']} across sources and acquisitions",
+                                f"{result['measures']}; `leukoscreen robustness`.",
+                                tables=[("", ROBUSTNESS_COLUMNS, robustness_rows(result))]))
     sections += [Section("Figures reported by the thesis", tables=[("", THESIS_COLUMNS, THESIS_ROWS)]),
                  Section("How these figures were measured", items=NOTES),
                  Section("Plots", figures=run_figures(runs, out_dir, gradcam))]

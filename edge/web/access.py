@@ -4,7 +4,8 @@
   the device through the browser; TrustedHostMiddleware in `app.py`).
 - With an access token configured (required to listen on the network) every request needs it: the page
   asks once and keeps a cookie derived from it (HttpOnly, SameSite=Strict); API clients send
-  `Authorization: Bearer <token>`. Repeated wrong tokens lock the login for a while.
+  `Authorization: Bearer <token>`. Five wrong tokens within a minute, by login or by Bearer header, lock out
+  that client address (not the others) for a minute.
 - State-changing requests (POST) coming from another site are refused: browsers send `Sec-Fetch-Site`
   and `Origin` with them, and both must say "this site". Clients that are not browsers (curl, scripts)
   send neither and are not affected.
@@ -19,6 +20,8 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from leukoscreen.edge.web.dependencies import within_time
 
 COOKIE = "leukoscreen_access"
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -36,6 +39,12 @@ autocomplete="current-password" required autofocus></label><button type="submit"
 
 class AccessRequired(Exception):
     """Raised by the access rule; answered with the login page (the page) or 401 (the API)."""
+
+
+class LockedOut(HTTPException):
+    def __init__(self):
+        super().__init__(429, "too many wrong tokens from this address: wait a minute and try again",
+                         headers={"Retry-After": str(int(LOCKOUT_S))})
 
 
 def access_required_response(request: Request, _: AccessRequired) -> Response:
@@ -72,27 +81,45 @@ class AccessRule:
     def __init__(self, token: str = ""):
         self.token = token
         self.expected_cookie = cookie_value(token) if token else ""
-        self.failures: list[float] = []
+        self.failures: dict[str, list[float]] = {}   # client address -> times of its wrong tokens
         self.lock = threading.Lock()
 
     def authorized(self, request: Request) -> bool:
         if not self.token:
             return True
+        if hmac.compare_digest(request.cookies.get(COOKIE, "").encode(), self.expected_cookie.encode()):
+            return True
         bearer = request.headers.get("authorization", "")
+        if not bearer:
+            return False
+        if self.locked(request):
+            raise LockedOut()
         if bearer.startswith("Bearer ") and hmac.compare_digest(bearer[7:].encode(), self.token.encode()):
             return True
-        return hmac.compare_digest(request.cookies.get(COOKIE, "").encode(), self.expected_cookie.encode())
+        self.failed(request)
+        return False
 
     def __call__(self, request: Request) -> None:
         refuse_cross_site(request)
         if not self.authorized(request):
             raise AccessRequired()
 
-    def locked(self) -> bool:
+    @staticmethod
+    def client(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    def failed(self, request: Request) -> None:
+        with self.lock:
+            self.failures.setdefault(self.client(request), []).append(time.monotonic())
+
+    def locked(self, request: Request) -> bool:
         with self.lock:
             now = time.monotonic()
-            self.failures = [t for t in self.failures if now - t < LOCKOUT_S]
-            return len(self.failures) >= MAX_FAILURES
+            for client in list(self.failures):  # forget old failures (and clients) as they expire
+                self.failures[client] = [t for t in self.failures[client] if now - t < LOCKOUT_S]
+                if not self.failures[client]:
+                    del self.failures[client]
+            return len(self.failures.get(self.client(request), ())) >= MAX_FAILURES
 
     def router(self) -> APIRouter:
         """POST /api/login: the page's form sends the token; a right one sets the cookie."""
@@ -101,14 +128,13 @@ class AccessRule:
         @router.post("/api/login", include_in_schema=False)
         async def login(request: Request) -> Response:
             refuse_cross_site(request)
-            if self.locked():
+            if self.locked(request):
                 return HTMLResponse(LOGIN_PAGE.format(error="Too many wrong tokens: wait a minute and try again."),
                                     status_code=429, headers={"Retry-After": str(int(LOCKOUT_S))})
-            form = await request.form(max_files=0, max_fields=2)
+            form = await within_time(request.form(max_files=0, max_fields=2))
             given = str(form.get("token", ""))
             if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
-                with self.lock:
-                    self.failures.append(time.monotonic())
+                self.failed(request)
                 error = "This device has no access token: just open the page." if not self.token else "Wrong token."
                 return HTMLResponse(LOGIN_PAGE.format(error=error), status_code=401)
             response = Response(status_code=303, headers={"Location": "/"})

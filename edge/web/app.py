@@ -16,13 +16,13 @@ import uvicorn
 from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from leukoscreen import RESEARCH_USE_NOTICE, __version__
 from leukoscreen.edge.daemon import Daemon
 from leukoscreen.edge.device_config import LOOPBACK_HOSTS
 from leukoscreen.edge.web import capture_routes, result_routes
 from leukoscreen.edge.web.access import AccessRequired, AccessRule, access_required_response
+from leukoscreen.edge.web.http_rules import HttpRules
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -33,8 +33,7 @@ def create_app(daemon: Daemon) -> FastAPI:
                   description=f"Screening aid for leukemia in blood smears. {RESEARCH_USE_NOTICE}")
     app.state.daemon = daemon
     app.add_exception_handler(AccessRequired, access_required_response)
-    if daemon.config.host in LOOPBACK_HOSTS:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1"])
+    app.add_middleware(HttpRules, loopback_only=daemon.config.host in LOOPBACK_HOSTS)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(access.router())
     for routes in (capture_routes.router, result_routes.router):
@@ -59,15 +58,17 @@ class WebServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        return f"http://{host}:{self.port}"
 
     def start(self, timeout_s: float = 10.0) -> None:
         self.thread.start()
         deadline = time.monotonic() + timeout_s
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise OSError(f"the web page could not listen on {self.host}:{self.port} (is the port in use? "
-                              "set port in the config or use --port)")
+                raise OSError(f"the web page could not listen on {self.host}:{self.port} (is the port in use, "
+                              "or is the host not an address of this device? set port and host in the config, "
+                              "or use --port and --host; the error is above)")
             time.sleep(0.02)
         if self.port == 0:  # an ephemeral port (tests, benchmarks): find out which
             self.port = self.server.servers[0].sockets[0].getsockname()[1]

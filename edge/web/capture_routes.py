@@ -2,21 +2,29 @@
 the hardware button, or an uploaded image)."""
 from __future__ import annotations
 
-from concurrent.futures import CancelledError
+import asyncio
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from leukoscreen.edge.cameras import CameraError
 from leukoscreen.edge.capture_record import CaptureRecord
 from leukoscreen.edge.device_status import StatusView
-from leukoscreen.edge.image_io import ImageReadError, decode_image
-from leukoscreen.edge.web.dependencies import DaemonDep, body_within_limit
+from leukoscreen.edge.image_io import ImageReadError
+from leukoscreen.edge.web.dependencies import DaemonDep, body_within_limit, within_time
 from leukoscreen.edge.web.schemas import CaptureView, ClassifyRequest, SampleField, parse
 
 router = APIRouter(prefix="/api")
+BUSY = "a classification is running: wait for its result and press again"
+STOPPING = "the device is stopping; try again when it is back"
+
+
+def refuse_unless_accepting(daemon) -> None:
+    if daemon.queue.closed:
+        raise HTTPException(503, STOPPING)
+    if not daemon.queue.accepting():
+        raise HTTPException(409, BUSY)
 
 UPLOAD_FORM = {"type": "object", "required": ["file"], "properties": {
     "file": {"type": "string", "format": "binary", "description": "the image (JPEG, PNG, BMP or TIFF)"},
@@ -42,18 +50,13 @@ def preview(daemon: DaemonDep) -> Response:
                                                             "Cache-Control": "no-store"})
 
 
-async def _upload(request: Request) -> tuple[SampleField, object, str]:
-    form = await request.form(max_files=1, max_fields=2)
+async def _upload(request: Request) -> tuple[SampleField, bytes, str]:
+    form = await within_time(request.form(max_files=1, max_fields=2))
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise HTTPException(400, "the multipart form needs the image in the field 'file'")
     fields = parse(SampleField, {"sample_id": form.get("sample_id")})
-    name = upload.filename or "upload"
-    try:
-        frame = await run_in_threadpool(decode_image, await upload.read(), name)
-    except ImageReadError as error:
-        raise HTTPException(400, str(error)) from error
-    return fields, frame, f"upload: {name[:100]}"
+    return fields, await upload.read(), f"upload: {(upload.filename or 'upload')[:100]}"
 
 
 @router.post("/classify", summary="Capture and classify a field, or classify an uploaded image",
@@ -64,20 +67,26 @@ async def _upload(request: Request) -> tuple[SampleField, object, str]:
              dependencies=[Depends(body_within_limit)], openapi_extra=CLASSIFY_BODIES,
              responses={409: {"description": "busy"}, 503: {"model": CaptureRecord}})
 async def classify(request: Request, daemon: DaemonDep) -> CaptureView:
+    refuse_unless_accepting(daemon)  # before any of the body is read or decoded
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    frame, source = None, "camera"
+    upload, source = None, "camera"
     if kind == "multipart/form-data":
-        fields, frame, source = await _upload(request)
+        fields, upload, source = await _upload(request)
     elif kind in ("application/json", ""):
-        fields = parse(ClassifyRequest, body=await request.body())
+        fields = parse(ClassifyRequest, body=await within_time(request.body()))
     else:
         raise HTTPException(415, f"content type {kind!r}: send JSON, or a multipart form with 'file'")
-    try:
-        record = await run_in_threadpool(daemon.request, fields.sample_id, frame, source)
-    except CancelledError as error:
-        raise HTTPException(503, "the device is stopping; try again when it is back") from error
-    if record is None:
-        raise HTTPException(409, "a classification is running: wait for its result and press again")
+    waiting = daemon.request(fields.sample_id, upload, source)
+    if waiting is None:
+        raise HTTPException(503, STOPPING) if daemon.queue.closed else HTTPException(409, BUSY)
+    try:  # awaited, not waited for in a thread: requests in the queue hold no worker threads
+        record = await asyncio.wrap_future(waiting)
+    except ImageReadError as error:
+        raise HTTPException(400, str(error)) from error
+    except asyncio.CancelledError:
+        if not waiting.cancelled():
+            raise  # this request itself was cancelled (the client went away)
+        raise HTTPException(503, STOPPING) from None
     if record.capture_id is None:
         return JSONResponse(record.model_dump(mode="json"), status_code=503)
     row = daemon.store.capture(record.capture_id)

@@ -1,12 +1,16 @@
 """What the routes are handed: the daemon, its result store, and the request-size rule."""
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 
 from leukoscreen.edge.daemon import Daemon
 from leukoscreen.edge.result_store import ResultStore
+
+T = TypeVar("T")
 
 
 def daemon(request: Request) -> Daemon:
@@ -29,6 +33,19 @@ def body_within_limit(request: Request) -> None:
     if length > limit_mb * 1e6:
         raise HTTPException(413, f"the request is {length / 1e6:.1f} MB; the limit is {limit_mb:g} MB "
                                  "(max_upload_mb in the config)")
+
+
+BODY_TIMEOUT_S = 30.0
+
+
+async def within_time(reading: Awaitable[T], seconds: float | None = None) -> T:
+    """A request body that does not arrive within `seconds` (default BODY_TIMEOUT_S) is answered 408 (a
+    stalled or slow client does not hold the device)."""
+    seconds = seconds or BODY_TIMEOUT_S
+    try:
+        return await asyncio.wait_for(reading, seconds)
+    except asyncio.TimeoutError as error:
+        raise HTTPException(408, f"the request body did not arrive within {seconds:g} s; send it again") from error
 
 
 DaemonDep = Annotated[Daemon, Depends(daemon)]

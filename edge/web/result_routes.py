@@ -1,20 +1,23 @@
 """Routes of the stored results: captures, samples, their images, and export."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import cv2
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParameter
 from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from leukoscreen.edge.result_store import ResultStore
-from leukoscreen.edge.web.dependencies import StoreDep, body_within_limit
-from leukoscreen.edge.web.schemas import CaptureList, CaptureView, ExportRequest, SampleList, SampleSummary, \
-    SampleView, parse
+from leukoscreen.edge.web.dependencies import StoreDep, body_within_limit, within_time
+from leukoscreen.edge.web.schemas import (CaptureList, CaptureView, ExportRequest, IsoTime, SampleList,
+                                          SampleSummary, SampleView, parse)
 
 router = APIRouter(prefix="/api")
 THUMBNAIL_WIDTH = 200
@@ -27,12 +30,12 @@ def _views(store: ResultStore, rows: list[dict]) -> list[CaptureView]:
 
 @router.get("/results", summary="Stored captures, newest first")
 def results(store: StoreDep, limit: int = Query(50, ge=1, le=1000), sample_id: str | None = None,
-            since: str | None = None, until: str | None = None) -> CaptureList:
+            since: IsoTime | None = None, until: IsoTime | None = None) -> CaptureList:
     return CaptureList(captures=_views(store, store.captures(sample_id, since, until, limit)))
 
 
 @router.get("/results/{capture_id}", summary="One stored capture")
-def result(store: StoreDep, capture_id: int) -> CaptureView:
+def result(store: StoreDep, capture_id: int = PathParameter(ge=1, le=2**63 - 1)) -> CaptureView:
     row = store.capture(capture_id)
     if row is None:
         raise HTTPException(404, f"no capture {capture_id}")
@@ -75,9 +78,12 @@ def image(store: StoreDep, name: str, size: str = Query("full", pattern="^(full|
 
 
 async def _export_request(request: Request) -> ExportRequest:
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
-        return parse(ExportRequest, body=await request.body())
-    return parse(ExportRequest, dict(await request.form(max_files=0, max_fields=4)))
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind in ("application/json", ""):
+        return parse(ExportRequest, body=await within_time(request.body()))
+    if kind in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return parse(ExportRequest, dict(await within_time(request.form(max_files=0, max_fields=4))))
+    raise HTTPException(415, f"content type {kind!r}: send JSON or a form with format, sample_id, since, until")
 
 
 @router.post("/export", summary="Export captures (a sample, a date range or all) as zip, CSV or JSON",
@@ -92,23 +98,27 @@ async def export(request: Request, store: StoreDep) -> Response:
     asked = await _export_request(request)
     if asked.sample_id and not store.captures(asked.sample_id, limit=1):
         raise HTTPException(404, f"no sample {asked.sample_id!r}")
-    stem = f"leukoscreen-{asked.sample_id or 'results'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    headers = {"Content-Disposition": f'attachment; filename="{stem}.{asked.format}"'}
+    name = f"leukoscreen-{asked.sample_id or 'results'}-{time.strftime('%Y%m%d-%H%M%S')}.{asked.format}"
+    headers = {"Content-Disposition": attachment(name)}
     if asked.format != "zip":
         rows = store.captures(asked.sample_id, asked.since, asked.until, limit=1_000_000)
         csv_text, json_text = store.tables(rows)
         return Response(csv_text if asked.format == "csv" else json_text, media_type=EXPORT_TYPES[asked.format],
                         headers=headers)
     folder = tempfile.mkdtemp(prefix=".export-", dir=store.root)
-    out = Path(folder) / f"{stem}.zip"
     try:
-        await run_in_threadpool(store.export, out, asked.sample_id, asked.since, asked.until)
+        await run_in_threadpool(store.export, Path(folder) / "export.zip", asked.sample_id, asked.since,
+                                asked.until)
     except OSError as error:
-        _remove(out)
-        raise HTTPException(507, f"the export could not be written ({error.strerror}); free some space") from error
-    return FileResponse(out, media_type="application/zip", headers=headers, background=BackgroundTask(_remove, out))
+        shutil.rmtree(folder, ignore_errors=True)
+        raise HTTPException(507, f"the export could not be written ({error.strerror or error}); free some space on "
+                                 "the device and try again (nothing was marked exported)") from error
+    return FileResponse(Path(folder) / "export.zip", media_type="application/zip", headers=headers,
+                        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
 
-def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    path.parent.rmdir()
+def attachment(name: str) -> str:
+    """A Content-Disposition header for any file name (RFC 6266 and 5987): an ASCII fallback for old clients
+    and the name itself, UTF-8 and percent-encoded."""
+    fallback = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"

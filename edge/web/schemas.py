@@ -2,15 +2,23 @@
 description's schemas (/openapi.json)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import HTTPException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from leukoscreen import RESEARCH_USE_NOTICE
 from leukoscreen.edge.capture_record import CaptureRecord, Outcome
-from leukoscreen.edge.result_store import check_sample_id
+from leukoscreen.edge.result_store import check_sample_id, utc_time
 from leukoscreen.edge.validation import describe
+
+
+def _iso_time(text: str) -> str:
+    utc_time(text)  # ValueError with the reason
+    return text
+
+
+IsoTime = Annotated[str, AfterValidator(_iso_time)]
 
 
 class Request(BaseModel):
@@ -18,8 +26,8 @@ class Request(BaseModel):
 
 
 class SampleField(Request):
-    sample_id: str = Field("", description="the sample this capture belongs to; empty: a new id is made",
-                           max_length=200)
+    sample_id: str = Field("", description="the sample this capture belongs to; empty: a new id is made. Up to "
+                                           "64 letters or digits (any script), with - _ . : or spaces between them")
 
     @field_validator("sample_id", mode="before")
     @classmethod
@@ -39,18 +47,18 @@ class ClassifyRequest(SampleField):
 class ExportRequest(Request):
     format: Literal["zip", "csv", "json"] = Field("zip", description="zip: CSV, JSON and the images")
     sample_id: str | None = Field(None, description="one sample (default: every capture)")
-    since: str | None = Field(None, description="ISO date or time, included")
-    until: str | None = Field(None, description="ISO date or time, not included")
+    since: IsoTime | None = Field(None, description="ISO date or time (UTC unless it has an offset), included")
+    until: IsoTime | None = Field(None, description="ISO date or time, not included")
 
     @field_validator("format", mode="before")
     @classmethod
     def _default_format(cls, value):
-        return value or "zip"
+        return "zip" if value is None or value == "" else value
 
     @field_validator("sample_id", "since", "until", mode="before")
     @classmethod
-    def _empty_is_none(cls, value):
-        return value or None
+    def _empty_is_none(cls, value):  # an empty form field; 0, false or [] stay wrong values
+        return None if value == "" else value
 
 
 def parse(model: type[Request], values: dict | None = None, body: bytes | None = None) -> Request:

@@ -48,12 +48,13 @@ async function refreshStatus() {
   }
   const s = deviceStatus;
   const problems = [];
-  if (!s.camera.startsWith("connected")) problems.push("Camera not connected: check the cable; the device retries.");
   if (s.disk.free_mb !== null && s.disk.free_mb < s.disk.min_free_mb) problems.push("Storage full: export and free space.");
-  if (s.state === "error" && s.message) problems.push(s.message);
+  if (s.message) problems.push(s.message);  // the camera's problem, a refused model reload, a read-only store
+  else if (!s.camera.startsWith("connected")) problems.push("Camera not connected; the device keeps trying.");
   showProblem(problems.join(" "));
   const rows = [
     ["State", s.state + (s.busy ? " (classifying)" : "")],
+    ["Message", s.message || "none"],
     ["Model bundle", `${s.bundle.name} ${s.bundle.version} (${s.bundle.format}, ${s.bundle.input_kind} input)`],
     ["Runtime", s.bundle.runtime],
     ["Classes", s.bundle.classes.join(", ")],
@@ -107,7 +108,7 @@ async function classify(body, headers) {
     const answer = await response.json();
     if (response.ok) {
       $("classify-state").textContent = "";
-      showResult(answer);
+      showResult(answer, "Latest result");
     } else {
       $("classify-state").textContent = answer.detail || answer.message || response.statusText;
     }
@@ -125,9 +126,10 @@ function classColour(name) {
   return index < 0 ? "#0057b8" : PALETTE[index % PALETTE.length];
 }
 
-function showResult(capture) {
+function showResult(capture, title) {
   const result = capture.result;
   $("result").hidden = false;
+  $("result-title").textContent = title;
   $("result-decision").textContent = capture.message;
   $("result-decision").className = "decision " + capture.decision;
   const image = $("result-image"), svg = $("result-boxes");
@@ -167,6 +169,7 @@ function showResult(capture) {
   $("result-compared-table").replaceChildren(...compared);
   $("result-meta").textContent = `Sample ${capture.sample_id}, capture ${capture.id}, ${formatTime(capture.time)}, ` +
     `model ${capture.bundle}, ${result.source || "camera"}`;
+  $("result").scrollIntoView({ behavior: "smooth", block: "start" });  // on a phone it is far below the button
 }
 
 // --- history and export -----------------------------------------------------------------------------
@@ -198,8 +201,10 @@ async function download(fields) {
   for (const [k, v] of Object.entries(fields)) if (v) body.append(k, v);
   const response = await api("/api/export", { method: "POST", body });
   if (!response.ok) { showProblem("Export failed: " + (await detail(response))); return; }
-  const name = (response.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/);
-  const link = el("a", { href: URL.createObjectURL(await response.blob()), download: name ? name[1] : "export" });
+  const disposition = response.headers.get("Content-Disposition") || "";
+  const utf8 = disposition.match(/filename\*=UTF-8''([^;]+)/), plain = disposition.match(/filename="([^"]+)"/);
+  const name = utf8 ? decodeURIComponent(utf8[1]) : plain ? plain[1] : "export";
+  const link = el("a", { href: URL.createObjectURL(await response.blob()), download: name });
   document.body.append(link);
   link.click();
   link.remove();
@@ -216,7 +221,7 @@ async function route() {
     if (name === "status") await refreshStatus();
     if (view === "capture") {
       const response = await api("/api/results/" + encodeURIComponent(id));
-      if (response.ok) showResult(await response.json());
+      if (response.ok) showResult(await response.json(), `Capture ${id}`);
     }
   } catch (error) {
     showProblem(error.message);

@@ -1,0 +1,195 @@
+"""`leukoscreen robustness BUNDLE --data DIR...`: what a clinic gets, across data sets and acquisitions.
+
+Every image goes through the whole device pipeline as the device runs it (`edge/screening.py`: stain mask ->
+cell finder -> quality gate -> model -> calibration -> decision), never the model alone. Sources:
+- a data set with leukemia labels (all-aria, C-NMC): blast-like or not from its binary task; when the bundle
+  was trained on it, only its test part (the bundle's split.csv), so nothing it learnt from is counted;
+- any other folder of images (pbc-subset, bccd-wbc: normal white cells from other labs): every image is
+  non-blast, and images in a folder named `platelet` hold no white cell (the right answer is "not screened").
+The first source's images are also perturbed as a cheaper or another acquisition would (JPEG compression,
+exposure, blur, noise, another magnification, a camera of twice the resolution, every stained cell removed).
+
+Per source and perturbation: the shares of the answers (no blasts, indeterminate, possible blasts, not
+screened), sensitivity (blast images not answered "No blasts suggested"), specificity (non-blast images
+answered "No blasts suggested") and the share of confidently wrong answers among the screened images (blast
+score >= 0.9 on a non-blast image, <= 0.1 on a blast image). Research use only.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from leukoscreen import RESEARCH_USE_NOTICE
+from leukoscreen.edge.cell_finder import CellFinderConfig, stain_mask
+from leukoscreen.edge.image_io import ImageReadError, read_image
+from leukoscreen.edge.quality import QualityConfig
+from leukoscreen.edge.screening import ScreeningModel, screen
+from leukoscreen.training.datasets import DataError, open_dataset
+from leukoscreen.training.prepared_data import prepare
+from leukoscreen.training.splits import SplitError
+
+ANSWERS = ("no_blasts", "indeterminate", "possible_blasts", "not_screened")
+NO_CELL_FOLDERS = {"platelet", "platelets"}
+
+
+def _jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
+    def perturb(rgb):
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return perturb
+
+
+def _exposure(factor: float) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda rgb: np.clip(rgb.astype(np.float32) * factor, 0, 255).astype(np.uint8)
+
+
+def _zoom(factor: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Another magnification of the same field, at the same pixel count: cells `factor` times larger."""
+    def perturb(rgb):
+        height, width = rgb.shape[:2]
+        scaled = cv2.resize(rgb, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_AREA
+                            if factor < 1 else cv2.INTER_CUBIC)
+        if factor >= 1:
+            top, left = (scaled.shape[0] - height) // 2, (scaled.shape[1] - width) // 2
+            return scaled[top:top + height, left:left + width]
+        pad_y, pad_x = height - scaled.shape[0], width - scaled.shape[1]
+        return cv2.copyMakeBorder(scaled, pad_y // 2, pad_y - pad_y // 2, pad_x // 2, pad_x - pad_x // 2,
+                                  cv2.BORDER_REFLECT)
+    return perturb
+
+
+def _noise(rgb: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(int(rgb[::7, ::7].sum()) % 2**32)
+    return np.clip(rgb + rng.normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
+
+
+def _cells_removed(rgb: np.ndarray) -> np.ndarray:
+    """Every stained (purple) pixel, and a margin around it, painted over from its surroundings."""
+    mask = cv2.dilate(stain_mask(rgb), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9)))
+    return cv2.inpaint(rgb, mask, 5, cv2.INPAINT_TELEA)
+
+
+PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "jpeg q30": _jpeg(30), "jpeg q50": _jpeg(50), "exposure x0.85": _exposure(0.85),
+    "exposure x1.15": _exposure(1.15), "blur (sigma 1.5)": lambda rgb: cv2.GaussianBlur(rgb, (0, 0), 1.5),
+    "noise (sigma 8)": _noise, "zoom x0.75": _zoom(0.75), "zoom x1.33": _zoom(4 / 3),
+    "camera 2x resolution": lambda rgb: cv2.resize(rgb, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC),
+    "cells removed": _cells_removed,
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    truth: str          # "blast", "non_blast" or "no_cell"
+
+
+def source_items(folder: Path, bundle_split: Path | None) -> tuple[str, list[Item]]:
+    """The images of a source with their truth, and how they were chosen."""
+    try:
+        dataset = open_dataset(folder)
+    except DataError:
+        dataset = None
+    labelled = dataset is not None and {"benign", "hem"} & set(dataset.views.get("binary", {}).values())
+    if labelled:
+        try:
+            prepared = prepare(folder, "binary", split_file=bundle_split)
+            chosen = "the test part of the bundle's split"
+            rows = [(prepared.paths[i], prepared.labels[i]) for i in prepared.part("test")]
+        except SplitError:
+            prepared = prepare(folder, "binary", all_test=True)
+            chosen = "every image (not in the bundle's split)"
+            rows = list(zip(prepared.paths, prepared.labels))
+        negative = prepared.class_names.index(next(c for c in prepared.class_names if c in ("benign", "hem")))
+        return chosen, [Item(path, "non_blast" if label == negative else "blast") for path, label in rows]
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif",
+                                                                        ".tiff") and not p.name.startswith("."))
+    return ("every image: normal cells (none blast-like); platelet folders hold no white cell",
+            [Item(str(p), "no_cell" if p.parent.name.lower() in NO_CELL_FOLDERS else "non_blast") for p in files])
+
+
+def _summary(answers: list[tuple[str, str, float | None]]) -> dict:
+    """answers: (truth, answer, blast score) per image."""
+    n = len(answers)
+    row = {"n": n} | {answer: sum(a == answer for _, a, _ in answers) / max(n, 1) for answer in ANSWERS}
+    blast = [a for t, a, _ in answers if t == "blast"]
+    non_blast = [a for t, a, _ in answers if t == "non_blast"]
+    row["sensitivity"] = 1 - blast.count("no_blasts") / len(blast) if blast else None
+    row["specificity"] = non_blast.count("no_blasts") / len(non_blast) if non_blast else None
+    row["missed blast images"] = blast.count("no_blasts")
+    screened = [(t, s) for t, a, s in answers if a != "not_screened"]
+    wrong = [t for t, s in screened if (t != "blast" and s >= 0.9) or (t == "blast" and s <= 0.1)]
+    row["confidently wrong among screened"] = len(wrong) / len(screened) if screened else None
+    return row
+
+
+def _answer(rgb: np.ndarray, model: ScreeningModel, finder: CellFinderConfig, quality: QualityConfig
+            ) -> tuple[str, float | None]:
+    try:
+        record = screen(rgb, model, finder, quality)
+    except ValueError:
+        return "not_screened", None
+    if record.decision in ("retake", "error"):
+        return "not_screened", None
+    return record.decision, record.blast_score
+
+
+def robustness(bundle_path: Path, sources: list[Path], out: Path | None = None,
+               perturbations: list[str] | None = None, finder: CellFinderConfig = CellFinderConfig(),
+               quality: QualityConfig = QualityConfig(), limit: int | None = None) -> dict:
+    model = ScreeningModel.open(bundle_path)
+    split = model.bundle.path / "split.csv"
+    names = list(PERTURBATIONS) if perturbations is None else perturbations
+    unknown = [name for name in names if name not in PERTURBATIONS]
+    if unknown:
+        raise ValueError(f"unknown perturbation(s) {unknown}; choose from {', '.join(PERTURBATIONS)}")
+    rows = []
+    for index, folder in enumerate(sources):
+        chosen, items = source_items(Path(folder), split if split.exists() else None)
+        items = items[::max(1, len(items) // limit)][:limit] if limit else items  # spread over the classes
+        kinds = [("as acquired", None)] + ([(name, PERTURBATIONS[name]) for name in names] if index == 0 else [])
+        for kind, perturb in kinds:
+            print(f"{Path(folder).name}: {kind} ({len(items)} images)...", flush=True)
+            answers = []
+            for item in items:
+                try:
+                    rgb = read_image(item.path)
+                except ImageReadError:
+                    continue
+                answers.append((item.truth, *_answer(perturb(rgb) if perturb else rgb, model, finder, quality)))
+            rows.append({"source": Path(folder).name, "images": chosen, "perturbation": kind} | _summary(answers))
+    result = {"bundle": model.title, "measures": "the whole device pipeline: quality gate, cell finder, model, "
+              "decision (not the model alone)", "notice": RESEARCH_USE_NOTICE, "rows": rows}
+    print(robustness_table(result))
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "robustness.json").write_text(json.dumps(result, indent=2))
+        (out / "robustness.md").write_text(robustness_table(result) + "\n")
+    return result
+
+
+COLUMNS = ["source", "perturbation", "n", "no_blasts", "indeterminate", "possible_blasts", "not_screened",
+           "sensitivity", "specificity", "missed blast images", "confidently wrong among screened"]
+
+
+def robustness_rows(result: dict) -> list[dict]:
+    """The table's rows as text (shares as percentages)."""
+    def cell(column, value):
+        if value is None:
+            return "-"
+        if column in ("n", "missed blast images") or isinstance(value, str):
+            return str(value)
+        return f"{100 * value:.1f}%"
+    return [{c: cell(c, row.get(c)) for c in COLUMNS} for row in result["rows"]]
+
+
+def robustness_table(result: dict) -> str:
+    lines = [f"Robustness of {result['bundle']} ({result['measures']}). {result['notice']}", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in robustness_rows(result)]
+    return "\n".join(lines)
