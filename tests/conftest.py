@@ -114,6 +114,18 @@ def aria_like(tmp_path) -> Path:
     return root
 
 
+def encode(image: np.ndarray, suffix: str = ".png") -> bytes:
+    return cv2.imencode(suffix, image)[1].tobytes()
+
+
+@pytest.fixture
+def device(tmp_path):
+    """The device as `leukoscreen serve` runs it, on loopback, with the synthetic camera."""
+    running = Device(tmp_path)
+    yield running
+    running.close()
+
+
 @pytest.fixture
 def token_device(tmp_path):
     """The device with an access token, listening beyond loopback."""

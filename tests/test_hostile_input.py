@@ -19,18 +19,7 @@ from leukoscreen.cli import main
 from leukoscreen.edge.device_config import ConfigError, load_config, parse_config
 from leukoscreen.edge.synthetic_smear import synthetic_field
 
-from conftest import Device
-
-
-def encode(image: np.ndarray, suffix: str = ".png") -> bytes:
-    return cv2.imencode(suffix, image)[1].tobytes()
-
-
-@pytest.fixture
-def device(tmp_path):
-    running = Device(tmp_path)
-    yield running
-    running.close()
+from conftest import Device, encode
 
 
 def hdr_header(width: int, height: int) -> bytes:

@@ -15,18 +15,7 @@ from leukoscreen.edge.cameras import CameraError
 from leukoscreen.edge.synthetic_smear import synthetic_field
 from leukoscreen.edge.web.access import COOKIE
 
-from conftest import DEFAULT_TITLE, Device, png_bomb
-
-
-def encode(image: np.ndarray, suffix: str = ".png") -> bytes:
-    return cv2.imencode(suffix, image)[1].tobytes()
-
-
-@pytest.fixture
-def device(tmp_path):
-    running = Device(tmp_path)
-    yield running
-    running.close()
+from conftest import DEFAULT_TITLE, Device, encode, png_bomb
 
 
 def test_status_preview_classify_results_samples(device):
