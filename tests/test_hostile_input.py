@@ -19,7 +19,7 @@ from leukoscreen.cli import main
 from leukoscreen.edge.device_config import ConfigError, load_config, parse_config
 from leukoscreen.edge.synthetic_smear import synthetic_field
 
-from conftest import Device, encode
+from conftest import encode
 
 
 def hdr_header(width: int, height: int) -> bytes:
