@@ -74,7 +74,7 @@ class ModelBundle:
             raise RuntimeProblem(f"{self.file(fmt).name} takes {dtype} input (scale {scale:g}, zero point "
                                  f"{zero_point}) but the manifest says {spec.dtype} ({spec.scale:g}, {spec.zero_point}): "
                                  "the bundle's files do not belong together")
-        self.self_test(fmt, runner)
+        runner.self_test_difference = self.self_test(fmt, runner)
         return runner
 
     def verified_contents(self, fmt: str) -> dict[Path, bytes]:

@@ -92,6 +92,7 @@ class ModelRunner:
     output_size: int | None   # numbers per image (None: not fixed in the file)
     input_spec: tuple[str, float, int]   # the input tensor's type, scale and zero point
     name: str
+    self_test_difference: float | None = None   # set by ModelBundle.runner: its self-test's largest difference
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -133,7 +133,7 @@ def _bundle(args) -> None:
             failed += 1
             print(f"{fmt}: refused: {error}")
             continue
-        difference = bundle.self_test(fmt, runner)
+        difference = runner.self_test_difference
         print(f"{fmt}: runs on {runner.name}" + ("" if difference is None else
               f"; self-test passed (largest difference {difference:.4f}, tolerance "
               f"{bundle.manifest.self_test.tolerance})"))
