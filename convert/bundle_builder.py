@@ -21,6 +21,7 @@ from leukoscreen.edge.manifest import (FORMATS, INTENDED_USE, REFERENCE_METRICS,
                                        InputSpec, Manifest, SelfTest, StoredFile, TensorSpec, TrainingRecord)
 from leukoscreen.edge.self_test import GENERATOR, TOLERANCE, fields_sha256, generated_fields, largest_difference
 from leukoscreen.edge.runtimes import ModelRunner, RuntimeOptions, TwoStageRunner, open_runner
+from leukoscreen.training.cell_data import crop_field, read_cell_geometry
 from leukoscreen.training.metrics import classification_metrics, describe_outcomes, screening_outcomes
 from leukoscreen.training.model_source import Source, load_source
 from leukoscreen.training.prepared_data import preprocessed_images
@@ -28,7 +29,7 @@ from leukoscreen.training.splits import load_split, save_split
 
 FILE_NAMES = {"tflite-fp32": "model-fp32.tflite", "tflite-dynamic": "model-dynamic.tflite",
               "tflite-int8": "model-int8.tflite", "onnx-fp32": "model-fp32.onnx", "onnx-int8": "model-int8.onnx"}
-NEGATIVE_NAMES = ("benign", "hem", "healthy", "normal")
+NEGATIVE_NAMES = ("benign", "hem", "healthy", "normal", "non-blast")
 
 
 class ConversionError(ValueError):
@@ -86,6 +87,7 @@ class Part:
     images: np.ndarray
     labels: np.ndarray
     groups: list
+    fields: list[str] | None = None   # cell sets: the field each crop was cut from
 
 
 @dataclass
@@ -259,7 +261,8 @@ def _parts(source: Source) -> dict[str, Part]:
         index = prepared.part(name)
         images = preprocessed_images([prepared.paths[i] for i in index], [prepared.sha256s[i] for i in index],
                                      source.preprocess)
-        parts[name] = Part(images, prepared.labels[index], [prepared.rows[i].group for i in index])
+        fields = [crop_field(prepared.paths[i]) for i in index] if prepared.dataset.kind == "cells" else None
+        parts[name] = Part(images, prepared.labels[index], [prepared.rows[i].group for i in index], fields)
     return parts
 
 
@@ -282,15 +285,19 @@ def _manifest(job: Job, run_path: Path, evaluated: dict[str, Evaluated], parts: 
     print(f"[4/4] calibration and threshold on {len(parts['val'].images)} validation images ({primary})")
     negative = options.negative_classes or default_negative_classes(classes)
     calibration, rule = decision_parameters(evaluated[primary].val_outputs, parts["val"].labels, classes, negative,
-                                            options.target_sensitivity)
+                                            options.target_sensitivity, parts["val"].fields)
     print(f"      threshold {rule.threshold:.3f}: {rule.threshold_rule}")
     metrics = {REFERENCE_METRICS: keras_metrics} | {fmt: e.metrics for fmt, e in evaluated.items()}
-    outcomes = screening_outcomes(evaluated[primary].test_outputs, parts["test"].labels, classes, calibration, rule)
+    outcomes = screening_outcomes(evaluated[primary].test_outputs, parts["test"].labels, classes, calibration, rule,
+                                  parts["test"].fields)
     metrics[primary] = metrics[primary] | {"screening": outcomes}
     print(f"      on the test split: {describe_outcomes(outcomes)}")
+    cells = source.prepared.dataset.kind == "cells"
+    geometry, um_per_px = read_cell_geometry(source.prepared.dataset.root) if cells else (None, None)
     return Manifest(
         name=options.name or run_path.name, version=options.version, task=source.prepared.task, class_names=classes,
-        default_format=primary, input=InputSpec(size=source.preprocess.input_size), input_kind="field",
+        default_format=primary, input=InputSpec(size=source.preprocess.input_size),
+        input_kind="cell" if cells else "field", cell=geometry, um_per_px=um_per_px,
         preprocess=source.preprocess, output="sigmoid" if len(classes) == 2 and not source.fit_classifier else "softmax",
         calibration=calibration, decision=rule, files={fmt: e.entry for fmt, e in evaluated.items()},
         metrics={name: FormatMetrics.model_validate(m) for name, m in metrics.items()},

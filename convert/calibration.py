@@ -6,6 +6,7 @@ from scipy.optimize import minimize_scalar
 
 from leukoscreen.edge.decision import DecisionRule, blast_score, calibrate
 from leukoscreen.edge.manifest import Calibration
+from leukoscreen.training.metrics import field_maxima
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -45,13 +46,17 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, target_sensitivit
 
 
 def decision_parameters(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
-                        negative_classes: list[str], target_sensitivity: float = 0.99
-                        ) -> tuple[Calibration, DecisionRule]:
-    """The calibration and the decision rule, fitted on validation probabilities and labels."""
+                        negative_classes: list[str], target_sensitivity: float = 0.99,
+                        fields: list[str] | None = None) -> tuple[Calibration, DecisionRule]:
+    """The calibration and the decision rule, fitted on validation probabilities and labels. fields (cell
+    models): the field of each cell; the temperature is fitted on the cells, the threshold on the fields, each
+    scored by its most blast-like cell, as the device decides a field."""
     calibration = Calibration(temperature=fit_temperature(probabilities, labels), fitted_on="validation split")
     scores = blast_score(calibration.apply(probabilities), class_names, negative_classes)
     negative = [class_names.index(n) for n in negative_classes]
     blast = ~np.isin(labels, negative)
+    if fields is not None:
+        scores, blast = field_maxima(scores, blast, fields)
     threshold, (_, refer_at) = choose_threshold(scores, blast, target_sensitivity)
     rank = threshold_rank(int(blast.sum()), target_sensitivity)
     rule = (f"blast score {rank} of {blast.sum()}, counted from the lowest (split-conformal rank)" if rank else
@@ -59,4 +64,6 @@ def decision_parameters(probabilities: np.ndarray, labels: np.ndarray, class_nam
             f"{int(np.ceil(1 / (1 - target_sensitivity) - 1 - 1e-9))} blast images in the validation split")
     return calibration, DecisionRule(negative_classes=negative_classes, threshold=threshold, refer_at=refer_at,
                                      target_sensitivity=target_sensitivity, threshold_rule=rule,
-                                     chosen_on="validation split")
+                                     chosen_on="validation split" if fields is None else
+                                     "validation fields, each scored by its most blast-like cell")
+

@@ -38,6 +38,8 @@ class ModelAnswer(Record):
     counts: dict[str, int] = Field(default_factory=dict, description="cells per class (cell models)")
     blast_fraction: float | None = Field(None, description="share of cells called blast-like (cell models)")
     cells: tuple[CellRecord, ...] = Field((), description="per-cell answers (cell models)", exclude=True)
+    um_per_px: float | None = Field(None, description="the pixel size the cells were cut at (cell models)")
+    scale_source: str = ""
     classify_ms: float = Field(0.0, exclude=True)
 
 
@@ -54,6 +56,9 @@ class CaptureRecord(Record):
     probabilities: dict[str, float] = Field(default_factory=dict)
     counts: dict[str, int] = Field(default_factory=dict)
     blast_fraction: float | None = None
+    um_per_px: float | None = Field(None, description="the field's pixel size in microns, as the cell model read it")
+    scale_source: str = Field("", description="configured, estimated (from the red cells), or assumed (the model's "
+                                              "training scale, when the field gave no estimate)")
     bundle: str = Field("", description="the deciding bundle")
     bundle_sha256: str = Field("", description="sha256 of the deciding bundle's model file")
     source: str = Field("camera", description="camera, or 'upload: NAME'")
@@ -80,7 +85,8 @@ def screened(answer: ModelAnswer, quality: QualityReport, cells: tuple[CellRecor
     return CaptureRecord(decision=answer.decision, message=answer.message, blast_score=answer.blast_score,
                          quality=quality, cells_found=len(cells), cells=answer.cells or cells,
                          probabilities=answer.probabilities, counts=answer.counts,
-                         blast_fraction=answer.blast_fraction, bundle=answer.bundle, bundle_sha256=bundle_sha256,
+                         blast_fraction=answer.blast_fraction, um_per_px=answer.um_per_px,
+                         scale_source=answer.scale_source, bundle=answer.bundle, bundle_sha256=bundle_sha256,
                          compared=compared, **values)
 
 

@@ -27,6 +27,9 @@ class CellFinderConfig:
     max_area_fraction: StrictFloat = Field(0.08, description="largest nucleus, as a fraction of the field area")
     split_touching: StrictBool = Field(True, description="split touching round nuclei (distance-transform watershed)")
     box_margin: StrictFloat = Field(0.35, ge=0, le=2, description="box side = nucleus side * (1 + 2 * margin)")
+    min_nucleus_um2: StrictFloat = Field(15.0, ge=0, description=(
+        "smallest nucleus in square microns, where the pixel size is known (cell models): smaller stained "
+        "specks (platelets, fragments) are not white cells"))
 
     def __post_init__(self):
         check_hsv_bounds(self.hsv_lower, self.hsv_upper, "cell_finder")
@@ -41,6 +44,7 @@ class CellFinderConfig:
 class FoundCell:
     box: tuple[int, int, int, int]   # x, y, width, height in field pixels (clipped to the field)
     area: int                        # nucleus area in pixels
+    centre: tuple[float, float]      # x, y of the nucleus' bounding-box centre (a clipped box is off-centre)
 
 
 def stain_mask(rgb: np.ndarray, config: CellFinderConfig = CellFinderConfig()) -> np.ndarray:
@@ -91,10 +95,11 @@ def find_cells(rgb: np.ndarray, config: CellFinderConfig = CellFinderConfig(),
         cx, cy = x + w / 2, y + h / 2
         x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
         x1, y1 = int(min(width, cx + side / 2)), int(min(height, cy + side / 2))
-        cells.append(FoundCell((x0, y0, x1 - x0, y1 - y0), area))
+        cells.append(FoundCell((x0, y0, x1 - x0, y1 - y0), area, (cx, cy)))
     return sorted(cells, key=lambda c: -c.area)
 
 
-def crop(rgb: np.ndarray, cell: FoundCell) -> np.ndarray:
-    x, y, w, h = cell.box
-    return rgb[y:y + h, x:x + w].copy()
+def white_cells(cells: list[FoundCell] | tuple[FoundCell, ...], um_per_px: float,
+                config: CellFinderConfig = CellFinderConfig()) -> tuple[FoundCell, ...]:
+    """The found cells whose nucleus is at least `min_nucleus_um2` at this pixel size."""
+    return tuple(c for c in cells if c.area * um_per_px ** 2 >= config.min_nucleus_um2)

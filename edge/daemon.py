@@ -114,7 +114,7 @@ class Daemon:
         models, values = self.models, {"source": request.source, "sample_id": request.sample_id}
         try:
             return screen(frame, models.deciding, self.config.cell_finder, self.config.quality, models.compared,
-                          **values)
+                          self.config.scale, **values)
         except ValueError as error:  # a frame of the wrong shape
             return retake(None, f"Retake: unusable frame ({error})", models.deciding.title, models.deciding.sha256,
                           **values)

@@ -17,6 +17,7 @@ from leukoscreen.edge.cell_finder import CellFinderConfig
 from leukoscreen.edge.manifest import Format
 from leukoscreen.edge.quality import QualityConfig
 from leukoscreen.edge.runtimes import Runtime, RuntimeOptions
+from leukoscreen.edge.scale import ScaleConfig
 from leukoscreen.edge.validation import describe
 
 if sys.version_info >= (3, 11):
@@ -96,6 +97,7 @@ class DeviceConfig:
     display: DisplayConfig = field(default_factory=DisplayConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     cell_finder: CellFinderConfig = field(default_factory=CellFinderConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     def __post_init__(self):
         if self.camera.kind == "folder" and not (self.camera.folder and Path(self.camera.folder).is_dir()):

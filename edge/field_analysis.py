@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from leukoscreen.edge.cell_finder import CellFinderConfig, FoundCell, find_cells, stain_mask
+from leukoscreen.edge.cell_finder import CellFinderConfig, FoundCell, find_cells, stain_mask, white_cells
 from leukoscreen.edge.quality import QualityConfig, QualityReport, check_quality
+from leukoscreen.edge.scale import FieldScale, ScaleConfig, field_scale
 
 MIN_SIDE = 32
 
@@ -20,7 +21,8 @@ MIN_SIDE = 32
 class FieldAnalysis:
     cells: tuple[FoundCell, ...]     # white cells, largest first
     quality: QualityReport
-    timings_ms: dict[str, float]     # find_cells, quality
+    timings_ms: dict[str, float]     # find_cells, quality, scale
+    scale: FieldScale = FieldScale(None, "not measured")
 
 
 def check_frame(rgb: np.ndarray) -> None:
@@ -31,13 +33,23 @@ def check_frame(rgb: np.ndarray) -> None:
 
 
 def analyse_field(rgb: np.ndarray, finder: CellFinderConfig = CellFinderConfig(),
-                  quality: QualityConfig = QualityConfig()) -> FieldAnalysis:
-    """The white cells of an H x W x 3 uint8 RGB field and the quality gate's verdict on it."""
+                  quality: QualityConfig = QualityConfig(), scale: ScaleConfig | None = None) -> FieldAnalysis:
+    """The white cells of an H x W x 3 uint8 RGB field and the quality gate's verdict on it. With `scale` (cell
+    models), also the field's pixel size, and nuclei smaller than `finder.min_nucleus_um2` are not counted as
+    white cells (where the pixel size is unknown, none are dropped)."""
     check_frame(rgb)
     started = time.perf_counter()
     mask = stain_mask(rgb, finder)
     cells = tuple(find_cells(rgb, finder, mask))
     found = time.perf_counter()
+    timings = {"find_cells": (found - started) * 1e3}
+    pixel_size = FieldScale(None, "not measured")
+    if scale is not None:
+        pixel_size = field_scale(rgb, scale, finder)
+        if pixel_size.um_per_px is not None:
+            cells = white_cells(cells, pixel_size.um_per_px, finder)
+        timings["scale"] = (time.perf_counter() - found) * 1e3
+    checking = time.perf_counter()
     report = check_quality(rgb, mask, len(cells), quality)
-    timings = {"find_cells": (found - started) * 1e3, "quality": (time.perf_counter() - found) * 1e3}
-    return FieldAnalysis(cells, report, timings)
+    timings["quality"] = (time.perf_counter() - checking) * 1e3
+    return FieldAnalysis(cells, report, timings, pixel_size)

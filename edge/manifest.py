@@ -17,6 +17,7 @@ from typing import Annotated, Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from leukoscreen.edge.cell_crops import CellGeometry
 from leukoscreen.edge.decision import DecisionRule, calibrate
 from leukoscreen.edge.preprocessing import PreprocessConfig
 from leukoscreen.edge.validation import describe
@@ -194,6 +195,12 @@ class Manifest(Part):
     input: InputSpec = Field(description="the model input the files read")
     input_kind: Literal["field", "cell"] = Field(description="field: the model reads the whole field; cell: it "
                                                              "reads each white cell's crop")
+    cell: CellGeometry | None = Field(None, description="cell bundles: how each white cell's crop is cut from the "
+                                                        "field (edge/cell_crops.py); none for field bundles")
+    um_per_px: float | None = Field(None, gt=0, le=10, description=(
+        "pixel size of the training images in microns per pixel (per source, the median of `leukoscreen scale`); "
+        "cell bundles: crops are cut at the field's own pixel size, so this only documents the training data; "
+        "none: not recorded (bundles made before it was)"))
     preprocess: PreprocessConfig = Field(description="how a field (or cell crop) becomes the model input "
                                                      "(edge/preprocessing.py)")
     output: Literal["sigmoid", "softmax"] = Field(description="sigmoid: one column, P(class_names[1]); "
@@ -224,6 +231,9 @@ class Manifest(Part):
                                                      or min(self.preprocess.reference[3:]) <= 0):
             raise ValueError("preprocess.colour = 'reinhard' needs preprocess.reference: the L*, a*, b* means then "
                              "their (positive) standard deviations of the training images")
+        if (self.input_kind == "cell") != (self.cell is not None):
+            raise ValueError("input_kind = 'cell' needs the cell crop geometry (`cell`), and only a cell bundle has one"
+                             if self.input_kind == "cell" else "a field bundle has no `cell` crop geometry")
         negative = self.decision.negative_classes
         if len(set(negative)) != len(negative) or set(negative) >= set(self.class_names):
             raise ValueError(f"decision.negative_classes {negative}: each class once, and not every class (the "

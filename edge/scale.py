@@ -16,11 +16,28 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from pydantic import ConfigDict, Field, StrictFloat
+from pydantic.dataclasses import dataclass as config_dataclass
 
 from leukoscreen.edge.cell_finder import CellFinderConfig, stain_mask
 
 RED_CELL_DIAMETER_UM = 7.8
 MIN_ROUND_CELLS = 3
+
+
+@config_dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
+class ScaleConfig:
+    """The `[scale]` section of the device configuration: the camera's pixel size."""
+    um_per_px: StrictFloat = Field(0.0, ge=0, le=10, description=(
+        "microns per pixel of the camera on this microscope (a stage micrometer's value); 0: estimate it on "
+        "every field from its red cells"))
+
+
+@dataclass(frozen=True)
+class FieldScale:
+    """The pixel size a field was read at, and where it came from."""
+    um_per_px: float | None
+    source: str                  # "configured", "estimated (round cells)", "estimated (granulometry)", "unknown"
 
 
 @dataclass(frozen=True)
@@ -83,3 +100,14 @@ def estimate_scale(rgb: np.ndarray, finder: CellFinderConfig = CellFinderConfig(
         return ScaleEstimate(float(np.median(round_cells)), "round cells", len(round_cells))
     diameter = _granulometry(mask)
     return ScaleEstimate(diameter, "granulometry", 0) if diameter else None
+
+
+def field_scale(rgb: np.ndarray, config: ScaleConfig = ScaleConfig(),
+                finder: CellFinderConfig = CellFinderConfig()) -> FieldScale:
+    """The configured pixel size, or this field's estimate (unknown when it has too few red cells)."""
+    if config.um_per_px:
+        return FieldScale(config.um_per_px, "configured")
+    estimate = estimate_scale(rgb, finder)
+    if estimate is None:
+        return FieldScale(None, "unknown")
+    return FieldScale(estimate.microns_per_pixel, f"estimated ({estimate.method})")

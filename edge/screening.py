@@ -13,13 +13,16 @@ import numpy as np
 
 from leukoscreen.edge.bundle import ModelBundle, load_bundle
 from leukoscreen.edge.capture_record import CaptureRecord, CellRecord, ModelAnswer, retake, screened
-from leukoscreen.edge.cell_finder import CellFinderConfig, crop
+from leukoscreen.edge.cell_crops import cell_crop
+from leukoscreen.edge.cell_finder import CellFinderConfig
 from leukoscreen.edge.field_analysis import FieldAnalysis, analyse_field
 from leukoscreen.edge.preprocessing import preprocess
 from leukoscreen.edge.quality import QualityConfig
 from leukoscreen.edge.runtimes import ModelRunner, RuntimeOptions
+from leukoscreen.edge.scale import ScaleConfig
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
+NO_WHITE_CELLS = "no white cells found (move to another field)"
 
 
 class ScreeningModel:
@@ -60,7 +63,14 @@ class ScreeningModel:
         names, rule, config = manifest.class_names, manifest.decision, manifest.preprocess
         values = {}
         if manifest.input_kind == "cell":
-            probabilities = self._probabilities(np.stack([preprocess(crop(rgb, c), config) for c in field.cells]))
+            if not field.cells:
+                raise ValueError(NO_WHITE_CELLS)
+            values["um_per_px"], values["scale_source"] = field.scale.um_per_px, field.scale.source
+            if field.scale.um_per_px is None:  # too few red cells to tell: the training data's pixel size
+                values["um_per_px"] = manifest.um_per_px or manifest.cell.effective_um_per_px
+                values["scale_source"] = "assumed (the model's training scale)"
+            crops = [cell_crop(rgb, c, values["um_per_px"], manifest.cell) for c in field.cells]
+            probabilities = self._probabilities(np.stack([preprocess(c, config) for c in crops]))
             scores = rule.score(probabilities, names)
             predicted = [names[i] for i in probabilities.argmax(axis=1)]
             values["cells"] = tuple(CellRecord(box=c.box, predicted=p, blast_score=float(s))
@@ -84,18 +94,23 @@ def cell_records(field: FieldAnalysis) -> tuple[CellRecord, ...]:
 
 def screen(rgb: np.ndarray, model: ScreeningModel, finder: CellFinderConfig = CellFinderConfig(),
            quality: QualityConfig = QualityConfig(), compared: tuple[ScreeningModel, ...] = (),
-           **values) -> CaptureRecord:
+           scale: ScaleConfig = ScaleConfig(), **values) -> CaptureRecord:
     """One frame through the whole pipeline: field analysis once, then the deciding model and any compared
     ones, then one record. Raises ValueError for a frame that is not an RGB image of at least 32x32."""
-    field = analyse_field(rgb, finder, quality)
+    cell_models = any(m.bundle.manifest.input_kind == "cell" for m in (model, *compared))
+    field = analyse_field(rgb, finder, quality, scale if cell_models else None)
     timings = dict(field.timings_ms)
-    if not field.quality.passed:
-        return retake(field.quality, field.quality.message, model.title, model.sha256, cells_found=len(field.cells),
+    report = field.quality
+    if report.passed and model.bundle.manifest.input_kind == "cell" and not field.cells:
+        # a cell model without a white cell: no decision, whatever the gate was set to (min_cells = 0)
+        report = report.model_copy(update={"reasons": (NO_WHITE_CELLS,)})
+    if not report.passed:
+        return retake(report, report.message, model.title, model.sha256, cells_found=len(field.cells),
                       cells=cell_records(field), timings_ms=timings, **values)
     answer = model.classify(rgb, field)
     timings["classify"] = answer.classify_ms
     others = tuple(compare(other, rgb, field) for other in compared)
-    return screened(answer, field.quality, cell_records(field), others, model.sha256, timings_ms=timings, **values)
+    return screened(answer, report, cell_records(field), others, model.sha256, timings_ms=timings, **values)
 
 
 def compare(model: ScreeningModel, rgb: np.ndarray, field: FieldAnalysis) -> ModelAnswer:

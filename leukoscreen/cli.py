@@ -69,6 +69,15 @@ def _runtime_options(args):
 
 
 # --- handlers ---------------------------------------------------------------------------------------
+def _cell_data(args) -> None:
+    from leukoscreen.edge.cell_crops import CellGeometry
+    from leukoscreen.training.cell_data import build_cell_data
+    if not args.fields and not args.normal:
+        raise ValueError("give --fields and/or --normal folders to cut cells from")
+    geometry = CellGeometry(side_um=args.side_um, pixels=args.pixels)
+    build_cell_data(_path(args.fields), [Path(p) for p in args.normal], Path(args.out), geometry, limit=args.limit)
+
+
 def _train(args) -> None:
     from leukoscreen.training.runs import TrainConfig
     from leukoscreen.training.train import train
@@ -162,21 +171,23 @@ def _classify(args) -> int:
 
     from leukoscreen.edge.capture_record import failed
     from leukoscreen.edge.image_io import read_image
+    from leukoscreen.edge.scale import ScaleConfig
     from leukoscreen.edge.screening import DEFAULT_BUNDLE, ScreeningModel, screen
     model = ScreeningModel.open(args.bundle or DEFAULT_BUNDLE, _runtime_options(args), fallback=args.format is None)
     for note in model.notes:
         print(f"note: {note}", file=sys.stderr)
-    results = []
+    results, scale = [], ScaleConfig(um_per_px=args.um_per_px)
     for path in args.images:
         try:
-            record = screen(read_image(path), model, source=f"file: {path}")
+            record = screen(read_image(path), model, scale=scale, source=f"file: {path}")
         except ValueError as error:  # ImageReadError included
             record = failed(f"Cannot classify: {error}")
         results.append(record.model_dump(mode="json") | {"image": path})
         if not args.json:
+            counts = "".join(f", {name} {count}" for name, count in record.counts.items())
             print(f"{path}: {record.message}" + (f" (blast score {record.blast_score:.2f}, {record.cells_found} cells "
-                                                 f"found, model {record.bundle})" if record.blast_score is not None
-                                                 else ""))
+                                                 f"found{counts}, model {record.bundle})"
+                                                 if record.blast_score is not None else ""))
     if args.json:
         print(json.dumps(results, indent=2))
     return 2 if any(r["decision"] == "error" for r in results) else 0
@@ -364,6 +375,17 @@ def _add_data(commands) -> None:
                         help="transform every image first (what is left of the colour shortcut?)")
     probes.add_argument("--probes", nargs="*", default=None, help="a subset of the probes")
     probes.set_defaults(handler=_shortcuts)
+    cells = data_commands.add_parser("cells", help="a single-cell training set: the device's cell finder and crop "
+                                                   "over fields (weak labels from the field) and single-cell images")
+    cells.add_argument("--fields", default=None, help="a folder of labelled fields (all-aria): every white cell "
+                                                      "found, labelled blast or non-blast by its field")
+    cells.add_argument("--normal", action="append", default=[], metavar="DIR",
+                       help="a folder of single-cell images of normal white cells (pbc-subset, bccd-wbc); repeatable")
+    cells.add_argument("--out", required=True, help="a new folder for the crops, cells.csv and cells.json")
+    cells.add_argument("--side-um", type=float, default=24.0, help="side of each crop in microns (default 24)")
+    cells.add_argument("--pixels", type=int, default=64, help="side of each crop in pixels (default 64)")
+    cells.add_argument("--limit", type=int, default=0, help="at most this many images per source (0: all)")
+    cells.set_defaults(handler=_cell_data)
 
 
 def _add_train(commands) -> None:
@@ -385,7 +407,7 @@ def _add_train(commands) -> None:
     train.add_argument("--fine-tune-fraction", type=float, default=0.3,
                        help="backbones: share of the top layers trained after the head")
     train.add_argument("--task", default=None, help="binary, subtype or classes (default: the data set's first task)")
-    train.add_argument("--kind", default="auto", choices=["auto", "aria", "cnmc", "folders"])
+    train.add_argument("--kind", default="auto", choices=["auto", "aria", "cnmc", "folders", "cells"])
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATA-TASK)")
     train.add_argument("--epochs", type=int, default=None, help="default 30 for basic-cnn, 40 otherwise")
     train.add_argument("--schedule", default=None, choices=get_args(Schedule),
@@ -497,6 +519,9 @@ def _add_device(commands) -> None:
                                "CPUExecutionProvider)")
     classify.add_argument("--no-xnnpack", action="store_true", help=NO_XNNPACK_HELP)
     classify.add_argument("--json", action="store_true", help="print JSON")
+    classify.add_argument("--um-per-px", type=float, default=0.0,
+                          help="cell models: the camera's microns per pixel (default 0: estimated on every field "
+                               "from its red cells)")
     classify.set_defaults(handler=_classify)
     serve = commands.add_parser("serve", help="run the device: camera, button, model, results, displays")
     serve.add_argument("--config", default=None, help="TOML file (default: built-in defaults, synthetic camera)")

@@ -21,7 +21,7 @@ def test_audit_reports_counts_duplicates_and_unreadable(aria_like, tmp_path, cap
 def test_shortcut_probes_write_scores(aria_like, tmp_path):
     assert main(["data", "shortcuts", str(aria_like), "--block-size", "3", "--out", str(tmp_path / "p")]) == 0
     result = json.loads((tmp_path / "p" / "shortcuts.json").read_text())
-    assert set(result["probes"]) == {"colour_mean_std", "colour_histogram", "patch_bottom_right",
-                                     "patch_top_left", "patch_centre"}
+    assert set(result["probes"]) == {"colour_mean_std", "colour_histogram", "sharpness", "stained_area",
+                                     "patch_bottom_right", "patch_top_left", "patch_centre"}
     for probe in result["probes"].values():
         assert 0 <= probe["macro_f1"] <= 1 and probe["ci95"]["macro_f1"][0] <= probe["macro_f1"]

@@ -154,22 +154,6 @@ def test_shipped_default_bundle_is_valid_and_screens():
         assert result.decision in ("no_blasts", "indeterminate", "possible_blasts")
 
 
-def test_cell_bundle_classifies_every_cell_and_counts(bundle, tmp_path):
-    """A bundle whose manifest says it reads single-cell crops: per-cell classes, counts, blast fraction."""
-    import shutil
-    cell_bundle = tmp_path / "cells"
-    shutil.copytree(bundle, cell_bundle)
-    manifest = json.loads((cell_bundle / "manifest.json").read_text())
-    write_manifest_values(cell_bundle, manifest | {"input_kind": "cell"})
-    field = synthetic_field(1)
-    result = screen(field.image, ScreeningModel.open(cell_bundle))
-    assert len(result.cells) == len(field.cells)
-    assert all(cell.predicted in ("benign", "malignant") for cell in result.cells)
-    assert sum(result.counts.values()) == len(field.cells)
-    assert result.blast_fraction == result.counts["malignant"] / len(field.cells)
-    assert result.blast_score == max(cell.blast_score for cell in result.cells)
-
-
 def test_the_shipped_formats_decide_alike_on_every_test_field(shared_data):
     """int8 TFLite and int8 ONNX of the shipped bundle, through this machine's runtimes: the same class and the
     same screening answer ("No blasts suggested" or not) on every field of the bundle's test part (the self-test

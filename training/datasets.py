@@ -5,6 +5,7 @@ or a block of neighbouring file numbers from one smear) and the label views (tas
 """
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from leukoscreen.edge.image_io import is_image_file
 ARIA_NAME = re.compile(r"^WBC-(?:(Benign)|Malignant-(Early|Pre|Pro))-(\d+)\.\w+$", re.IGNORECASE)
 CNMC_NAME = re.compile(r"^UID_(h?)(\d+)_(\d+)_(\d+)_(all|hem)\.\w+$", re.IGNORECASE)
 ARIA_SUBTYPES = ("Benign", "Early", "Pre", "Pro")
+CELL_LABELS = ("non-blast", "blast")  # the labels of `leukoscreen data cells`, negative first
+CELL_INDEX = "cells.csv"
 
 
 class DataError(ValueError):
@@ -49,7 +52,7 @@ class DataSet:
         return names, [names.index(mapping[s.cls]) for s in self.samples]
 
 
-def _image_files(root: Path) -> list[Path]:
+def image_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
 
 
@@ -103,18 +106,38 @@ def read_class_folders(root: Path, files: list[Path]) -> DataSet:
     return DataSet(root, "folders", samples, classes, views)
 
 
+def read_cells(root: Path) -> DataSet:
+    """A cell folder of `leukoscreen data cells`: label and group (the field's smear block, or the single-cell
+    image) from its cells.csv."""
+    with open(root / CELL_INDEX, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"file", "label", "group"} <= set(rows[0]):
+        raise DataError(f"{root / CELL_INDEX}: no cells, or not written by `leukoscreen data cells`; make the "
+                        "folder again")
+    samples = [Sample(root / row["file"], row["label"], row["group"]) for row in rows]
+    classes = [c for c in CELL_LABELS if any(s.cls == c for s in samples)]
+    return DataSet(root, "cells", samples, classes, {"cells": {c: c for c in classes}})
+
+
 def open_dataset(root: str | Path, kind: str = "auto", block_size: int = 20) -> DataSet:
-    """Read a data folder. kind: "auto" (from the file names), "aria", "cnmc" or "folders"."""
+    """Read a data folder. kind: "auto" (from the file names, or a cell folder's cells.csv), "aria", "cnmc",
+    "folders" or "cells"."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; pass the folder that holds the images")
     if block_size < 1:
         raise DataError(f"block size {block_size}: use a whole number >= 1")
-    files = _image_files(root)
+    if kind == "cells" or (kind == "auto" and (root / CELL_INDEX).is_file()):
+        dataset = read_cells(root)
+        if len(dataset.classes) < 2:
+            raise DataError(f"{root}: found only the label {dataset.classes}; a cell set needs blast and non-blast "
+                            "cells")
+        return dataset
+    files = image_files(root)
     if not files:
         raise DataError(f"{root} holds no images (looked for {', '.join(('jpg', 'png', 'bmp', 'tif'))}); "
                         "check the path")
-    empty = sorted(p.name for p in root.iterdir() if p.is_dir() and not _image_files(p))
+    empty = sorted(p.name for p in root.iterdir() if p.is_dir() and not image_files(p))
     if empty:
         print(f"warning: class folders with no images are ignored: {', '.join(empty)}")
     if kind == "auto":
@@ -128,7 +151,7 @@ def open_dataset(root: str | Path, kind: str = "auto", block_size: int = 20) -> 
                "cnmc": lambda: read_cnmc(root, files),
                "folders": lambda: read_class_folders(root, files)}
     if kind not in readers:
-        raise DataError(f"data set kind {kind!r} is unknown; use auto, aria, cnmc or folders")
+        raise DataError(f"data set kind {kind!r} is unknown; use auto, aria, cnmc, folders or cells")
     dataset = readers[kind]()
     if len(dataset.classes) < 2:
         raise DataError(f"{root}: found only the class {dataset.classes}; at least two classes are needed")

@@ -15,6 +15,7 @@ import numpy as np
 from leukoscreen.edge.preprocessing import SCALE_BAR_CORNER, PreprocessConfig
 from leukoscreen.edge.runtimes import RuntimeOptions, to_probabilities
 from leukoscreen.training import plots
+from leukoscreen.training.cell_data import weak_label_check
 from leukoscreen.training.metrics import classification_metrics, describe_outcomes, format_table, screening_outcomes
 from leukoscreen.training.prepared_data import PreparedData, prepare, preprocessed_images
 from leukoscreen.training.runs import RunError, RunFolder
@@ -69,6 +70,12 @@ def evaluate_with_variants(predict, prepared: PreparedData, part: str, config: P
               f"[{result['ci95']['macro_f1'][0]:.3f}-{result['ci95']['macro_f1'][1]:.3f}]")
     if screening:  # once, beside the variants rather than inside the as-trained one
         metrics["screening"] = screening(probabilities, prepared.labels[index])
+    if prepared.dataset.kind == "cells":
+        metrics["weak_labels"] = weak_label_check(prepared.dataset.root, [prepared.paths[i] for i in index],
+                                                  probabilities, prepared.class_names)
+        for group, row in metrics["weak_labels"].items():
+            print(f"  weak labels, {group:<20} {row['crops']:>6} crops ({row['label']}): called blast "
+                  f"{row['called_blast']:.1%}, confidently contradicted {row['confidently_contradicted']:.1%}")
     metrics.update(part=part, data=str(prepared.dataset.root), task=prepared.task)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with open(out_dir / "predictions.csv", "w", newline="") as handle:

@@ -120,14 +120,29 @@ def format_table(metrics: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
+def field_maxima(scores: np.ndarray, blast: np.ndarray, fields: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per field: the highest of its cells' blast scores, and whether it is a blast field (its cells carry
+    the field's label)."""
+    keys, index = np.unique(np.asarray(fields), return_inverse=True)
+    maxima = np.full(len(keys), -np.inf)
+    np.maximum.at(maxima, index, scores)
+    field_blast = np.zeros(len(keys), dtype=bool)
+    field_blast[index] = blast
+    return maxima, field_blast
+
+
 def screening_outcomes(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
-                       calibration: Calibration, rule: DecisionRule) -> ScreeningOutcomes:
+                       calibration: Calibration, rule: DecisionRule,
+                       fields: list[str] | None = None) -> ScreeningOutcomes:
     """A bundle's three answers on labelled images (its model's raw probabilities, calibration and decision
     rule; not the quality gate): counts per answer for blast and non-blast images; sensitivity = blast images
-    not answered "no blasts" (referred or retaken), specificity = non-blast images answered "no blasts"."""
+    not answered "no blasts" (referred or retaken), specificity = non-blast images answered "no blasts".
+    fields (cell models): the answers are per field, from its most blast-like cell, as the device gives them."""
     scores = rule.score(calibration.apply(probabilities), class_names)
-    answers = np.array([rule.decide(score).code for score in scores])
     blast = ~np.isin(labels, [class_names.index(name) for name in rule.negative_classes])
+    if fields is not None:
+        scores, blast = field_maxima(scores, blast, fields)
+    answers = np.array([rule.decide(score).code for score in scores])
     counts = {kind: AnswerCounts(n=int(rows.sum()), **{code: int((answers[rows] == code).sum()) for code in WORDING})
               for kind, rows in (("blast", blast), ("non_blast", ~blast))}
     return ScreeningOutcomes(**counts, sensitivity=1.0 - counts["blast"].no_blasts / max(counts["blast"].n, 1),

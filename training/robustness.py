@@ -31,7 +31,7 @@ from leukoscreen.edge.quality import QualityConfig
 from leukoscreen.edge.screening import ScreeningModel, screen
 from leukoscreen.training.datasets import DataError, open_dataset
 from leukoscreen.training.prepared_data import prepare
-from leukoscreen.training.splits import SplitError
+from leukoscreen.training.splits import SplitError, load_split
 
 ANSWERS = ("no_blasts", "indeterminate", "possible_blasts", "not_screened")
 NO_CELL_FOLDERS = {"platelet", "platelets"}
@@ -89,13 +89,33 @@ class Item:
     truth: str          # "blast", "non_blast" or "no_cell"
 
 
-def source_items(folder: Path, bundle_split: Path | None) -> tuple[str, list[Item]]:
+def held_out_fields(bundle_split: Path, source: str) -> set[str] | None:
+    """A cell bundle's split lists crops (`LABEL/SOURCE-FIELD-cN.png`, see training/cell_data.py): the fields
+    of `source` whose every crop is in the test part, by file stem; None when no crop came from `source`."""
+    parts: dict[str, set[str]] = {}
+    for row in load_split(bundle_split):
+        name = Path(row.path).name
+        if name.startswith(f"{source}-") and "-c" in name:
+            parts.setdefault(name[len(source) + 1:name.rindex("-c")], set()).add(row.part)
+    return {stem for stem, seen in parts.items() if seen == {"test"}} if parts else None
+
+
+def source_items(folder: Path, bundle_split: Path | None, cell_bundle: bool = False) -> tuple[str, list[Item]]:
     """The images of a source with their truth, and how they were chosen."""
     try:
         dataset = open_dataset(folder)
     except DataError:
         dataset = None
     labelled = dataset is not None and {"benign", "hem"} & set(dataset.views.get("binary", {}).values())
+    if labelled and cell_bundle:
+        prepared = prepare(folder, "binary", all_test=True)
+        negative = prepared.class_names.index(next(c for c in prepared.class_names if c in ("benign", "hem")))
+        stems = held_out_fields(bundle_split, dataset.root.name) if bundle_split else None
+        chosen = ("every image (no cell of it in the bundle's split)" if stems is None else
+                  "the fields whose cells are all in the test part of the bundle's split")
+        return chosen, [Item(path, "non_blast" if label == negative else "blast")
+                        for path, label in zip(prepared.paths, prepared.labels)
+                        if stems is None or Path(path).stem in stems]
     if labelled:
         try:
             prepared = prepare(folder, "binary", split_file=bundle_split)
@@ -109,8 +129,13 @@ def source_items(folder: Path, bundle_split: Path | None) -> tuple[str, list[Ite
         return chosen, [Item(path, "non_blast" if label == negative else "blast") for path, label in rows]
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif",
                                                                         ".tiff") and not p.name.startswith("."))
-    return ("every image: normal cells (none blast-like); platelet folders hold no white cell",
-            [Item(str(p), "no_cell" if p.parent.name.lower() in NO_CELL_FOLDERS else "non_blast") for p in files])
+    chosen = "every image: normal cells (none blast-like); platelet folders hold no white cell"
+    stems = held_out_fields(bundle_split, folder.resolve().name) if cell_bundle and bundle_split else None
+    if stems is not None:  # the cell model learnt from some of these images: only the test part's
+        chosen += "; only the images whose cell is in the test part of the bundle's split"
+        files = [p for p in files if p.stem in stems]
+    return chosen, [Item(str(p), "no_cell" if p.parent.name.lower() in NO_CELL_FOLDERS else "non_blast")
+                    for p in files]
 
 
 def _summary(answers: list[tuple[str, str, float | None]]) -> dict:
@@ -122,6 +147,7 @@ def _summary(answers: list[tuple[str, str, float | None]]) -> dict:
     row["sensitivity"] = 1 - blast.count("no_blasts") / len(blast) if blast else None
     row["specificity"] = non_blast.count("no_blasts") / len(non_blast) if non_blast else None
     row["missed blast images"] = blast.count("no_blasts")
+    row["non-blast images referred"] = non_blast.count("possible_blasts")
     screened = [(t, s) for t, a, s in answers if a != "not_screened"]
     wrong = [t for t, s in screened if (t != "blast" and s >= 0.9) or (t == "blast" and s <= 0.1)]
     row["confidently wrong among screened"] = len(wrong) / len(screened) if screened else None
@@ -150,7 +176,8 @@ def robustness(bundle_path: Path, sources: list[Path], out: Path | None = None,
         raise ValueError(f"unknown perturbation(s) {unknown}; choose from {', '.join(PERTURBATIONS)}")
     rows = []
     for index, folder in enumerate(sources):
-        chosen, items = source_items(Path(folder), split if split.exists() else None)
+        chosen, items = source_items(Path(folder), split if split.exists() else None,
+                                     model.bundle.manifest.input_kind == "cell")
         items = items[::max(1, len(items) // limit)][:limit] if limit else items  # spread over the classes
         kinds = [("as acquired", None)] + ([(name, PERTURBATIONS[name]) for name in names] if index == 0 else [])
         for kind, perturb in kinds:
@@ -174,7 +201,8 @@ def robustness(bundle_path: Path, sources: list[Path], out: Path | None = None,
 
 
 COLUMNS = ["source", "perturbation", "n", "no_blasts", "indeterminate", "possible_blasts", "not_screened",
-           "sensitivity", "specificity", "missed blast images", "confidently wrong among screened"]
+           "sensitivity", "specificity", "missed blast images", "non-blast images referred",
+           "confidently wrong among screened"]
 
 
 def robustness_rows(result: dict) -> list[dict]:
@@ -182,7 +210,7 @@ def robustness_rows(result: dict) -> list[dict]:
     def cell(column, value):
         if value is None:
             return "-"
-        if column in ("n", "missed blast images") or isinstance(value, str):
+        if column in ("n", "missed blast images", "non-blast images referred") or isinstance(value, str):
             return str(value)
         return f"{100 * value:.1f}%"
     return [{c: cell(c, row.get(c)) for c in COLUMNS} for row in result["rows"]]

@@ -1,7 +1,8 @@
 """`leukoscreen data shortcuts`: probes that see only what a model should not rely on.
 
 Gradient boosting on six colour numbers per image (mean and standard deviation of R, G, B), on an HSV
-colour histogram, and on one 32x32 patch alone (bottom-right, where all-aria's scale-bar label is; top-left
+colour histogram, on three focus numbers (sharpness), on the stained and dark share (size), and on one 32x32
+patch alone (bottom-right, where all-aria's scale-bar label is; top-left
 and centre as controls). Scored on the same leak-free group split as the models: if a probe scores high,
 a model's score on that data says little about cell morphology.
 """
@@ -14,12 +15,15 @@ import cv2
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from leukoscreen.edge.cell_finder import stain_mask
 from leukoscreen.edge.image_io import read_image
 from leukoscreen.edge.preprocessing import lab_statistics, reinhard, standardize_colour, to_grayscale
+from leukoscreen.training.cell_data import read_cell_geometry
 from leukoscreen.training.metrics import classification_metrics
 from leukoscreen.training.prepared_data import prepare
 
-PROBE_SIZE = 224   # images are resized to this side first, so patch positions mean the same everywhere
+PROBE_SIZE = 224   # fields are resized to this side first (cell crops keep theirs), so patch positions mean
+#                    the same everywhere
 PATCH = 32
 
 
@@ -42,8 +46,24 @@ def patch(rgb: np.ndarray, where: str) -> np.ndarray:
     return rgb[start[0]:start[0] + PATCH, start[1]:start[1] + PATCH].astype(np.float32).ravel()
 
 
+def sharpness(rgb: np.ndarray) -> np.ndarray:
+    """Focus numbers: variance of the Laplacian, mean gradient magnitude, share of high-frequency energy."""
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gradient = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    high = gray - cv2.GaussianBlur(gray, (0, 0), 2)
+    return np.array([cv2.Laplacian(gray, cv2.CV_32F).var(), gradient.mean(), high.var() / (gray.var() + 1e-6)])
+
+
+def stained_area(rgb: np.ndarray) -> np.ndarray:
+    """Size: the share of stained (purple) pixels and of dark pixels."""
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return np.array([np.mean(stain_mask(rgb) > 0), np.mean(gray < 100), np.mean(gray < 150)])
+
+
 PROBES = {
     "colour_mean_std": colour_statistics,
+    "sharpness": sharpness,
+    "stained_area": stained_area,
     "colour_histogram": colour_histogram,
     "patch_bottom_right": lambda rgb: patch(rgb, "bottom_right"),
     "patch_top_left": lambda rgb: patch(rgb, "top_left"),
@@ -59,8 +79,8 @@ def shortcut_probes(data_dir: Path, out_dir: Path, task: str | None = None, bloc
     if unknown:
         raise ValueError(f"unknown probes {sorted(unknown)}; choose from {', '.join(PROBES)}")
     prepared = prepare(data_dir, task, block_size=block_size, seed=seed)
-    images = [cv2.resize(read_image(p), (PROBE_SIZE, PROBE_SIZE), interpolation=cv2.INTER_AREA)
-              for p in prepared.paths]
+    side = read_cell_geometry(prepared.dataset.root)[0].pixels if prepared.dataset.kind == "cells" else PROBE_SIZE
+    images = [cv2.resize(read_image(p), (side, side), interpolation=cv2.INTER_AREA) for p in prepared.paths]
     reference = ()
     if colour == "standardize":
         images = [standardize_colour(image) for image in images]

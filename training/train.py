@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from leukoscreen import __version__
+from leukoscreen.training.cell_data import read_cell_geometry
 from leukoscreen.training.prepared_data import prepare, preprocessed_images, with_colour_reference
 from leukoscreen.training.runs import RunFolder, TrainConfig
 from leukoscreen.training.splits import save_split
@@ -42,12 +43,14 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
         raise ValueError(f"precision {precision!r}: use auto, float32 or mixed_bfloat16")
     keras.mixed_precision.set_global_policy(precision)
     print(f"training precision: {precision}")
-    input_size = default_input_size(config.model)
-    if config.preprocess.input_size != input_size:
-        config = replace(config, preprocess=replace(config.preprocess, input_size=input_size))
-
     prepared = prepare(config.data, config.task, config.kind, config.block_size, config.near_distance,
                        config.seed, split_file=Path(config.split_file) if config.split_file else None)
+    input_size = default_input_size(config.model)
+    if prepared.dataset.kind == "cells":  # crops already cut to their size: no intermediate size, no corner
+        input_size = read_cell_geometry(prepared.dataset.root)[0].pixels
+        config = replace(config, preprocess=replace(config.preprocess, resize=0, mask_corner=0.0))
+    if config.preprocess.input_size != input_size:
+        config = replace(config, preprocess=replace(config.preprocess, input_size=input_size))
     config = replace(config, task=prepared.task, data=str(prepared.dataset.root))
     save_split(run.split_file, prepared.rows)
     classes = prepared.class_names

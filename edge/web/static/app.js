@@ -126,6 +126,18 @@ function classColour(name) {
   return index < 0 ? "#0057b8" : PALETTE[index % PALETTE.length];
 }
 
+// A cell model's cells as crops, most blast-like first, each framed in its class colour.
+function showGallery(image, cells) {
+  const judged = cells.filter((cell) => cell.predicted).sort((a, b) => b.blast_score - a.blast_score);
+  $("result-gallery").replaceChildren(...judged.map((cell) => {
+    const [x, y, w, h] = cell.box;
+    const canvas = el("canvas", { width: 72, height: 72 });
+    canvas.style.borderColor = classColour(cell.predicted);
+    canvas.getContext("2d").drawImage(image, x, y, w, h, 0, 0, 72, 72);
+    return el("figure", {}, canvas, el("figcaption", {}, `${cell.predicted} ${Math.round(100 * cell.blast_score)}%`));
+  }));
+}
+
 function showResult(capture, title) {
   const result = capture.result;
   $("result").hidden = false;
@@ -134,6 +146,7 @@ function showResult(capture, title) {
   $("result-decision").className = "decision " + capture.decision;
   const image = $("result-image"), svg = $("result-boxes");
   svg.replaceChildren();
+  $("result-gallery").replaceChildren();
   image.onload = () => {
     svg.setAttribute("viewBox", `0 0 ${image.naturalWidth} ${image.naturalHeight}`);
     for (const cell of result.cells || []) {
@@ -150,6 +163,7 @@ function showResult(capture, title) {
       text.textContent = label;
       svg.append(rect, text);
     }
+    showGallery(image, result.cells || []);
   };
   image.src = capture.image_url;
   const fieldModel = (result.cells || []).every((cell) => !cell.predicted);
@@ -160,6 +174,7 @@ function showResult(capture, title) {
   for (const [name, count] of Object.entries(result.counts || {})) rows.push([`${name} cells`, String(count)]);
   for (const [name, p] of Object.entries(result.probabilities || {})) rows.push([`P(${name})`, `${(100 * p).toFixed(1)}%`]);
   if (capture.blast_score !== null && capture.blast_score !== undefined) rows.push(["Blast score", `${(100 * capture.blast_score).toFixed(1)}%`]);
+  if (result.um_per_px) rows.push(["Pixel size", `${result.um_per_px.toFixed(3)} µm (${result.scale_source})`]);
   if (result.quality && result.quality.focus !== undefined) rows.push(["Focus score", result.quality.focus.toFixed(1)]);
   $("result-table").replaceChildren(...rows.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))));
   const compared = (result.compared || []).map((other) => el("tr", {}, el("th", {}, other.bundle),

@@ -1,0 +1,222 @@
+"""Single-cell screening: crops of one physical size, the cell set built by the device's own finder, a cell
+bundle trained and converted from it, and the device deciding a field from its cells."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import write_rgb
+
+from leukoscreen.edge.cell_crops import CellGeometry, cell_crop
+from leukoscreen.edge.cell_finder import CellFinderConfig, FoundCell, white_cells
+from leukoscreen.edge.field_analysis import analyse_field
+from leukoscreen.edge.manifest import Manifest
+from leukoscreen.edge.scale import ScaleConfig, estimate_scale
+from leukoscreen.edge.screening import ScreeningModel, screen
+from leukoscreen.edge.synthetic_smear import synthetic_field
+from leukoscreen.training.datasets import open_dataset
+
+
+def test_a_crop_covers_the_same_microns_at_any_pixel_size():
+    """The same field at two magnifications gives nearly the same crop: the crop is physical, not pixels."""
+    geometry = CellGeometry(side_um=24, pixels=48, effective_um_per_px=0.6)
+    field = synthetic_field(2, size=480)
+    cell = field.cells[0]
+    x, y, w, h = cell.box
+    found = FoundCell(cell.box, w * h, (x + w / 2, y + h / 2))
+    fine = cell_crop(field.image, found, 0.25, geometry)
+    half = cv2.resize(field.image, (240, 240), interpolation=cv2.INTER_AREA)
+    coarse = cell_crop(half, FoundCell(found.box, found.area, (found.centre[0] / 2, found.centre[1] / 2)), 0.5, geometry)
+    assert fine.shape == coarse.shape == (48, 48, 3)
+    assert np.abs(fine.astype(int) - coarse.astype(int)).mean() < 6
+    # a cell at the field's edge: the square is filled by reflection, never shifted or shrunk
+    edge = cell_crop(field.image, FoundCell((0, 0, 10, 10), 100, (2.0, 2.0)), 0.25, geometry)
+    assert edge.shape == (48, 48, 3)
+    with pytest.raises(ValueError, match="pixel size"):
+        cell_crop(field.image, found, 0.0, geometry)
+
+
+def test_specks_smaller_than_a_nucleus_are_not_white_cells():
+    cells = (FoundCell((0, 0, 10, 10), 400, (5, 5)), FoundCell((0, 0, 4, 4), 30, (2, 2)))
+    assert white_cells(cells, 0.5, CellFinderConfig(min_nucleus_um2=15)) == cells[:1]  # 100 and 7.5 um^2
+    assert white_cells(cells, 1.0, CellFinderConfig(min_nucleus_um2=15)) == cells  # 400 and 30 um^2
+
+
+def test_the_configured_scale_wins_over_the_estimate():
+    field = synthetic_field(3).image
+    estimated = analyse_field(field, scale=ScaleConfig())
+    assert estimated.scale.source.startswith("estimated") and estimated.scale.um_per_px == pytest.approx(
+        estimate_scale(field).microns_per_pixel)
+    configured = analyse_field(field, scale=ScaleConfig(um_per_px=0.3))
+    assert (configured.scale.um_per_px, configured.scale.source) == (0.3, "configured")
+    assert analyse_field(field).scale.source == "not measured"  # field models: no scale needed
+
+
+def test_a_cell_bundle_needs_its_crop_geometry(bundle):
+    values = json.loads((bundle / "manifest.json").read_text())
+    values.pop("manifest_sha256")
+    with pytest.raises(ValueError, match="needs the cell crop geometry"):
+        Manifest.model_validate(values | {"input_kind": "cell"})
+    with pytest.raises(ValueError, match="has no `cell` crop geometry"):
+        Manifest.model_validate(values | {"cell": CellGeometry().model_dump()})
+    assert Manifest.model_validate(values | {"input_kind": "cell", "cell": CellGeometry().model_dump()}).cell
+
+
+@pytest.fixture(scope="session")
+def cell_set(tmp_path_factory):
+    """A cell set cut from generated fields (all-aria names; Early fields blast-like, Benign normal-looking)
+    and generated single normal cells."""
+    from leukoscreen.training.cell_data import build_cell_data
+    root = tmp_path_factory.mktemp("cells")
+    for number in range(1, 25):
+        blast = number % 2 == 0
+        name = f"WBC-{'Malignant-Early' if blast else 'Benign'}-{20 * number:03d}.png"  # one smear block each
+        field = synthetic_field(number, size=320, white_cells=3, blast_fraction=1.0 if blast else 0.0)
+        write_rgb(root / "fields" / ("Early" if blast else "Benign") / name, field.image)
+    for number in range(8):
+        field = synthetic_field(100 + number, size=320, white_cells=1, blast_fraction=0.0)
+        x, y, w, h = field.cells[0].box
+        cx, cy = x + w // 2, y + h // 2
+        write_rgb(root / "normal" / "lymphocyte" / f"n{number}.png",
+                  field.image[max(0, cy - 60):cy + 60, max(0, cx - 60):cx + 60])
+    summary = build_cell_data(root / "fields", [root / "normal"], root / "set")
+    return root / "set", summary
+
+
+def test_the_shortcut_probes_read_cell_crops_at_their_own_size(cell_set, tmp_path):
+    from leukoscreen.training.shortcuts import shortcut_probes
+    folder, _ = cell_set
+    result = shortcut_probes(folder, tmp_path / "probes", block_size=2, n_boot=10,
+                             probes=["sharpness", "stained_area", "patch_centre"])
+    assert result["task"] == "cells" and set(result["probes"]) == {"sharpness", "stained_area", "patch_centre"}
+    assert result["probes"]["patch_centre"]["features"] == 32 * 32 * 3
+    assert result["probes"]["sharpness"]["features"] == 3 and result["probes"]["stained_area"]["features"] == 3
+
+
+def test_the_cell_set_inherits_labels_and_groups_from_its_fields(cell_set):
+    folder, summary = cell_set
+    rows = list(csv.DictReader(open(folder / "cells.csv")))
+    assert summary["labels"]["blast"] > 0 and summary["labels"]["non-blast"] > 0
+    for row in rows:
+        assert (folder / row["file"]).is_file() and cv2.imread(str(folder / row["file"])).shape == (64, 64, 3)
+        if row["source"] == "fields":
+            assert row["label"] == ("blast" if row["class"] == "Early" else "non-blast")
+            assert row["group"].startswith("fields:aria-")   # the field's smear block: never across a split
+        else:
+            assert row["label"] == "non-blast" and row["group"].startswith("normal:file-")
+    sources = summary["sources"]
+    # every source cut at its own pixel size, all brought to the coarsest one's resolution
+    assert summary["geometry"]["effective_um_per_px"] == max(s["um_per_px"] for s in sources.values())
+    dataset = open_dataset(folder)
+    assert dataset.kind == "cells" and dataset.classes == ["non-blast", "blast"] and dataset.tasks == ["cells"]
+    with pytest.raises(ValueError, match="already holds a cell set"):
+        from leukoscreen.training.cell_data import build_cell_data
+        build_cell_data(None, [folder.parent / "normal"], folder)
+
+
+@pytest.fixture(scope="session")
+def cell_bundle(cell_set, tmp_path_factory):
+    from leukoscreen.convert.bundle_builder import convert_run
+    from leukoscreen.training.runs import TrainConfig
+    from leukoscreen.training.train import train
+    folder, _ = cell_set
+    root = tmp_path_factory.mktemp("cell-bundle")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEUKOSCREEN_CACHE", str(root / "cache"))
+        train(TrainConfig.with_defaults(str(folder), colour="standardize", epochs=2, batch_size=8, block_size=2),
+              root / "run", n_boot=10)
+        convert_run(root / "run", root / "bundle", ["tflite-int8", "onnx-int8"], representative=20, allow_drop=True)
+    return root / "bundle"
+
+
+def test_training_on_cells_reports_how_noisy_the_weak_labels_look(cell_bundle):
+    metrics = json.loads((cell_bundle.parent / "run" / "metrics.json").read_text())
+    groups = metrics["weak_labels"]
+    assert set(groups) <= {"fields Benign", "fields Early", "normal normal"} and groups
+    for row in groups.values():
+        assert row["crops"] > 0 and 0 <= row["confidently_contradicted"] <= 1 and 0 <= row["called_blast"] <= 1
+
+
+def test_a_cell_bundle_records_how_its_crops_are_cut(cell_set, cell_bundle):
+    _, summary = cell_set
+    manifest = json.loads((cell_bundle / "manifest.json").read_text())
+    assert manifest["input_kind"] == "cell" and manifest["class_names"] == ["non-blast", "blast"]
+    assert manifest["cell"] == summary["geometry"] and manifest["input"]["size"] == 64
+    assert manifest["um_per_px"] == summary["sources"]["fields"]["um_per_px"]
+    assert manifest["preprocess"]["resize"] == 0 and manifest["preprocess"]["mask_corner"] == 0.0
+    assert manifest["decision"]["negative_classes"] == ["non-blast"]
+    # the threshold is chosen on fields scored by their most blast-like cell, as the device decides them
+    assert manifest["decision"]["chosen_on"] == "validation fields, each scored by its most blast-like cell"
+    split = list(csv.DictReader(open(cell_bundle / "split.csv")))
+    test_fields = {row["path"].split("/")[-1].rsplit("-c", 1)[0] for row in split if row["part"] == "test"}
+    outcomes = manifest["metrics"][manifest["default_format"]]["screening"]
+    assert outcomes["blast"]["n"] + outcomes["non_blast"]["n"] == len(test_fields)
+
+
+def test_the_device_decides_a_field_from_its_cells(cell_bundle):
+    model = ScreeningModel.open(cell_bundle)
+    field = synthetic_field(1)
+    record = screen(field.image, model)
+    assert record.decision in ("no_blasts", "indeterminate", "possible_blasts")
+    assert record.scale_source.startswith("estimated") and record.um_per_px > 0
+    assert len(record.cells) == record.cells_found >= 1
+    assert all(cell.predicted in ("non-blast", "blast") for cell in record.cells)
+    assert sum(record.counts.values()) == len(record.cells)
+    assert record.blast_fraction == record.counts["blast"] / len(record.cells)
+    assert record.blast_score == max(cell.blast_score for cell in record.cells)
+    configured = screen(field.image, model, scale=ScaleConfig(um_per_px=0.25))
+    assert (configured.um_per_px, configured.scale_source) == (0.25, "configured")
+
+
+def test_no_white_cell_no_decision_whatever_the_model(cell_bundle):
+    """Every stained nucleus painted over: the cell model is never asked, the field is not screened."""
+    field = synthetic_field(4)
+    image = field.image.copy()
+    for cell in field.cells:
+        x, y, w, h = cell.box
+        image[y:y + h, x:x + w] = image[0, 0]
+    record = screen(image, ScreeningModel.open(cell_bundle))
+    assert record.decision == "retake" and record.blast_score is None and not record.counts
+
+
+def test_robustness_of_a_cell_bundle_counts_only_fields_it_never_saw(cell_set, cell_bundle):
+    """The cell bundle's split lists crops: a field is counted only when every cell of it is in the test part,
+    and a single-cell source it learnt from only by its test images."""
+    from leukoscreen.training.robustness import robustness, source_items
+    from leukoscreen.training.splits import load_split
+    folder, _ = cell_set
+    split = load_split(cell_bundle / "split.csv")
+    rows = list(csv.DictReader(open(folder / "cells.csv")))
+    part_of = {row.path: row.part for row in split}
+    test_fields = {r["field"].split("/")[-1].rsplit(".", 1)[0] for r in rows
+                   if r["source"] == "fields" and part_of[r["file"]] == "test"}
+    trained = {r["field"].split("/")[-1].rsplit(".", 1)[0] for r in rows
+               if r["source"] == "fields" and part_of[r["file"]] != "test"}
+    assert test_fields and trained and not test_fields & trained
+    _, items = source_items(folder.parent / "fields", cell_bundle / "split.csv", cell_bundle=True)
+    assert {Path(item.path).stem for item in items} == test_fields
+    _, normal = source_items(folder.parent / "normal", cell_bundle / "split.csv", cell_bundle=True)
+    assert {Path(i.path).stem for i in normal} == {r["field"].split("/")[-1].rsplit(".", 1)[0] for r in rows
+                                                   if r["source"] == "normal" and part_of[r["file"]] == "test"}
+    result = robustness(cell_bundle, [folder.parent / "fields"], perturbations=["cells removed"])
+    assert [row["n"] for row in result["rows"]] == [len(test_fields)] * 2
+
+
+def test_a_field_scores_as_its_most_blast_like_cell():
+    from leukoscreen.training.metrics import field_maxima
+    scores, blast = field_maxima(np.array([0.1, 0.9, 0.2, 0.3]), np.array([True, True, False, False]),
+                                 ["a", "a", "b", "b"])
+    assert scores.tolist() == [0.9, 0.3] and blast.tolist() == [True, False]
+
+
+def test_a_gate_that_lets_fields_without_cells_through_still_gets_no_answer(cell_bundle):
+    from leukoscreen.edge.quality import QualityConfig
+    blank = np.full((200, 200, 3), 225, np.uint8)
+    blank[::9, :] = (200, 160, 180)   # a pattern of unstained lines: sharp enough, no white cell
+    record = screen(blank, ScreeningModel.open(cell_bundle),
+                    quality=QualityConfig(min_cells=0, min_stain_fraction=0.0, min_focus=0.0))
+    assert record.decision == "retake" and record.quality.reasons == ("no white cells found (move to another field)",)
