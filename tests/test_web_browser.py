@@ -132,7 +132,8 @@ def test_boxes_are_coloured_by_each_cells_class(page, tmp_path):
     cell_bundle = tmp_path / "cell-bundle"
     shutil.copytree(DEFAULT_BUNDLE, cell_bundle)
     manifest = json.loads((cell_bundle / "manifest.json").read_text())
-    write_manifest_values(cell_bundle, manifest | {"input_kind": "cell"})
+    write_manifest_values(cell_bundle, manifest | {"input_kind": "cell", "cell": {"side_um": 24.0, "pixels": 64,
+                                                                                 "effective_um_per_px": 0.47}})
     device = Device(tmp_path, bundle=str(cell_bundle), compare_bundles=[str(DEFAULT_BUNDLE)])
     try:
         page.goto(device.server.url + "/")
@@ -148,6 +149,12 @@ def test_boxes_are_coloured_by_each_cells_class(page, tmp_path):
         assert all(len(c) == 1 for c in colours.values())  # one colour per class
         assert len(set.union(*colours.values())) == len(colours)  # and a different one for each class
         assert "coloured by each cell's class" in page.text_content("#result-legend")
+        # the gallery: one crop per cell, most blast-like first, captioned like its box
+        page.wait_for_selector("#result-gallery figure")
+        captions = page.evaluate("[...document.querySelectorAll('#result-gallery figcaption')].map(f => f.textContent)")
+        ranked = sorted(cells, key=lambda c: -c["blast_score"])
+        assert captions == [f"{c['predicted']} {round(100 * c['blast_score'])}%" for c in ranked]
+        assert "Pixel size" in page.text_content("#result-table")
         # the field model runs beside it and is shown, but does not decide
         assert page.is_visible("#result-compared")
         assert DEFAULT_TITLE in page.text_content("#result-compared-table")

@@ -43,9 +43,9 @@ def train(config: TrainConfig, out: Path, n_boot: int = 1000) -> dict:
         raise ValueError(f"precision {precision!r}: use auto, float32 or mixed_bfloat16")
     keras.mixed_precision.set_global_policy(precision)
     print(f"training precision: {precision}")
+    input_size = default_input_size(config.model)  # an unknown model is named before the data is read
     prepared = prepare(config.data, config.task, config.kind, config.block_size, config.near_distance,
                        config.seed, split_file=Path(config.split_file) if config.split_file else None)
-    input_size = default_input_size(config.model)
     if prepared.dataset.kind == "cells":  # crops already cut to their size: no intermediate size, no corner
         input_size = read_cell_geometry(prepared.dataset.root)[0].pixels
         config = replace(config, preprocess=replace(config.preprocess, resize=0, mask_corner=0.0))
