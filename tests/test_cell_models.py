@@ -220,3 +220,11 @@ def test_a_gate_that_lets_fields_without_cells_through_still_gets_no_answer(cell
     record = screen(blank, ScreeningModel.open(cell_bundle),
                     quality=QualityConfig(min_cells=0, min_stain_fraction=0.0, min_focus=0.0))
     assert record.decision == "retake" and record.quality.reasons == ("no white cells found (move to another field)",)
+
+
+def test_a_cells_csv_with_unknown_labels_or_paths_outside_is_refused(tmp_path):
+    from leukoscreen.training.datasets import DataError
+    for label, file in (("maybe", "blast/a.png"), ("blast", "../../etc/passwd")):
+        (tmp_path / "cells.csv").write_text(f"file,label,group\nnon-blast/b.png,non-blast,g1\n{file},{label},g2\n")
+        with pytest.raises(DataError, match="line 3"):
+            open_dataset(tmp_path)

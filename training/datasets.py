@@ -114,6 +114,11 @@ def read_cells(root: Path) -> DataSet:
     if not rows or not {"file", "label", "group"} <= set(rows[0]):
         raise DataError(f"{root / CELL_INDEX}: no cells, or not written by `leukoscreen data cells`; make the "
                         "folder again")
+    for number, row in enumerate(rows, 2):
+        if row["label"] not in CELL_LABELS or Path(row["file"]).is_absolute() or ".." in Path(row["file"]).parts:
+            raise DataError(f"{root / CELL_INDEX} line {number}: label {row['label']!r} (use "
+                            f"{' or '.join(CELL_LABELS)}) or file {row['file']!r} (a path inside the folder) is not "
+                            "one `leukoscreen data cells` writes; make the folder again")
     samples = [Sample(root / row["file"], row["label"], row["group"]) for row in rows]
     classes = [c for c in CELL_LABELS if any(s.cls == c for s in samples)]
     return DataSet(root, "cells", samples, classes, {"cells": {c: c for c in classes}})
