@@ -228,3 +228,12 @@ def test_a_cells_csv_with_unknown_labels_or_paths_outside_is_refused(tmp_path):
         (tmp_path / "cells.csv").write_text(f"file,label,group\nnon-blast/b.png,non-blast,g1\n{file},{label},g2\n")
         with pytest.raises(DataError, match="line 3"):
             open_dataset(tmp_path)
+
+
+def test_fields_without_all_aria_names_are_refused_not_all_labelled_blast(tmp_path):
+    from leukoscreen.training.cell_data import build_cell_data
+    for cls in ("benign", "malignant"):
+        for number in range(3):
+            write_rgb(tmp_path / "fields" / cls / f"f{number}.png", synthetic_field(number, size=224).image)
+    with pytest.raises(ValueError, match="named as all-aria's"):
+        build_cell_data(tmp_path / "fields", [], tmp_path / "out")

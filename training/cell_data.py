@@ -62,7 +62,12 @@ def build_cell_data(fields: Path | None, normal: list[Path], out: Path, geometry
     for root, from_fields in [(fields, True)] * (fields is not None) + [(path, False) for path in normal]:
         root = Path(root).expanduser().resolve()
         if from_fields:
-            samples = open_dataset(root).samples
+            dataset = open_dataset(root)
+            if dataset.kind != "aria":  # the weak label needs to know which fields are benign
+                raise ValueError(f"{root}: --fields takes fields named as all-aria's (WBC-Benign-NNN, "
+                                 "WBC-Malignant-{Early,Pre,Pro}-NNN); this folder is read as "
+                                 f"{dataset.kind!r}")
+            samples = dataset.samples
         elif root.is_dir():  # normal white cells, whatever their class folders: each image its own group
             samples = [Sample(p, "normal", f"file-{p.relative_to(root).as_posix()}") for p in image_files(root)]
         else:
