@@ -56,8 +56,8 @@ def build_cell_data(fields: Path | None, normal: list[Path], out: Path, geometry
     source (0: all), for a quick look."""
     if (out / INDEX).exists():
         raise ValueError(f"{out} already holds a cell set; pass a new --out folder")
-    for label in CELL_LABELS:
-        (out / label).mkdir(parents=True, exist_ok=True)
+    if limit < 0:
+        raise ValueError(f"limit {limit}: give a number of images per source, or 0 for all")
     rows, sources, plan = [], {}, []
     for root, from_fields in [(fields, True)] * (fields is not None) + [(path, False) for path in normal]:
         root = Path(root).expanduser().resolve()
@@ -79,6 +79,8 @@ def build_cell_data(fields: Path | None, normal: list[Path], out: Path, geometry
                      um_per_px, estimated_on))
     # every source brought to the coarsest source's resolution
     geometry = geometry.model_copy(update={"effective_um_per_px": round(max(p[3] for p in plan), 4)})
+    for label in CELL_LABELS:  # only once every source was read
+        (out / label).mkdir(parents=True, exist_ok=True)
     single = replace(finder, max_area_fraction=max(finder.max_area_fraction, SINGLE_CELL_MAX_AREA))
     for root, from_fields, samples, um_per_px, estimated_on in plan:
         name = root.name
