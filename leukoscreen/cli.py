@@ -185,6 +185,8 @@ def _classify(args) -> int:
         results.append(record.model_dump(mode="json") | {"image": path})
         if not args.json:
             counts = "".join(f", {name} {count}" for name, count in record.counts.items())
+            if record.um_per_px:
+                counts += f", {record.um_per_px:.3f} um per pixel ({record.scale_source})"
             print(f"{path}: {record.message}" + (f" (blast score {record.blast_score:.2f}, {record.cells_found} cells "
                                                  f"found{counts}, model {record.bundle})"
                                                  if record.blast_score is not None else ""))
