@@ -30,6 +30,8 @@ from leukoscreen.training.splits import load_split, save_split
 FILE_NAMES = {"tflite-fp32": "model-fp32.tflite", "tflite-dynamic": "model-dynamic.tflite",
               "tflite-int8": "model-int8.tflite", "onnx-fp32": "model-fp32.onnx", "onnx-int8": "model-int8.onnx"}
 NEGATIVE_NAMES = ("benign", "hem", "healthy", "normal", "non-blast")
+TFLITE_DERIVED = ("the tflite-int8 file's quantization, QDQ (tf2onnx from the int8 TFLite file: the same weights, "
+                  "scales and zero points)")
 
 
 class ConversionError(ValueError):
@@ -168,8 +170,14 @@ def _tflite_fp32(job: Job, target: Path) -> str:
 
 
 def _onnx_int8(job: Job, target: Path) -> str:
+    """From the bundle's int8 TFLite file when there is one (one quantization, two formats that decide alike);
+    otherwise static QDQ from the float ONNX file (dynamic for recurrent networks)."""
     from leukoscreen.convert.bias_correction import correct_onnx_biases, limit_onnx_biases
-    from leukoscreen.convert.exporters import make_reproducible, quantize_onnx
+    from leukoscreen.convert.exporters import make_reproducible, quantize_onnx, tflite_to_onnx
+    tflite = job.out / FILE_NAMES["tflite-int8"]
+    if tflite.exists() and not job.recurrent:
+        tflite_to_onnx(tflite, target)
+        return TFLITE_DERIVED
     quantize_onnx(job.float_onnx(), target, job.calibration_set, dynamic=job.recurrent)
     if job.recurrent:  # recurrent networks: dynamic quantization (int8 weights)
         note = "dynamic: int8 weights, activations at run time"
@@ -337,4 +345,69 @@ def convert_run(run_path: Path, out: Path, formats: list[str], **options) -> Man
                                    for row in load_split(source.split_file)])
     write_manifest(out, manifest)
     print(f"bundle: {out} (default format {manifest.default_format})")
+    return manifest
+
+
+def remake_onnx_int8(bundle_path: Path, data: Path, version: str | None = None) -> Manifest:
+    """`leukoscreen bundle onnx-from-tflite`: an existing bundle's onnx-int8 file made (again) from its tflite-int8
+    file, for bundles converted when onnx-int8 was quantized on its own. Both files are run through the device
+    runtimes on the bundle's test part (its split.csv, images under `data`, checked by sha256); the new file is
+    kept only when every test image gets the same decision from both, and its figures go into the manifest
+    (accuracy changes against the float model's stored figures; agreement is against tflite-int8, printed, as
+    the float model is not in a bundle)."""
+    import hashlib
+
+    from leukoscreen.convert.exporters import tflite_to_onnx
+    from leukoscreen.edge.bundle import load_bundle
+    bundle = load_bundle(bundle_path)
+    manifest, data = bundle.manifest, Path(data)
+    if "tflite-int8" not in manifest.files or manifest.files["tflite-int8"].classifier:
+        raise ConversionError(f"{bundle.path}: needs a tflite-int8 file of class probabilities (two-stage bundles: "
+                              "convert the run again)")
+    rows = [r for r in load_split(bundle.path / manifest.training.split_file) if r.part == "test"]
+    changed = [r.path for r in rows
+               if not (data / r.path).is_file() or hashlib.sha256((data / r.path).read_bytes()).hexdigest() != r.sha256]
+    if changed or not rows:
+        raise ConversionError(f"{len(changed)} of the {len(rows)} test images of {bundle.path}'s split are missing "
+                              f"under {data} or differ from it (first: {changed[0] if changed else 'none'}); pass the "
+                              "data folder the bundle was trained on")
+    classes = manifest.class_names
+    part = Part(preprocessed_images([str(data / r.path) for r in rows], [r.sha256 for r in rows], manifest.preprocess),
+                np.array([classes.index(r.label) for r in rows]), [r.group for r in rows],
+                [crop_field(r.path) for r in rows] if manifest.input_kind == "cell" else None)
+    target = bundle.path / FILE_NAMES["onnx-int8"]
+    new = target.with_name("model-int8.new.onnx")
+    tflite_to_onnx(bundle.file("tflite-int8"), new)
+    try:
+        reference = bundle.runner(RuntimeOptions(format="tflite-int8")).predict(part.images)
+        runner = open_runner(new, RuntimeOptions())
+        outputs = runner.predict(part.images)
+        rule, calibration = manifest.decision, manifest.calibration
+        answers = [[rule.decide(s).code for s in rule.score(calibration.apply(p), classes)] for p in (reference, outputs)]
+        differing = sum(a != b for a, b in zip(*answers))
+        print(f"onnx-int8 against tflite-int8 on {len(rows)} test images: top-1 agreement "
+              f"{np.mean(outputs.argmax(1) == reference.argmax(1)):.4f}, largest probability difference "
+              f"{np.abs(outputs - reference).max():.4f}, decisions differing {differing}")
+        if differing:
+            raise ConversionError(f"the new onnx-int8 file decides {differing} test images otherwise than tflite-int8; "
+                                  "the bundle was left as it was")
+        metrics = _format_metrics(outputs, None, part, classes) | {"size_bytes": new.stat().st_size}
+        float_metrics = manifest.metrics.get(REFERENCE_METRICS)
+        if float_metrics:
+            metrics |= {"accuracy_change": metrics["accuracy"] - float_metrics.accuracy,
+                        "macro_f1_change": metrics["macro_f1"] - float_metrics.macro_f1}
+        test = manifest.self_test
+        self_test = runner.predict(generated_fields(manifest.input.size, test.fields)) if test else None
+        os.replace(new, target)
+    finally:
+        new.unlink(missing_ok=True)
+    entry = FormatFile.of(bundle.path, target.name, input=TensorSpec(dtype="float32"), quantization=TFLITE_DERIVED,
+                          outputs="probabilities",
+                          self_test_outputs=None if self_test is None else np.round(self_test, 6).tolist())
+    manifest = manifest.model_copy(update={
+        "files": manifest.files | {"onnx-int8": entry}, "version": version or manifest.version,
+        "metrics": manifest.metrics | {"onnx-int8": FormatMetrics.model_validate(metrics)}})
+    write_manifest(bundle.path, Manifest.model_validate(manifest.model_dump()))
+    print(f"{target}: remade from {bundle.file('tflite-int8').name}; accuracy {metrics['accuracy']:.4f}, bundle "
+          f"version {manifest.version}")
     return manifest

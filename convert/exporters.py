@@ -98,6 +98,64 @@ def to_onnx(model, path: Path, opset: int = 17) -> None:
     make_reproducible(path)
 
 
+def tflite_to_onnx(tflite: Path, path: Path, opset: int = 17) -> None:
+    """ONNX file of a full-int8 TFLite file with the same quantization (tf2onnx's TFLite front end: every int8
+    tensor becomes a QuantizeLinear/DequantizeLinear pair with the TFLite file's scale and zero point), so
+    that both formats compute one quantized network instead of two calibrated apart. The input becomes
+    float32 pixels (0-255, named "image"), quantized in the graph as the device quantizes a TFLite input;
+    the output is dequantized to float probabilities. Tensor names are replaced by numbers first: tf2onnx
+    loses tensors whose TFLite names join several op names with ';'."""
+    import tempfile
+
+    import onnx
+    import tf2onnx
+    from onnx import helper, numpy_helper
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(tflite))
+    if len(model.subgraphs) != 1:
+        raise ValueError(f"{tflite}: {len(model.subgraphs)} subgraphs; only single-graph models are converted")
+    subgraph = model.subgraphs[0]
+    (inp,), (out,) = subgraph.inputs, subgraph.outputs
+    quantized = {}
+    for name, index in (("input", inp), ("output", out)):
+        tensor = subgraph.tensors[index]
+        q = tensor.quantization
+        if q is None or q.scale is None or len(q.scale) != 1:
+            raise ValueError(f"{tflite}: the {name} is not a per-tensor int8 tensor; convert a full-int8 file")
+        quantized[name] = (float(q.scale[0]), int(q.zeroPoint[0]), tensor.type)
+    for i, tensor in enumerate(subgraph.tensors):
+        tensor.name = f"t{i}".encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        renamed = Path(tmp) / "renamed.tflite"
+        flatbuffer_utils.write_model(model, str(renamed))
+        proto, _ = tf2onnx.convert.from_tflite(str(renamed), opset=opset)
+    graph = proto.graph
+    elem = {9: onnx.TensorProto.INT8, 3: onnx.TensorProto.UINT8}   # TFLite TensorType codes
+    dtypes = {name: elem.get(t) for name, (_, _, t) in quantized.items()}
+    if None in dtypes.values():
+        raise ValueError(f"{tflite}: input and output must be int8 or uint8 tensors")
+    numpy_type = {onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8}
+    old_in, old_out = graph.input[0].name, graph.output[0].name
+    constants = []
+    for name, (scale, zero, _) in quantized.items():
+        constants += [numpy_helper.from_array(np.array(scale, np.float32), f"{name}_scale"),
+                      numpy_helper.from_array(np.array(zero, numpy_type[dtypes[name]]), f"{name}_zero_point")]
+    graph.initializer.extend(constants)
+    graph.node.insert(0, helper.make_node("QuantizeLinear", ["image", "input_scale", "input_zero_point"], [old_in]))
+    graph.node.append(helper.make_node("DequantizeLinear", [old_out, "output_scale", "output_zero_point"],
+                                       ["probabilities"]))
+    batch, size = graph.input[0].type.tensor_type.shape.dim[1:], graph.output[0].type.tensor_type.shape.dim[1:]
+    new_in = helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["batch", *(d.dim_value for d in batch)])
+    new_out = helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT,
+                                            ["batch", *(d.dim_value for d in size)])
+    del graph.input[:], graph.output[:]
+    graph.input.append(new_in)
+    graph.output.append(new_out)
+    onnx.save(proto, str(path))
+    make_reproducible(path)
+
+
 def make_reproducible(path: Path) -> None:
     """Rewrite an ONNX file so that the same network always gives the same bytes: tf2onnx orders parallel
     nodes, numbers folded constants and names the batch dimension differently from run to run. Nodes are
@@ -110,6 +168,7 @@ def make_reproducible(path: Path) -> None:
     import hashlib
 
     import onnx
+    from onnx import numpy_helper
     model = onnx.load(str(path))
     graph = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
@@ -118,13 +177,39 @@ def make_reproducible(path: Path) -> None:
     def digest(*parts: str) -> str:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
+    # initializers by value, stored one way and once (tf2onnx stores equal tensors in different proto fields,
+    # and shares equal constants between nodes on some runs only)
+    kept_as: dict[bytes, str] = {}
+    renamed: dict[str, str] = {}
+    canonical = []
+    for item in graph.initializer:
+        array = numpy_helper.to_array(item)
+        tensor, value = numpy_helper.from_array(array, item.name), numpy_helper.from_array(array).SerializeToString()
+        renamed[item.name] = kept_as.setdefault(value, item.name)
+        if renamed[item.name] == item.name:
+            canonical.append(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(canonical)
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
     keys = {t.name: "input " + t.name for t in graph.input}
-    keys |= {t.name: digest(t.SerializeToString().replace(t.name.encode(), b"").hex()) for t in graph.initializer}
-    node_keys = []
+    keys |= {name: hashlib.sha256(value).hexdigest() for value, name in kept_as.items()}
+    node_keys, unique, first, same = [], [], {}, {}
+    graph_outputs = {t.name for t in graph.output}
     for node in graph.node:  # stored in a topological order, so every input already has its key
+        node.input[:] = [same.get(name, name) for name in node.input]
         attributes = [a.SerializeToString().hex() for a in sorted(node.attribute, key=lambda a: a.name)]
-        node_keys.append(digest(node.op_type, node.domain, *attributes, *(keys.get(i, "") for i in node.input)))
-        keys |= {out: digest(node_keys[-1], str(j)) for j, out in enumerate(node.output)}
+        key = digest(node.op_type, node.domain, *attributes, *(keys.get(i, "") for i in node.input))
+        if key in first and not graph_outputs & set(node.output):
+            # the same operation on the same inputs (tf2onnx repeats some on some runs only): computed once
+            same |= dict(zip(node.output, first[key].output))
+            continue
+        first[key] = node
+        unique.append(node)
+        node_keys.append(key)
+        keys |= {out: digest(key, str(j)) for j, out in enumerate(node.output)}
+    del graph.node[:]
+    graph.node.extend(unique)
     producer = {out: n for n, node in enumerate(graph.node) for out in node.output}
     needs = [{producer[i] for i in node.input if i in producer} for node in graph.node]
     users: dict[int, list[int]] = {}
@@ -147,6 +232,9 @@ def make_reproducible(path: Path) -> None:
     nodes = [graph.node[n] for n in order]
     for position, node in enumerate(nodes):
         node.name = f"{node.op_type}_{position}"
+        for empty in ("domain", "doc_string"):  # an empty value set or left out: one way
+            if not getattr(node, empty):
+                node.ClearField(empty)
         for j, name in enumerate(node.input):
             if name and name not in kept:
                 node.input[j] = names.setdefault(name, f"{node.name}_in{j}")

@@ -18,6 +18,7 @@ from leukoscreen.edge.manifest import Format
 from leukoscreen.edge.quality import QualityConfig
 from leukoscreen.edge.runtimes import Runtime, RuntimeOptions
 from leukoscreen.edge.scale import ScaleConfig
+from leukoscreen.edge.signing import parse_public_key
 from leukoscreen.edge.validation import describe
 
 if sys.version_info >= (3, 11):
@@ -80,6 +81,9 @@ class DeviceConfig:
     bundle_format: Format | Literal[""] = Field("", description="empty: the bundle's default format")
     compare_bundles: tuple[StrictStr, ...] = Field((), description="bundles run beside `bundle` on every field; "
                                                                    "only `bundle` decides")
+    trusted_keys: tuple[StrictStr, ...] = Field((), description="public keys (`ed25519:...`, from `leukoscreen "
+                                                                "keygen`); when set, only bundles signed by one of "
+                                                                "them are loaded")
     runtime: Runtime = "auto"
     onnx_providers: tuple[StrictStr, ...] = Field((), description="onnxruntime execution providers, in order")
     threads: StrictInt = Field(2, ge=1, le=64)
@@ -111,6 +115,8 @@ class DeviceConfig:
             raise ValueError(f"access_token is too short or too plain: use at least {MIN_TOKEN_LENGTH} characters, "
                              "8 of them different (e.g. the output of `python3 -c \"import secrets; "
                              "print(secrets.token_urlsafe(16))\"`)")
+        for key in self.trusted_keys:
+            parse_public_key(key)  # SigningError (a ValueError) naming the entry
         if not 0 < self.max_upload_mb <= 200:
             raise ValueError(f"max_upload_mb = {self.max_upload_mb}: use a size in MB between 0 and 200")
 

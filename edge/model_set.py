@@ -7,8 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from leukoscreen.edge.bundle import ModelBundle, load_bundle
 from leukoscreen.edge.device_config import DeviceConfig
 from leukoscreen.edge.screening import DEFAULT_BUNDLE, ScreeningModel
+
+
+def _bundle(path, config: DeviceConfig) -> ModelBundle:
+    """The bundle, with its signature checked against the configured trusted keys (if any)."""
+    bundle = load_bundle(path)
+    if config.trusted_keys:
+        from leukoscreen.edge.signing import check_signature
+        check_signature(bundle, config.trusted_keys)
+    return bundle
 
 
 @dataclass(frozen=True)
@@ -20,8 +30,9 @@ class ModelSet:
     def load(cls, config: DeviceConfig) -> "ModelSet":
         """Raises BundleError or RuntimeProblem (both ValueError) naming the bundle that does not load."""
         options = config.runtime_options
-        deciding = ScreeningModel.open(config.bundle or DEFAULT_BUNDLE, options)
-        compared = tuple(ScreeningModel.open(path, options.with_format(None)) for path in config.compare_bundles)
+        deciding = ScreeningModel.open(_bundle(config.bundle or DEFAULT_BUNDLE, config), options)
+        compared = tuple(ScreeningModel.open(_bundle(path, config), options.with_format(None))
+                         for path in config.compare_bundles)
         return cls(deciding, compared)
 
     @property

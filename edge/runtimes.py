@@ -5,6 +5,7 @@ No tensorflow here: the runtimes are imported only when a model of their kind is
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
@@ -171,6 +172,19 @@ class TFLiteRunner(ModelRunner):
         return np.stack(outputs)
 
 
+def int8_kernels_saturate() -> bool:
+    """True on x86 CPUs without VNNI: there onnxruntime's fused int8 convolutions multiply 8-bit pairs with
+    VPMADDUBSW, which saturates at 16 bits when the weights use the full int8 range (a TFLite-derived file)."""
+    import platform
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # cannot tell: compute safely
+    return re.search(r"\b(avx512_vnni|avx_vnni)\b", flags) is None
+
+
 class OnnxRunner(ModelRunner):
     def __init__(self, path: Path, threads: int = 2, providers: list[str] | None = None,
                  content: bytes | None = None):
@@ -182,6 +196,8 @@ class OnnxRunner(ModelRunner):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        if int8_kernels_saturate():  # QDQ files then run as float arithmetic on their int8 values
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
         available = onnxruntime.get_available_providers()
         wanted = providers or ["CPUExecutionProvider"]
         missing = [p for p in wanted if p not in available]

@@ -122,6 +122,10 @@ def _bundle(args) -> None:
     if args.bundle_command == "schema":
         print(json.dumps(Manifest.model_json_schema(), indent=2))
         return
+    if args.bundle_command == "onnx-from-tflite":
+        from leukoscreen.convert.bundle_builder import remake_onnx_int8
+        remake_onnx_int8(Path(args.bundle), _path(args.data), args.bundle_version)
+        return
     bundle = load_bundle(args.bundle)
     if args.bundle_command == "upgrade":
         write_manifest(bundle.path, bundle.manifest)
@@ -173,9 +177,15 @@ def _classify(args) -> int:
     from leukoscreen.edge.image_io import read_image
     from leukoscreen.edge.scale import ScaleConfig
     from leukoscreen.edge.screening import DEFAULT_BUNDLE, ScreeningModel, screen
+    if not 0 <= args.um_per_px <= 10:
+        raise ValueError(f"--um-per-px {args.um_per_px:g}: give the camera's microns per pixel (a stage "
+                         "micrometer's value, between 0 and 10), or leave it out to estimate it on each field")
     model = ScreeningModel.open(args.bundle or DEFAULT_BUNDLE, _runtime_options(args), fallback=args.format is None)
     for note in model.notes:
         print(f"note: {note}", file=sys.stderr)
+    if args.um_per_px and model.bundle.manifest.input_kind != "cell":
+        print(f"note: --um-per-px is used by cell models only; {model.title} reads whole fields as they are",
+              file=sys.stderr)
     results, scale = [], ScaleConfig(um_per_px=args.um_per_px)
     for path in args.images:
         try:
@@ -187,8 +197,9 @@ def _classify(args) -> int:
             counts = "".join(f", {name} {count}" for name, count in record.counts.items())
             if record.um_per_px:
                 counts += f", {record.um_per_px:.3f} um per pixel ({record.scale_source})"
-            print(f"{path}: {record.message}" + (f" (blast score {record.blast_score:.2f}, {record.cells_found} cells "
-                                                 f"found{counts}, model {record.bundle})"
+            cells = f"{record.cells_found} cell{'' if record.cells_found == 1 else 's'} found"
+            print(f"{path}: {record.message}" + (f" (blast score {record.blast_score:.2f}, {cells}{counts}, "
+                                                 f"model {record.bundle})"
                                                  if record.blast_score is not None else ""))
     if args.json:
         print(json.dumps(results, indent=2))
@@ -198,6 +209,8 @@ def _classify(args) -> int:
 def _serve(args) -> int:
     import signal
 
+    from leukoscreen.edge.process_memory import return_freed_memory
+    return_freed_memory()  # first, before the libraries allocate
     from leukoscreen import RESEARCH_USE_NOTICE
     from leukoscreen.edge.capture_queue import RELOAD
     from leukoscreen.edge.daemon import Daemon
@@ -489,6 +502,39 @@ def _add_bundle(commands) -> None:
         command = bundle_commands.add_parser(name, help=text)
         command.add_argument("bundle")
         command.set_defaults(handler=_bundle)
+    remake = bundle_commands.add_parser(
+        "onnx-from-tflite", help="make a bundle's onnx-int8 file again from its tflite-int8 file (one quantization "
+                                 "for both formats), kept only if both decide every test image alike")
+    remake.add_argument("bundle")
+    remake.add_argument("--data", required=True, help="the data folder the bundle was trained on (its split's "
+                                                      "test images are checked and read there)")
+    remake.add_argument("--bundle-version", help="the bundle's new version (default: unchanged)")
+    remake.set_defaults(handler=_bundle)
+
+
+def _keygen(args) -> None:
+    from leukoscreen.edge.signing import keygen
+    private, public = keygen(Path(args.out), args.name)
+    print(f"private key: {private} (keep it secret and backed up; it signs bundles)\n"
+          f"public key:  {public}: add its line to trusted_keys in each device's config:\n"
+          f"  trusted_keys = [\"{public.read_text().strip()}\"]")
+
+
+def _sign(args) -> None:
+    from leukoscreen.edge.signing import sign_bundle
+    print(f"{sign_bundle(Path(args.bundle), Path(args.key))}: signed")
+
+
+def _add_signing(commands) -> None:
+    keygen = commands.add_parser("keygen", help="make an Ed25519 key pair for signing bundles")
+    keygen.add_argument("--out", required=True, help="folder for NAME.pem (private) and NAME.pub (public)")
+    keygen.add_argument("--name", default="leukoscreen-signing")
+    keygen.set_defaults(handler=_keygen)
+    sign = commands.add_parser("sign", help="sign a bundle (writes BUNDLE/manifest.sig); devices with "
+                                            "trusted_keys load only bundles signed by one of them")
+    sign.add_argument("bundle")
+    sign.add_argument("--key", required=True, help="the private key file from `leukoscreen keygen`")
+    sign.set_defaults(handler=_sign)
 
 
 def _add_bench(commands) -> None:
@@ -630,7 +676,7 @@ def parser() -> argparse.ArgumentParser:
         "Research use only; not for use in diagnostic procedures."))
     main.add_argument("--version", action="version", version=_version())
     commands = main.add_subparsers(dest="command", required=True)
-    for add in (_add_data, _add_train, _add_evaluate, _add_convert, _add_bundle, _add_bench, _add_device,
+    for add in (_add_data, _add_train, _add_evaluate, _add_convert, _add_bundle, _add_signing, _add_bench, _add_device,
                 _add_thesis_models, _add_robustness, _add_report):
         add(commands)
     return main

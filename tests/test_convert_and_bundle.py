@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from leukoscreen.cli import main
+from leukoscreen.convert.bundle_builder import TFLITE_DERIVED
 from leukoscreen.edge.bundle import BundleError, load_bundle
+from leukoscreen.edge.image_io import read_image
 from leukoscreen.edge.runtimes import RuntimeOptions, RuntimeProblem, open_runner
 
-from conftest import BLOCK_DESKTOP_IMPORTS, smear_image, write_rgb, write_manifest_values
+from conftest import BLOCK_DESKTOP_IMPORTS, REPO, smear_image, write_rgb, write_manifest_values
 
 
 def test_manifest_holds_the_contract(bundle):
@@ -339,7 +341,83 @@ def test_per_tensor_int8_has_one_scale_per_weight_tensor(bundle, tmp_path):
     # them once) keeps them, which a 2-epoch training sometimes gives
     assert re.fullmatch(r"full integer, per-channel weights; biases of [45] layers corrected against float32 on 20 "
                         r"training images", per_channel.files["tflite-int8"].quantization)
-    assert per_channel.files["onnx-int8"].quantization.startswith("static QDQ, per-channel 7-bit weights; biases of ")
+    assert per_channel.files["onnx-int8"].quantization == TFLITE_DERIVED  # the tflite-int8 file's, biases included
+
+
+def _decisions(bundle_path, fmt, images):
+    bundle = load_bundle(bundle_path)
+    manifest = bundle.manifest
+    probabilities = manifest.calibration.apply(bundle.runner(RuntimeOptions(format=fmt)).predict(images))
+    scores = manifest.decision.score(probabilities, manifest.class_names)
+    return [(int(c), manifest.decision.decide(s).code) for c, s in zip(probabilities.argmax(axis=1), scores)]
+
+
+@pytest.mark.parametrize("saturating_cpu", [False, True])
+def test_onnx_int8_is_the_tflite_files_quantization_and_decides_alike(bundle, tmp_path, monkeypatch, saturating_cpu):
+    """onnx-int8 is made from the int8 TFLite file (one quantization): both formats give the same decision on
+    every image, also where onnxruntime must not use its fused int8 kernels (x86 without VNNI)."""
+    from leukoscreen.edge import runtimes
+    from leukoscreen.edge.preprocessing import preprocess
+    monkeypatch.setattr(runtimes, "int8_kernels_saturate", lambda: saturating_cpu)
+    manifest = load_bundle(bundle).manifest
+    images = np.stack([preprocess(read_image(p), manifest.preprocess)
+                       for p in sorted((bundle.parent / "data").rglob("*.jpg"))])
+    tflite = load_bundle(bundle).runner(RuntimeOptions(format="tflite-int8")).predict(images)
+    onnx_int8 = load_bundle(bundle).runner(RuntimeOptions(format="onnx-int8")).predict(images)
+    assert np.abs(tflite - onnx_int8).max() <= 2 / 256  # a quantization step or two of the int8 output
+    assert _decisions(bundle, "onnx-int8", images) == _decisions(bundle, "tflite-int8", images)
+
+
+def test_bundle_onnx_from_tflite_remakes_an_older_bundles_onnx_file(bundle, tmp_path, capsys):
+    """An older bundle's separately quantized onnx-int8 file is made again from its tflite-int8 file, checked on
+    the bundle's test part and recorded in the manifest; a wrong data folder changes nothing."""
+    from leukoscreen.cli import main
+    from leukoscreen.convert.exporters import quantize_onnx
+    copy = tmp_path / "older"
+    shutil.copytree(bundle, copy)
+    from leukoscreen.edge.manifest import sha256_of
+    from leukoscreen.edge.self_test import generated_fields
+    quantize_onnx(bundle / "model-fp32.onnx", copy / "model-int8.onnx", np.zeros((2, 128, 128, 3), np.uint8))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    older = open_runner(copy / "model-int8.onnx").predict(generated_fields(manifest["input"]["size"]))
+    manifest["files"]["onnx-int8"] |= {"sha256": sha256_of(copy / "model-int8.onnx"),
+                                       "self_test_outputs": np.round(older, 6).tolist()}
+    write_manifest_values(copy, manifest)
+    assert main(["bundle", "onnx-from-tflite", str(copy), "--data", str(tmp_path)]) == 2
+    assert re.search(r"\d+ of the \d+ test images of .* are missing under .* or differ", capsys.readouterr().err)
+    assert main(["bundle", "onnx-from-tflite", str(copy), "--data", str(bundle.parent / "data"),
+                 "--bundle-version", "1.1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"onnx-int8 against tflite-int8 on \d+ test images: .* decisions differing 0", out)
+    remade = load_bundle(copy)
+    assert remade.manifest.version == "1.1" and remade.entry("onnx-int8").quantization == TFLITE_DERIVED
+    assert (copy / "model-int8.onnx").read_bytes() == (bundle / "model-int8.onnx").read_bytes()  # reproducible
+    assert remade.manifest.metrics["onnx-int8"].accuracy == load_bundle(bundle).manifest.metrics["onnx-int8"].accuracy
+    assert remade.self_test("onnx-int8", remade.runner(RuntimeOptions(format="onnx-int8"))) <= 1e-5
+    assert not list(copy.glob("*.new.onnx"))
+
+
+def test_shipped_formats_decide_every_test_field_alike(shared_data, monkeypatch):
+    """The default bundle's tflite-int8 and onnx-int8 files, through the installed LiteRT and onnxruntime, give
+    the same class and decision on every field of its test part (all-aria) with onnxruntime's int8 kernels. Where those
+    would saturate (x86 without VNNI) the device computes the file in float: then a borderline field may move
+    between "Possible blasts" and "Indeterminate" (2 of 559 here), never to or from "No blasts suggested"."""
+    from leukoscreen.edge import runtimes
+    from leukoscreen.edge.preprocessing import preprocess
+    from leukoscreen.training.splits import load_split
+    default = REPO / "edge" / "default_bundle"
+    rows = [r for r in load_split(default / "split.csv") if r.part == "test"]
+    preprocess_config = load_bundle(default).manifest.preprocess
+    images = np.stack([preprocess(read_image(shared_data / "all-aria" / r.path), preprocess_config) for r in rows])
+    reference = _decisions(default, "tflite-int8", images)
+    if not runtimes.int8_kernels_saturate():
+        differing = [(r.path, a, b) for r, a, b in zip(rows, reference, _decisions(default, "onnx-int8", images))
+                     if a != b]
+        assert not differing, differing[:5]
+    monkeypatch.setattr(runtimes, "int8_kernels_saturate", lambda: True)
+    in_float = _decisions(default, "onnx-int8", images)
+    differing = [(a[1], b[1]) for a, b in zip(reference, in_float) if a[1] != b[1]]
+    assert len(differing) <= len(rows) // 100 and all("no_blasts" not in pair for pair in differing), differing
 
 
 def _rescale_output(path, factor: float) -> None:

@@ -1,5 +1,6 @@
 """The red-cell scale estimate and the whole-pipeline robustness command."""
 import json
+import re
 
 import cv2
 import numpy as np
@@ -101,3 +102,16 @@ def test_robustness_runs_the_whole_pipeline_per_source_and_perturbation(bundle, 
     assert "## Robustness of" in page and "| other-lab | as acquired | 5 |" in page
     with pytest.raises(ValueError, match="unknown perturbation"):
         robustness(bundle, [aria_like], None, ["sepia"])
+
+
+def test_classify_um_per_px_is_checked_and_said_to_be_unused_by_field_models(tmp_path, capsys):
+    from leukoscreen.cli import main
+    from leukoscreen.edge.synthetic_smear import synthetic_field
+    field = tmp_path / "field.png"
+    write_rgb(field, synthetic_field(1).image)
+    assert main(["classify", "--um-per-px", "25", str(field)]) == 2
+    assert "--um-per-px 25: give the camera's microns per pixel" in capsys.readouterr().err
+    assert main(["classify", "--um-per-px", "0.47", str(field)]) == 0
+    captured = capsys.readouterr()
+    assert "--um-per-px is used by cell models only" in captured.err
+    assert re.search(r"\d+ cells? found", captured.out) and " 1 cells " not in captured.out
