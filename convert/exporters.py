@@ -145,10 +145,11 @@ def tflite_to_onnx(tflite: Path, path: Path, opset: int = 17) -> None:
     graph.node.insert(0, helper.make_node("QuantizeLinear", ["image", "input_scale", "input_zero_point"], [old_in]))
     graph.node.append(helper.make_node("DequantizeLinear", [old_out, "output_scale", "output_zero_point"],
                                        ["probabilities"]))
-    batch, size = graph.input[0].type.tensor_type.shape.dim[1:], graph.output[0].type.tensor_type.shape.dim[1:]
-    new_in = helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["batch", *(d.dim_value for d in batch)])
+    image_dims, output_dims = (value.type.tensor_type.shape.dim[1:] for value in (graph.input[0], graph.output[0]))
+    new_in = helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT,
+                                           ["batch", *(d.dim_value for d in image_dims)])
     new_out = helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT,
-                                            ["batch", *(d.dim_value for d in size)])
+                                            ["batch", *(d.dim_value for d in output_dims)])
     del graph.input[:], graph.output[:]
     graph.input.append(new_in)
     graph.output.append(new_out)
@@ -158,8 +159,9 @@ def tflite_to_onnx(tflite: Path, path: Path, opset: int = 17) -> None:
 
 def make_reproducible(path: Path) -> None:
     """Rewrite an ONNX file so that the same network always gives the same bytes: tf2onnx orders parallel
-    nodes, numbers folded constants and names the batch dimension differently from run to run. Nodes are
-    put in a topological order whose ties are broken by what each node computes (operator, attributes,
+    nodes, numbers folded constants, stores and shares equal constants and repeats some operations differently
+    from run to run. Constants are stored once each, by value; an operation repeated on the same inputs is
+    computed once; nodes are put in a topological order whose ties are broken by what each node computes (operator, attributes,
     inputs), then named by position (`Conv_12`, its outputs `Conv_12_0`, its weights `Conv_12_in1`); the
     graph's inputs and outputs keep their names and the first free dimension is called "batch"; the shape
     annotations are inferred again and the result checked (onnx.checker). Files with Loop or If nodes are left
