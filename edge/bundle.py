@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from leukoscreen.edge.manifest import BundleError, FormatFile, Manifest, manifest_json, parse_manifest, sha256_of
+from leukoscreen.edge.manifest import (BundleError, FormatFile, Manifest, manifest_digest, manifest_json, parse_manifest,
+                                       sha256_of)
 from leukoscreen.edge.preprocessing import PreprocessConfig
 from leukoscreen.edge.runtimes import ModelRunner, RuntimeOptions, RuntimeProblem, open_runner
 from leukoscreen.edge.self_test import SelfTestFailed, fields_sha256, generated_fields, largest_difference
@@ -30,6 +31,11 @@ class ModelBundle:
     @property
     def class_names(self) -> list[str]:
         return self.manifest.class_names
+
+    @property
+    def manifest_digest(self) -> str:
+        """sha256 of the manifest's values as loaded (what a signature signs; the file's manifest_sha256)."""
+        return manifest_digest(json.loads(self.manifest.model_dump_json(exclude={"manifest_sha256"})))
 
     @property
     def preprocess(self) -> PreprocessConfig:

@@ -8,12 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from leukoscreen.edge.bundle import ModelBundle, load_bundle
+from leukoscreen.edge.bundle_install import installed_bundle
 from leukoscreen.edge.device_config import DeviceConfig
 from leukoscreen.edge.screening import DEFAULT_BUNDLE, ScreeningModel
 
 
-def _bundle(path, config: DeviceConfig) -> ModelBundle:
-    """The bundle, with its signature checked against the configured trusted keys (if any)."""
+def trusted_bundle(path, config: DeviceConfig) -> ModelBundle:
+    """The bundle, every file checked against its hash and its signature against the configured trusted keys
+    (if any)."""
     bundle = load_bundle(path)
     if config.trusted_keys:
         from leukoscreen.edge.signing import check_signature
@@ -28,10 +30,13 @@ class ModelSet:
 
     @classmethod
     def load(cls, config: DeviceConfig) -> "ModelSet":
-        """Raises BundleError or RuntimeProblem (both ValueError) naming the bundle that does not load."""
+        """The configured bundle, else the current installed one (`leukoscreen bundle install`), else the shipped
+        default; and the compared bundles. Raises BundleError or RuntimeProblem (both ValueError) naming the
+        bundle that does not load."""
         options = config.runtime_options
-        deciding = ScreeningModel.open(_bundle(config.bundle or DEFAULT_BUNDLE, config), options)
-        compared = tuple(ScreeningModel.open(_bundle(path, config), options.with_format(None))
+        deciding_path = config.bundle or installed_bundle(config.state_dir) or DEFAULT_BUNDLE
+        deciding = ScreeningModel.open(trusted_bundle(deciding_path, config), options)
+        compared = tuple(ScreeningModel.open(trusted_bundle(path, config), options.with_format(None))
                          for path in config.compare_bundles)
         return cls(deciding, compared)
 

@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from leukoscreen.edge.manifest import BundleError, manifest_digest
+from leukoscreen.edge.manifest import BundleError
 
 SIGNATURE_FILE = "manifest.sig"
 PREFIX = "ed25519:"
@@ -81,11 +81,6 @@ def _private_key(key_file: Path):
     return key
 
 
-def _digest(bundle) -> str:
-    """The manifest digest of the bundle as loaded: of the values the device works from."""
-    return manifest_digest(json.loads(bundle.manifest.model_dump_json(exclude={"manifest_sha256"})))
-
-
 def sign_bundle(bundle_path: Path, key_file: Path) -> Path:
     """Write BUNDLE/manifest.sig: the Ed25519 signature of the bundle's manifest digest (the bundle is loaded
     and checked first: every file against its hash)."""
@@ -93,7 +88,7 @@ def sign_bundle(bundle_path: Path, key_file: Path) -> Path:
 
     from leukoscreen.edge.bundle import load_bundle
     bundle = load_bundle(bundle_path)
-    digest = _digest(bundle)
+    digest = bundle.manifest_digest
     key = _private_key(key_file)
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     signature = key.sign(MESSAGE.format(digest).encode())
@@ -126,7 +121,7 @@ def check_signature(bundle, trusted_keys: tuple[str, ...]) -> str:
         raise BundleError(f"{where}: names no valid public key; sign the bundle again") from None
     if raw not in trusted:
         raise BundleError(f"{bundle.path}: signed by {signer}, which is not in this device's trusted_keys")
-    digest = _digest(bundle)
+    digest = bundle.manifest_digest
     try:
         Ed25519PublicKey.from_public_bytes(raw).verify(signature, MESSAGE.format(digest).encode())
     except InvalidSignature:

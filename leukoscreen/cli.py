@@ -122,6 +122,8 @@ def _bundle(args) -> None:
     if args.bundle_command == "schema":
         print(json.dumps(Manifest.model_json_schema(), indent=2))
         return
+    if args.bundle_command in ("install", "rollback"):
+        return _install(args)
     if args.bundle_command == "onnx-from-tflite":
         from leukoscreen.convert.bundle_builder import remake_onnx_int8
         remake_onnx_int8(Path(args.bundle), _path(args.data), args.bundle_version)
@@ -502,6 +504,15 @@ def _add_bundle(commands) -> None:
         command = bundle_commands.add_parser(name, help=text)
         command.add_argument("bundle")
         command.set_defaults(handler=_bundle)
+    for name, text in (("install", "install a bundle folder or zip on this device (checked, then made current; "
+                                   "the one it replaces is kept)"),
+                       ("rollback", "make the previously installed bundle current again")):
+        command = bundle_commands.add_parser(name, help=text)
+        if name == "install":
+            command.add_argument("source", help="a bundle folder, or a zip of one")
+        command.add_argument("--config", help="the device config (its state_dir and trusted_keys)")
+        command.add_argument("--state-dir", help="instead of the config's state_dir")
+        command.set_defaults(handler=_bundle)
     remake = bundle_commands.add_parser(
         "onnx-from-tflite", help="make a bundle's onnx-int8 file again from its tflite-int8 file (one quantization "
                                  "for both formats), kept only if both decide every test image alike")
@@ -510,6 +521,21 @@ def _add_bundle(commands) -> None:
                                                       "test images are checked and read there)")
     remake.add_argument("--bundle-version", help="the bundle's new version (default: unchanged)")
     remake.set_defaults(handler=_bundle)
+
+
+def _install(args) -> None:
+    from leukoscreen.edge.bundle_install import install_bundle, rollback
+    from leukoscreen.edge.device_config import load_config, with_changes
+    config = load_config(args.config)
+    if args.state_dir:
+        config = with_changes(config, {"state_dir": args.state_dir})
+    folder = install_bundle(args.source, config) if args.bundle_command == "install" else rollback(config.state_dir)
+    print(f"current bundle: {folder}" + (" (checked: every file's hash, the signature, the self-test)"
+                                         if args.bundle_command == "install" else ""))
+    if config.bundle:
+        print(f"note: the config names bundle = {config.bundle!r}, which the device runs instead; empty it to run "
+              "the installed bundle")
+    print("a running device loads it on `systemctl reload leukoscreen` (SIGHUP)")
 
 
 def _keygen(args) -> None:

@@ -1,0 +1,113 @@
+"""Installing a bundle on a device (checked, then switched in one step) and rolling back to the previous one."""
+import json
+import os
+import shutil
+import zipfile
+
+import pytest
+
+from leukoscreen.cli import main
+from leukoscreen.edge.bundle_install import bundles_dir, install_bundle, installed_bundle, rollback
+from leukoscreen.edge.device_config import parse_config
+from leukoscreen.edge.manifest import BundleError
+from leukoscreen.edge.model_set import ModelSet
+
+from conftest import REPO, write_manifest_values
+
+SHIPPED = REPO / "edge" / "default_bundle"
+
+
+def _version(tmp_path, version: str, **changes):
+    """A copy of the shipped bundle under another version (and other manifest values)."""
+    folder = tmp_path / f"bundle-{version}"
+    shutil.copytree(SHIPPED, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    write_manifest_values(folder, manifest | {"version": version} | changes)
+    return folder
+
+
+@pytest.fixture
+def config(tmp_path):
+    return parse_config({"state_dir": str(tmp_path / "state")})
+
+
+def test_install_switches_the_device_and_rollback_returns(tmp_path, config):
+    assert installed_bundle(config.state_dir) is None
+    assert ModelSet.load(config).deciding.title.startswith("leukoscreen-default 6")  # nothing installed: shipped
+    first = install_bundle(_version(tmp_path, "7"), config)
+    assert installed_bundle(config.state_dir) == first and ModelSet.load(config).deciding.title.endswith(" 7")
+    second = install_bundle(_version(tmp_path, "8"), config)
+    links = bundles_dir(config.state_dir)
+    assert os.readlink(links / "current") == second.name and os.readlink(links / "previous") == first.name
+    assert ModelSet.load(config).deciding.title.endswith(" 8")
+    assert rollback(config.state_dir) == first
+    assert ModelSet.load(config).deciding.title.endswith(" 7")
+    assert os.readlink(links / "previous") == second.name   # and forward again
+    assert rollback(config.state_dir) == second
+    assert sorted(p.name for p in links.iterdir() if not p.name.startswith(".")) == sorted(
+        [first.name, second.name, "current", "previous"])
+
+
+def test_a_bundle_that_fails_a_check_is_removed_and_nothing_changes(tmp_path, config):
+    installed = install_bundle(_version(tmp_path, "7"), config)
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    wrong = {fmt: entry | {"self_test_outputs": [[1.0, 0.0, 0.0, 0.0]] * 6} for fmt, entry in manifest["files"].items()}
+    with pytest.raises(BundleError, match="no model format of this bundle can be used here"):
+        install_bundle(_version(tmp_path, "9", files=wrong), config)   # its files compute other answers
+    broken = _version(tmp_path, "10")
+    (broken / "model-int8.tflite").write_bytes(b"not a model")
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        install_bundle(broken, config)
+    with pytest.raises(BundleError, match="no such bundle folder or zip"):
+        install_bundle(tmp_path / "nowhere", config)
+    assert installed_bundle(config.state_dir) == installed
+    assert not list(bundles_dir(config.state_dir).glob(".incoming-*"))
+    with pytest.raises(BundleError, match="no previous installed bundle"):
+        rollback(config.state_dir)
+
+
+def test_zips_are_unpacked_safely(tmp_path, config):
+    folder = _version(tmp_path, "7")
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as archive:   # the bundle inside one folder, as `zip -r` makes it
+        for item in folder.iterdir():
+            archive.write(item, f"bundle-7/{item.name}")
+    assert install_bundle(good, config).name.startswith("leukoscreen-default-7-")
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../outside.txt", "x")
+    with pytest.raises(BundleError, match="points outside the bundle"):
+        install_bundle(evil, config)
+    (tmp_path / "not.zip").write_text("hello")
+    with pytest.raises(BundleError, match="not a readable zip file"):
+        install_bundle(tmp_path / "not.zip", config)
+    assert not (tmp_path / "outside.txt").exists() and not (bundles_dir(config.state_dir).parent / "outside.txt").exists()
+
+
+def test_with_trusted_keys_only_signed_bundles_install(tmp_path, config):
+    from leukoscreen.edge.signing import keygen, sign_bundle
+    private, public = keygen(tmp_path / "keys")
+    keyed = parse_config({"state_dir": config.state_dir, "trusted_keys": [public.read_text().strip()]})
+    unsigned = _version(tmp_path, "7")
+    with pytest.raises(BundleError, match="not signed"):
+        install_bundle(unsigned, keyed)
+    sign_bundle(unsigned, private)
+    assert install_bundle(unsigned, keyed).name.startswith("leukoscreen-default-7-")
+
+
+def test_cli_install_and_rollback_then_a_daemon_reload_runs_it(tmp_path, capsys):
+    from leukoscreen.edge.daemon import Daemon
+    state = tmp_path / "state"
+    daemon = Daemon(parse_config({"state_dir": str(state), "display": {"kind": "none"}}))
+    try:
+        assert main(["bundle", "install", str(_version(tmp_path, "7")), "--state-dir", str(state)]) == 0
+        out = capsys.readouterr().out
+        assert "current bundle:" in out and "systemctl reload leukoscreen" in out
+        assert daemon.reload() and daemon.models.deciding.title.endswith(" 7")
+        assert main(["bundle", "install", str(_version(tmp_path, "8")), "--state-dir", str(state)]) == 0
+        assert main(["bundle", "rollback", "--state-dir", str(state)]) == 0
+        assert daemon.reload() and daemon.models.deciding.title.endswith(" 7")
+    finally:
+        daemon.close()
+    assert main(["bundle", "install", str(tmp_path / "nowhere"), "--state-dir", str(state)]) == 2
+    assert "no such bundle folder or zip" in capsys.readouterr().err
