@@ -77,7 +77,8 @@ class DisplayConfig:
 
 @dataclass(frozen=True, config=SECTION)
 class DeviceConfig:
-    bundle: StrictStr = Field("", description="model bundle folder; empty: the shipped default bundle")
+    bundle: StrictStr = Field("", description="model bundle folder; empty: the installed bundle (`leukoscreen "
+                                              "bundle install`), else the shipped default bundle")
     bundle_format: Format | Literal[""] = Field("", description="empty: the bundle's default format")
     compare_bundles: tuple[StrictStr, ...] = Field((), description="bundles run beside `bundle` on every field; "
                                                                    "only `bundle` decides")
