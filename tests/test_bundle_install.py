@@ -111,3 +111,36 @@ def test_cli_install_and_rollback_then_a_daemon_reload_runs_it(tmp_path, capsys)
         daemon.close()
     assert main(["bundle", "install", str(tmp_path / "nowhere"), "--state-dir", str(state)]) == 2
     assert "no such bundle folder or zip" in capsys.readouterr().err
+
+
+def _zip(folder, target):
+    with zipfile.ZipFile(target, "w") as archive:
+        for item in folder.iterdir():
+            archive.write(item, item.name)
+    return target.read_bytes()
+
+
+def test_the_api_installs_a_zip_and_the_device_runs_it(token_device, tmp_path):
+    auth = {"Authorization": "Bearer open-sesame-42"}
+    body = _zip(_version(tmp_path, "7"), tmp_path / "b7.zip")
+    zipped = {"content-type": "application/zip"}
+    assert token_device.client.post("/api/bundle", content=body, headers=zipped).status_code == 401
+    answer = token_device.client.post("/api/bundle", content=body, headers=auth | zipped)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["running"].endswith(" 7") and "installed and running" in answer.json()["message"]
+    assert token_device.client.get("/api/status", headers=auth).json()["bundle"]["version"] == "7"
+    broken = _version(tmp_path, "8")
+    (broken / "model-int8.onnx").write_bytes(b"changed")
+    refused = token_device.client.post("/api/bundle", content=_zip(broken, tmp_path / "b8.zip"), headers=auth | zipped)
+    assert refused.status_code == 422 and "nothing changed" in refused.json()["detail"]
+    assert token_device.daemon.models.deciding.title.endswith(" 7")
+    assert token_device.client.post("/api/bundle", content=b"PK", headers=auth | {"content-type": "text/plain"}
+                                    ).status_code == 415
+    assert not list(bundles_dir(token_device.daemon.config.state_dir).glob(".upload-*"))
+
+
+def test_a_device_without_an_access_token_installs_no_bundle_over_the_api(device, tmp_path):
+    answer = device.client.post("/api/bundle", content=_zip(_version(tmp_path, "7"), tmp_path / "b.zip"),
+                                headers={"content-type": "application/zip"})
+    assert answer.status_code == 403 and "needs the device's access token" in answer.json()["detail"]
+    assert installed_bundle(device.daemon.config.state_dir) is None

@@ -2,8 +2,8 @@
 
 The page (`static/`) shows the live preview with its focus score, a Classify button (the same trigger as
 the hardware button) and an upload, the latest result with a box around every cell, the history of samples
-with export, and the device status. JSON endpoints live under /api/ (routers in `capture_routes.py` and
-`result_routes.py`); the OpenAPI description is at /openapi.json. Every asset is served by the device (it
+with export, and the device status. JSON endpoints live under /api/ (routers in `capture_routes.py`,
+`result_routes.py` and `bundle_routes.py`); the OpenAPI description is at /openapi.json. Every asset is served by the device (it
 is offline). Access rules are in `access.py`. Results are screening aids for research use only.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from leukoscreen import RESEARCH_USE_NOTICE, __version__
 from leukoscreen.edge.daemon import Daemon
 from leukoscreen.edge.device_config import LOOPBACK_HOSTS
-from leukoscreen.edge.web import capture_routes, result_routes
+from leukoscreen.edge.web import bundle_routes, capture_routes, result_routes
 from leukoscreen.edge.web.access import AccessRequired, AccessRule, access_required_response
 from leukoscreen.edge.web.http_rules import HttpRules
 
@@ -36,7 +36,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.add_middleware(HttpRules, loopback_only=daemon.config.host in LOOPBACK_HOSTS)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(access.router())
-    for routes in (capture_routes.router, result_routes.router):
+    for routes in (capture_routes.router, result_routes.router, bundle_routes.router):
         app.include_router(routes, dependencies=[Depends(access)])
 
     @app.get("/", include_in_schema=False, dependencies=[Depends(access)])
