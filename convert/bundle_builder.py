@@ -407,7 +407,8 @@ def remake_onnx_int8(bundle_path: Path, data: Path, version: str | None = None) 
     manifest = manifest.model_copy(update={
         "files": manifest.files | {"onnx-int8": entry}, "version": version or manifest.version,
         "metrics": manifest.metrics | {"onnx-int8": FormatMetrics.model_validate(metrics)}})
-    write_manifest(bundle.path, Manifest.model_validate(manifest.model_dump()))
+    if write_manifest(bundle.path, Manifest.model_validate(manifest.model_dump())):
+        print("note: its signature was of the old manifest and was removed: sign it again (`leukoscreen sign`)")
     print(f"{target}: remade from {bundle.file('tflite-int8').name}; accuracy {metrics['accuracy']:.4f}, bundle "
           f"version {manifest.version}")
     return manifest

@@ -170,10 +170,17 @@ def load_bundle(path: str | Path) -> ModelBundle:
     return ModelBundle(path, manifest, notes)
 
 
-def write_manifest(path: Path, manifest: Manifest) -> None:
+def write_manifest(path: Path, manifest: Manifest) -> bool:
     """Write manifest.json into a bundle folder (the converter; `leukoscreen bundle upgrade`), after
-    checking that every file it lists is there with its hash."""
+    checking that every file it lists is there with its hash. A signature (manifest.sig) of an earlier
+    manifest is removed, as no device would accept it; returns True when one was."""
     for what, entry in _file_entries(manifest):
         if sha256_of(path / entry.file) != entry.sha256:
             raise BundleError(f"{path}: {entry.file} ({what}) does not match the manifest's sha256")
-    (path / "manifest.json").write_text(manifest_json(manifest), encoding="utf-8")
+    text = manifest_json(manifest)
+    signature = path / "manifest.sig"
+    stale = signature.exists() and json.loads(text)["manifest_sha256"] not in signature.read_text(errors="replace")
+    if stale:
+        signature.unlink()
+    (path / "manifest.json").write_text(text, encoding="utf-8")
+    return stale

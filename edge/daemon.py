@@ -54,7 +54,9 @@ class Daemon:
             self._note(self.store.read_only)
 
     def _note(self, message: str) -> None:
-        self.status.message = f"{self.status.message} {message}".strip()
+        """Add a note to the status message (once: a refusal repeated at every reload is shown once)."""
+        if message not in self.status.message:
+            self.status.message = f"{self.status.message} {message}".strip()
         print(message, file=sys.stderr)
 
     # --- triggers -----------------------------------------------------------------------------------

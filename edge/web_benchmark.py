@@ -31,11 +31,14 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """VmRSS, or one of its parts: RssAnon (the process's own memory) or RssFile (pages of mapped files,
+    mostly the libraries' code: how many the kernel maps depends on its page cache, e.g. a library just
+    written by pip is held in large folios and counts several times more than after it was read from disk)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("VmRSS not found (this benchmark reads Linux's /proc)")
+    raise RuntimeError(f"{field} not found (this benchmark reads Linux's /proc)")
 
 
 class Client:
@@ -121,11 +124,13 @@ def _measure(process: subprocess.Popen, port: int, started: float, classificatio
         statuses[status] = statuses.get(status, 0) + 1
         timings.append(seconds * 1e3)
     rss_after = _rss_mb(process.pid)
+    parts = {part: _rss_mb(process.pid, part) for part in ("RssAnon", "RssFile")}
     print(f"load: {requests} requests from {clients} clients per endpoint...", flush=True)
     loads = [_load(port, path, requests, clients) for path in ("/api/status", "/api/results", "/api/samples")]
     return {"ready_s": ready_s, "rss_mb": {"ready": rss_ready, f"after_{WARM_UP}_warm_up": rss_warm,
                                            f"after_{classifications}_classifications": rss_after,
                                            "growth_over_classifications": rss_after - rss_warm},
+            "rss_parts_after_mb": {"anonymous": parts["RssAnon"], "mapped_files": parts["RssFile"]},
             "classify": {"n": classifications, "statuses": statuses, "median_ms": statistics.median(timings),
                          "p95_ms": float(np.percentile(timings, 95))},
             "load": loads}
@@ -139,6 +144,9 @@ def _print(summary: dict) -> None:
           f"{'met' if after <= RSS_TARGET_MB else 'MISSED'}), growth under {GROWTH_TARGET_MB:.0f} MB "
           f"({rss['growth_over_classifications']:.1f} MB: "
           f"{'met' if rss['growth_over_classifications'] < GROWTH_TARGET_MB else 'MISSED'})")
+    parts = summary["rss_parts_after_mb"]
+    print(f"  of which anonymous (the process's own memory) {parts['anonymous']:.1f} MB, mapped files (library code; "
+          f"depends on the page cache) {parts['mapped_files']:.1f} MB")
     c = summary["classify"]
     print(f"POST /api/classify x{c['n']}: median {c['median_ms']:.1f} ms, p95 {c['p95_ms']:.1f} ms, "
           f"statuses {c['statuses']}")

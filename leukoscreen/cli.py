@@ -130,7 +130,8 @@ def _bundle(args) -> None:
         return
     bundle = load_bundle(args.bundle)
     if args.bundle_command == "upgrade":
-        write_manifest(bundle.path, bundle.manifest)
+        if write_manifest(bundle.path, bundle.manifest):
+            print("note: its signature was of the old manifest and was removed: sign it again (`leukoscreen sign`)")
         print(f"{bundle.path / 'manifest.json'}: schema {bundle.manifest.schema_version}"
               + (" (rewritten)" if bundle.notes else " (already current; rewritten unchanged)"))
         return
@@ -140,6 +141,7 @@ def _bundle(args) -> None:
     for note in bundle.notes:
         print(f"note: {note}")
     from leukoscreen.edge.runtimes import RuntimeOptions, RuntimeProblem
+    signature_refused = _signature_line(bundle)
     failed = 0
     for fmt in bundle.formats:
         try:
@@ -156,6 +158,9 @@ def _bundle(args) -> None:
         raise ValueError(f"{failed} of the {len(bundle.formats)} model formats of {bundle.path} cannot be used on "
                          "this device (above); the device would use " + ("another format" if failed < len(
                              bundle.formats) else "none") + ": convert the bundle again, or check the runtime")
+    if signature_refused:
+        raise ValueError(f"{bundle.path}: its signature does not hold (above); devices with trusted_keys refuse it: "
+                         "sign it again with `leukoscreen sign`")
 
 
 def _bench(args) -> None:
@@ -521,6 +526,25 @@ def _add_bundle(commands) -> None:
                                                       "test images are checked and read there)")
     remake.add_argument("--bundle-version", help="the bundle's new version (default: unchanged)")
     remake.set_defaults(handler=_bundle)
+
+
+def _signature_line(bundle) -> bool:
+    """`bundle check`: whether the bundle is signed and the signature matches (which key a device trusts is
+    its own config's business); True when a signature is there but does not hold."""
+    import json
+
+    from leukoscreen.edge.manifest import BundleError
+    from leukoscreen.edge.signing import SIGNATURE_FILE, check_signature
+    if not (bundle.path / SIGNATURE_FILE).exists():
+        print("signature: none (devices with trusted_keys refuse it; `leukoscreen sign` signs it)")
+        return False
+    try:
+        signer = json.loads((bundle.path / SIGNATURE_FILE).read_text(encoding="utf-8"))["public_key"]
+        print(f"signature: by {check_signature(bundle, (str(signer),))}, matches the manifest")
+        return False
+    except (BundleError, ValueError, KeyError, TypeError, OSError) as error:
+        print(f"signature: refused: {error}")
+        return True
 
 
 def _install(args) -> None:

@@ -198,6 +198,9 @@ def test_web_benchmark_runs_the_device_process_and_loads_its_api(tmp_path, bundl
                             out=tmp_path / "out", xnnpack=False)
     assert summary["classify"]["statuses"] == {200: 5} and summary["classify"]["median_ms"] > 0
     assert summary["rss_mb"]["ready"] > 10 and "growth_over_classifications" in summary["rss_mb"]
+    parts = summary["rss_parts_after_mb"]   # VmRSS = anonymous + mapped files (+ shared memory)
+    assert parts["anonymous"] > 10 and parts["mapped_files"] > 1
+    assert parts["anonymous"] + parts["mapped_files"] <= summary["rss_mb"]["after_5_classifications"] + 1
     assert [load["ok"] for load in summary["load"]] == [8, 8, 8]
     assert json.loads((tmp_path / "out" / "web.json").read_text())["classify"]["n"] == 5
 

@@ -93,3 +93,33 @@ def test_a_reload_to_an_unsigned_bundle_is_refused_and_the_signed_one_keeps_runn
         assert daemon.models.deciding.title.startswith("leukoscreen-default")
     finally:
         daemon.close()
+
+
+def test_bundle_check_names_the_signature_and_a_rewritten_manifest_drops_a_stale_one(released, tmp_path, capsys):
+    bundle, _, public = released
+    assert main(["bundle", "check", str(bundle)]) == 0
+    assert f"signature: by {public}, matches the manifest" in capsys.readouterr().out
+    signature = json.loads((bundle / SIGNATURE_FILE).read_text())
+    (bundle / SIGNATURE_FILE).write_text(json.dumps(signature | {"manifest_sha256": "0" * 64, "signature": "AAAA"}))
+    assert main(["bundle", "check", str(bundle)]) == 2
+    assert "signature: refused:" in capsys.readouterr().out
+    sign_bundle(bundle, released[1])
+    from leukoscreen.edge.bundle import write_manifest
+    manifest = load_bundle(bundle).manifest
+    assert write_manifest(bundle, manifest) is False and (bundle / SIGNATURE_FILE).exists()  # unchanged: kept
+    assert write_manifest(bundle, manifest.model_copy(update={"version": "6.2"})) is True  # changed: removed
+    assert not (bundle / SIGNATURE_FILE).exists()
+
+
+def test_a_refusal_repeated_at_every_reload_is_shown_once(released, tmp_path):
+    from leukoscreen.edge.daemon import Daemon
+    bundle, _, public = released
+    daemon = Daemon(parse_config({"bundle": str(bundle), "trusted_keys": [public], "state_dir": str(tmp_path / "s"),
+                                  "display": {"kind": "none"}}))
+    try:
+        (bundle / SIGNATURE_FILE).unlink()
+        for _ in range(3):
+            assert daemon.reload() is False
+        assert daemon.status.message.count("Model reload refused") == 1
+    finally:
+        daemon.close()
