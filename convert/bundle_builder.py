@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from pydantic import ValidationError
 
 from leukoscreen import __version__
 from leukoscreen.edge.bundle import write_manifest
@@ -21,6 +22,7 @@ from leukoscreen.edge.manifest import (FORMATS, INTENDED_USE, REFERENCE_METRICS,
                                        InputSpec, Manifest, SelfTest, StoredFile, TensorSpec, TrainingRecord)
 from leukoscreen.edge.self_test import GENERATOR, TOLERANCE, fields_sha256, generated_fields, largest_difference
 from leukoscreen.edge.runtimes import ModelRunner, RuntimeOptions, TwoStageRunner, open_runner
+from leukoscreen.edge.validation import describe
 from leukoscreen.training.cell_data import crop_field, read_cell_geometry
 from leukoscreen.training.metrics import classification_metrics, describe_outcomes, screening_outcomes
 from leukoscreen.training.model_source import Source, load_source
@@ -377,8 +379,8 @@ def remake_onnx_int8(bundle_path: Path, data: Path, version: str | None = None) 
                 [crop_field(r.path) for r in rows] if manifest.input_kind == "cell" else None)
     target = bundle.path / FILE_NAMES["onnx-int8"]
     new = target.with_name("model-int8.new.onnx")
-    tflite_to_onnx(bundle.file("tflite-int8"), new)
     try:
+        tflite_to_onnx(bundle.file("tflite-int8"), new)
         reference = bundle.runner(RuntimeOptions(format="tflite-int8")).predict(part.images)
         runner = open_runner(new, RuntimeOptions())
         outputs = runner.predict(part.images)
@@ -398,16 +400,20 @@ def remake_onnx_int8(bundle_path: Path, data: Path, version: str | None = None) 
                         "macro_f1_change": metrics["macro_f1"] - float_metrics.macro_f1}
         test = manifest.self_test
         self_test = runner.predict(generated_fields(manifest.input.size, test.fields)) if test else None
+        entry = FormatFile.of(bundle.path, new.name, input=TensorSpec(dtype="float32"), quantization=TFLITE_DERIVED,
+                              outputs="probabilities",
+                              self_test_outputs=None if self_test is None else np.round(self_test, 6).tolist())
+        values = manifest.model_dump() | {"version": version or manifest.version}
+        values["files"] = values["files"] | {"onnx-int8": entry.model_dump() | {"file": target.name}}
+        values["metrics"] = values["metrics"] | {"onnx-int8": metrics}
+        try:  # the whole new manifest is valid before anything in the bundle changes
+            manifest = Manifest.model_validate(values)
+        except ValidationError as error:
+            raise ConversionError(f"the bundle was left as it was: {describe(error)}") from None
         os.replace(new, target)
     finally:
         new.unlink(missing_ok=True)
-    entry = FormatFile.of(bundle.path, target.name, input=TensorSpec(dtype="float32"), quantization=TFLITE_DERIVED,
-                          outputs="probabilities",
-                          self_test_outputs=None if self_test is None else np.round(self_test, 6).tolist())
-    manifest = manifest.model_copy(update={
-        "files": manifest.files | {"onnx-int8": entry}, "version": version or manifest.version,
-        "metrics": manifest.metrics | {"onnx-int8": FormatMetrics.model_validate(metrics)}})
-    if write_manifest(bundle.path, Manifest.model_validate(manifest.model_dump())):
+    if write_manifest(bundle.path, manifest):
         print("note: its signature was of the old manifest and was removed: sign it again (`leukoscreen sign`)")
     print(f"{target}: remade from {bundle.file('tflite-int8').name}; accuracy {metrics['accuracy']:.4f}, bundle "
           f"version {manifest.version}")

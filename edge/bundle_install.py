@@ -12,12 +12,12 @@ current installed bundle (the shipped default when none is installed); a running
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path
 
-from leukoscreen.edge.bundle import load_bundle
 from leukoscreen.edge.manifest import BundleError
 
 MAX_UNPACKED_BYTES = 1 << 30   # a zip that unpacks to more than 1 GiB is refused (AlexNet's bundle: ~300 MB)
@@ -77,12 +77,16 @@ def install_bundle(source: str | Path, config) -> Path:
     incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=folder))
     try:
         if source.is_dir():
-            shutil.copytree(source, incoming, dirs_exist_ok=True, symlinks=False)
+            links = [p.name for p in source.rglob("*") if p.is_symlink() or not (p.is_file() or p.is_dir())]
+            if links:
+                raise BundleError(f"{source}: {links[0]} is a link or a special file; a bundle holds plain files only")
+            shutil.copytree(source, incoming, dirs_exist_ok=True)
         else:
             _unpack(source, incoming)
         bundle = trusted_bundle(incoming, config)   # hashes and signature, then the self-test: as the device
         ScreeningModel.open(bundle, config.runtime_options)  # loads it
-        name = f"{bundle.manifest.name}-{bundle.manifest.version}-{bundle.manifest_digest[:12]}"
+        label = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{bundle.manifest.name}-{bundle.manifest.version}").strip("._")
+        name = f"{label[:80]}-{bundle.manifest_digest[:12]}"   # inside the folder, whatever the manifest says
         target = folder / name
         if target.exists():   # the same bundle again: the copy already there was checked when it came
             shutil.rmtree(incoming)
@@ -98,14 +102,16 @@ def install_bundle(source: str | Path, config) -> Path:
     return target
 
 
-def rollback(state_dir: str | Path) -> Path:
-    """Make the previous installed bundle current again (and the current one previous)."""
-    folder = bundles_dir(state_dir)
+def rollback(config) -> Path:
+    """Make the previous installed bundle current again (and the current one previous), after checking it as
+    the device will load it with this DeviceConfig (hashes, signature)."""
+    from leukoscreen.edge.model_set import trusted_bundle
+    folder = bundles_dir(config.state_dir)
     current, previous = folder / "current", folder / "previous"
     if not previous.is_symlink() or not previous.is_dir():
         raise BundleError(f"{folder}: there is no previous installed bundle to go back to")
     before, after = os.readlink(current), os.readlink(previous)
-    load_bundle(folder / after)   # still whole: every file against its hash
+    trusted_bundle(folder / after, config)   # still whole, and signed when the device wants it
     _switch(folder, "current", after)
     _switch(folder, "previous", before)
     return folder / after

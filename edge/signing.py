@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import os
+import re
 from pathlib import Path
 
 from leukoscreen.edge.manifest import BundleError
@@ -22,6 +23,8 @@ from leukoscreen.edge.manifest import BundleError
 SIGNATURE_FILE = "manifest.sig"
 PREFIX = "ed25519:"
 MESSAGE = "leukoscreen bundle manifest sha256 {}"
+MAX_SIGNATURE_BYTES = 4096
+KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class SigningError(ValueError):
@@ -29,15 +32,17 @@ class SigningError(ValueError):
 
 
 def parse_public_key(text: str) -> bytes:
-    """The raw 32 bytes of an `ed25519:BASE64` public key; SigningError otherwise."""
-    text = text.strip()
+    """The raw 32 bytes of an `ed25519:BASE64` public key; SigningError otherwise (the rejected text is never
+    repeated: it may be a private key pasted by mistake)."""
+    text = text.strip() if isinstance(text, str) else ""
     try:
         raw = base64.b64decode(text[len(PREFIX):], validate=True) if text.startswith(PREFIX) else b""
     except binascii.Error:
         raw = b""
     if len(raw) != 32:
-        raise SigningError(f"{text[:60]!r} is not a public key: use the line `leukoscreen keygen` wrote into the "
-                           f".pub file ({PREFIX} followed by 44 base64 characters)")
+        raise SigningError(f"a trusted key ({len(text)} characters) is not a public key: use the line `leukoscreen "
+                           f"keygen` wrote into the .pub file ({PREFIX} followed by 44 base64 characters), never "
+                           "the .pem file (the private key)")
     return raw
 
 
@@ -50,6 +55,10 @@ def keygen(out: Path, name: str = "leukoscreen-signing") -> tuple[Path, Path]:
     and refused: a lost or overwritten private key cannot sign for the devices that trust it."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    if not re.fullmatch(KEY_NAME, name):
+        raise SigningError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (up to 64), no folders")
+    if (out / "manifest.json").exists():
+        raise SigningError(f"{out} is a bundle: keep private keys out of bundles; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     private_file, public_file = out / f"{name}.pem", out / f"{name}.pub"
     for existing in (private_file, public_file):
@@ -58,11 +67,16 @@ def keygen(out: Path, name: str = "leukoscreen-signing") -> tuple[Path, Path]:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    descriptor = os.open(private_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(pem)
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    public_file.write_text(_public_text(raw) + "\n")
+    descriptor = os.open(private_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)   # ours from here on
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(pem)
+        public_file.write_text(_public_text(raw) + "\n")
+    except OSError:   # a half-written pair (a full disk) is worth nothing: no device can trust it
+        private_file.unlink(missing_ok=True)
+        public_file.unlink(missing_ok=True)
+        raise
     return private_file, public_file
 
 
@@ -106,13 +120,17 @@ def check_signature(bundle, trusted_keys: tuple[str, ...]) -> str:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     where = bundle.path / SIGNATURE_FILE
+    if not where.exists() and not where.is_symlink():
+        raise BundleError(f"{bundle.path}: not signed (no {SIGNATURE_FILE}) and this device only loads bundles "
+                          "signed by its trusted_keys; sign it with `leukoscreen sign`")
     try:
+        if where.is_symlink() or not where.is_file() or where.stat().st_size > MAX_SIGNATURE_BYTES:
+            raise ValueError(f"not a regular file of at most {MAX_SIGNATURE_BYTES} bytes")
         values = json.loads(where.read_text(encoding="utf-8"))
         signer, signature = values["public_key"], base64.b64decode(values["signature"], validate=True)
-    except FileNotFoundError:
-        raise BundleError(f"{bundle.path}: not signed (no {SIGNATURE_FILE}) and this device only loads bundles "
-                          "signed by its trusted_keys; sign it with `leukoscreen sign`") from None
-    except (OSError, ValueError, KeyError, TypeError, binascii.Error) as error:
+        if not isinstance(signer, str):
+            raise ValueError("public_key is not text")
+    except (OSError, ValueError, KeyError, TypeError, binascii.Error, RecursionError) as error:
         raise BundleError(f"{where}: not a readable signature ({error}); sign the bundle again") from None
     trusted = {parse_public_key(key): key for key in trusted_keys}
     try:

@@ -553,7 +553,7 @@ def _install(args) -> None:
     config = load_config(args.config)
     if args.state_dir:
         config = with_changes(config, {"state_dir": args.state_dir})
-    folder = install_bundle(args.source, config) if args.bundle_command == "install" else rollback(config.state_dir)
+    folder = install_bundle(args.source, config) if args.bundle_command == "install" else rollback(config)
     print(f"current bundle: {folder}" + (" (checked: every file's hash, the signature, the self-test)"
                                          if args.bundle_command == "install" else ""))
     if config.bundle:

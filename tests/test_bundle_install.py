@@ -40,10 +40,10 @@ def test_install_switches_the_device_and_rollback_returns(tmp_path, config):
     links = bundles_dir(config.state_dir)
     assert os.readlink(links / "current") == second.name and os.readlink(links / "previous") == first.name
     assert ModelSet.load(config).deciding.title.endswith(" 8")
-    assert rollback(config.state_dir) == first
+    assert rollback(config) == first
     assert ModelSet.load(config).deciding.title.endswith(" 7")
     assert os.readlink(links / "previous") == second.name   # and forward again
-    assert rollback(config.state_dir) == second
+    assert rollback(config) == second
     assert sorted(p.name for p in links.iterdir() if not p.name.startswith(".")) == sorted(
         [first.name, second.name, "current", "previous"])
 
@@ -63,7 +63,7 @@ def test_a_bundle_that_fails_a_check_is_removed_and_nothing_changes(tmp_path, co
     assert installed_bundle(config.state_dir) == installed
     assert not list(bundles_dir(config.state_dir).glob(".incoming-*"))
     with pytest.raises(BundleError, match="no previous installed bundle"):
-        rollback(config.state_dir)
+        rollback(config)
 
 
 def test_zips_are_unpacked_safely(tmp_path, config):
@@ -144,3 +144,26 @@ def test_a_device_without_an_access_token_installs_no_bundle_over_the_api(device
                                 headers={"content-type": "application/zip"})
     assert answer.status_code == 403 and "needs the device's access token" in answer.json()["detail"]
     assert installed_bundle(device.daemon.config.state_dir) is None
+
+
+def test_the_folder_stays_inside_the_state_folder_and_links_are_refused(tmp_path, config):
+    escaping = _version(tmp_path, "../../../escape")
+    installed = install_bundle(escaping, config)
+    assert installed.parent == bundles_dir(config.state_dir) and "/" not in installed.name
+    linked = _version(tmp_path, "9")
+    (linked / "manifest.sig").symlink_to("/dev/zero")
+    with pytest.raises(BundleError, match="is a link or a special file"):
+        install_bundle(linked, config)
+
+
+def test_rollback_checks_the_signature_the_device_wants(tmp_path, config):
+    from leukoscreen.edge.signing import keygen, sign_bundle
+    private, public = keygen(tmp_path / "keys")
+    install_bundle(_version(tmp_path, "7"), config)   # unsigned, on a device without keys then
+    signed = _version(tmp_path, "8")
+    sign_bundle(signed, private)
+    keyed = parse_config({"state_dir": config.state_dir, "trusted_keys": [public.read_text().strip()]})
+    install_bundle(signed, keyed)
+    with pytest.raises(BundleError, match="not signed"):
+        rollback(keyed)
+    assert ModelSet.load(keyed).deciding.title.endswith(" 8")

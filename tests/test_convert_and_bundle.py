@@ -385,6 +385,11 @@ def test_bundle_onnx_from_tflite_remakes_an_older_bundles_onnx_file(bundle, tmp_
     write_manifest_values(copy, manifest)
     assert main(["bundle", "onnx-from-tflite", str(copy), "--data", str(tmp_path)]) == 2
     assert re.search(r"\d+ of the \d+ test images of .* are missing under .* or differ", capsys.readouterr().err)
+    before = (copy / "model-int8.onnx").read_bytes()
+    assert main(["bundle", "onnx-from-tflite", str(copy), "--data", str(bundle.parent / "data"),
+                 "--bundle-version", "x" * 81]) == 2   # an invalid manifest: nothing in the bundle changes
+    assert "the bundle was left as it was" in capsys.readouterr().err
+    assert (copy / "model-int8.onnx").read_bytes() == before and load_bundle(copy).manifest.version != "x" * 81
     assert main(["bundle", "onnx-from-tflite", str(copy), "--data", str(bundle.parent / "data"),
                  "--bundle-version", "1.1"]) == 0
     out = capsys.readouterr().out

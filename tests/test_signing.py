@@ -123,3 +123,23 @@ def test_a_refusal_repeated_at_every_reload_is_shown_once(released, tmp_path):
         assert daemon.status.message.count("Model reload refused") == 1
     finally:
         daemon.close()
+
+
+def test_hostile_signature_files_and_keys_give_messages(released, tmp_path):
+    bundle, private, public = released
+    for content in ('{"public_key": 5, "signature": "AAAA"}', "[" * 100000, "x" * 10000):
+        (bundle / SIGNATURE_FILE).write_text(content)
+        with pytest.raises(BundleError, match="not a readable signature"):
+            check_signature(load_bundle(bundle), (public,))
+    (bundle / SIGNATURE_FILE).unlink()
+    (bundle / SIGNATURE_FILE).symlink_to("/dev/zero")
+    with pytest.raises(BundleError, match="not a regular file"):
+        check_signature(load_bundle(bundle), (public,))
+    pasted = private.read_text().splitlines()[1]   # the private key's base64 line, pasted by mistake
+    with pytest.raises(ConfigError) as refused:
+        _config(tmp_path, bundle, [pasted])
+    assert pasted[:12] not in str(refused.value) and "never the .pem file" in str(refused.value)
+    with pytest.raises(SigningError, match="no folders"):
+        keygen(tmp_path / "k", name="../evil")
+    with pytest.raises(SigningError, match="is a bundle"):
+        keygen(bundle)

@@ -98,7 +98,7 @@ def bundle_rows(bundle_dir: Path, bench_files: list[Path]) -> list[dict]:
                 "x smaller than fp32": f"{fp32 / m.size_bytes:.1f}" if fp32 else "-",
                 "test accuracy": f"{m.accuracy:.4f}", "change vs Keras": f"{m.accuracy_change * 100:+.2f} pt",
                 "macro-F1 change": f"{m.macro_f1_change * 100:+.2f} pt",
-                "top-1 agreement": f"{m.top1_agreement:.4f}",
+                "top-1 agreement": "-" if m.top1_agreement is None else f"{m.top1_agreement:.4f}",
                 "median ms (1 thread)": f"{timed[1]['median_ms']:.2f}" if 1 in timed else "-",
                 "median ms (2 threads)": f"{timed[2]['median_ms']:.2f}" if 2 in timed else "-",
                 "x reference": f"{timed[min(timed)]['ratio_to_reference']:.2f}"
