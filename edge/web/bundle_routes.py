@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from leukoscreen.edge.bundle_install import bundles_dir, install_bundle
-from leukoscreen.edge.web.dependencies import DaemonDep, within_time
+from leukoscreen.edge.web.dependencies import DaemonDep, announced_length, within_time
 
 router = APIRouter(prefix="/api")
 MAX_BUNDLE_MB = 1024
@@ -26,12 +26,7 @@ class BundleInstalled(BaseModel):
 
 
 def _length(request: Request) -> int:
-    if "chunked" in request.headers.get("transfer-encoding", "").lower():
-        raise HTTPException(411, "send the bundle with a Content-Length (chunked bodies are not accepted)")
-    try:
-        length = int(request.headers.get("content-length") or 0)
-    except ValueError as error:
-        raise HTTPException(400, "the Content-Length header is not a number") from error
+    length = announced_length(request)
     if not 0 < length <= MAX_BUNDLE_MB * 1e6:
         raise HTTPException(413 if length else 400, f"a bundle zip of 1 byte to {MAX_BUNDLE_MB} MB is expected; "
                                                     f"this request has {length / 1e6:.1f} MB")

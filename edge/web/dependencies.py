@@ -21,15 +21,20 @@ def store(request: Request) -> ResultStore:
     return request.app.state.daemon.store
 
 
-def body_within_limit(request: Request) -> None:
-    """Bodies are announced (no chunked uploads) and within the configured limit, before any is read."""
-    limit_mb = request.app.state.daemon.config.max_upload_mb
+def announced_length(request: Request) -> int:
+    """The body's Content-Length (0 when there is none); chunked bodies are refused."""
     if "chunked" in request.headers.get("transfer-encoding", "").lower():
         raise HTTPException(411, "send the request with a Content-Length (chunked bodies are not accepted)")
     try:
-        length = int(request.headers.get("content-length") or 0)
+        return int(request.headers.get("content-length") or 0)
     except ValueError as error:
         raise HTTPException(400, "the Content-Length header is not a number") from error
+
+
+def body_within_limit(request: Request) -> None:
+    """Bodies are announced (no chunked uploads) and within the configured limit, before any is read."""
+    limit_mb = request.app.state.daemon.config.max_upload_mb
+    length = announced_length(request)
     if length > limit_mb * 1e6:
         raise HTTPException(413, f"the request is {length / 1e6:.1f} MB; the limit is {limit_mb:g} MB "
                                  "(max_upload_mb in the config)")
