@@ -19,6 +19,13 @@ import numpy as np
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mobilenet_v2_1.0_224_quant.tflite"
 
 
+def save_json(out: Path | None, name: str, value) -> None:
+    """A benchmark's figures as out/NAME, when an --out folder was given."""
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(value, indent=2))
+
+
 def measure(path: str, runtime: str, threads: int, runs: int, classifier: str | None = None,
             xnnpack: bool = True) -> dict:
     """Load time, first-inference time, median and p95 latency, peak RSS of this process (a two-stage
@@ -81,9 +88,7 @@ def benchmark_bundle(bundle_path: Path, runtime: str = "auto", threads: tuple[in
             if row["threads"] == count and base and "error" not in row:
                 row["ratio_to_reference"] = row["median_ms"] / base["median_ms"]
     print(format_rows(rows))
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps({"bundle": str(bundle_path), "rows": rows}, indent=2))
+    save_json(out, "bench.json", {"bundle": str(bundle_path), "rows": rows})
     return rows
 
 
@@ -144,7 +149,5 @@ def benchmark_pipeline(bundle_path: Path, folder: Path, captures: int = 200, out
         if stage in summary:
             print(f"{stage:<12}{summary[stage]['median_ms']:>11.2f}{summary[stage]['p95_ms']:>9.2f}"
                   f"{summary[stage]['n']:>6}")
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "pipeline.json").write_text(json.dumps(summary, indent=2))
+    save_json(out, "pipeline.json", summary)
     return summary

@@ -2,7 +2,7 @@
 
 trigger (button, keyboard, web: one queue) -> camera frame -> field analysis (stain mask -> cell finder ->
 quality gate) -> the model set (the deciding bundle, and those compared with it) -> one capture record ->
-result store -> displays (LCD, web page).
+result store (and its outbox, when MQTT is on) -> displays (LCD, web page); the MQTT sender empties the outbox.
 
 A missing camera, a full disk or a bad image never stops it: the displays say what is wrong and the
 daemon keeps running (the camera is retried with back-off). A missing or altered model bundle stops it
@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import Future
+from functools import partial
 
 import numpy as np
 
@@ -24,10 +25,11 @@ from leukoscreen.edge.cameras import CameraError, open_camera
 from leukoscreen.edge.capture_queue import RELOAD, STOP, CaptureQueue, CaptureRequest
 from leukoscreen.edge.capture_record import CaptureRecord, failed, retake
 from leukoscreen.edge.device_config import DeviceConfig
-from leukoscreen.edge.device_status import BundleStatus, DeviceStatus, DiskStatus, StatusView
+from leukoscreen.edge.device_status import BundleStatus, DeviceStatus, DiskStatus, OutboxStatus, StatusView
 from leukoscreen.edge.displays import Display, open_display
 from leukoscreen.edge.image_io import ImageReadError, decode_image
 from leukoscreen.edge.model_set import ModelSet
+from leukoscreen.edge.mqtt_messages import capture_messages
 from leukoscreen.edge.result_store import ResultStore, StoreError
 from leukoscreen.edge.screening import screen
 from leukoscreen.edge.systemd_notify import notify, watchdog_interval_s
@@ -44,7 +46,12 @@ class Daemon:
         self.display = display or open_display(config.display)
         self.display.show("starting", "loading model")
         self.models = ModelSet.load(config)  # a bad bundle stops the start
-        self.store = ResultStore(config.state_dir, config.min_free_mb)
+        messages = partial(capture_messages, config.mqtt, config.device_name) if config.mqtt.enabled else None
+        self.store = ResultStore(config.state_dir, config.min_free_mb, messages)
+        self.sender = None
+        if config.mqtt.enabled:  # paho is imported only when MQTT is on
+            from leukoscreen.edge.mqtt_sender import MqttSender
+            self.sender = MqttSender(config.mqtt, config.device_name, self.store, self.models.deciding.title)
         self.camera = CameraSupervisor(config.camera, camera_factory)
         self.queue = CaptureQueue(config.button.while_busy)
         for note in self.models.notes:  # an older manifest, a format refused by its self-test
@@ -105,6 +112,8 @@ class Daemon:
             record = self.store.add(record, frame)
         except (StoreError, ValueError, sqlite3.Error) as error:
             return self._show(failed(str(error), sample_id=request.sample_id), "store")
+        if self.sender:
+            self.sender.wake()
         timings = {"store": _elapsed_ms(stored_at)} | ({"total": _elapsed_ms(started)} if "capture" in timings else {})
         self.status.captures += 1
         if self.status.state == "error":  # the problem is gone: a capture was stored
@@ -164,10 +173,23 @@ class Daemon:
                                 classes=manifest.class_names, input_kind=manifest.input_kind, format=deciding.format,
                                 runtime=deciding.runner.name, sha256=deciding.sha256),
             compared_bundles=[model.title for model in self.models.compared],
-            disk=DiskStatus(free_mb=free_mb, min_free_mb=self.store.min_free_mb))
+            disk=DiskStatus(free_mb=free_mb, min_free_mb=self.store.min_free_mb), outbox=self._outbox_status())
+
+    def _outbox_status(self) -> OutboxStatus | None:
+        if self.sender is None:
+            return None
+        try:
+            waiting, last_sent = self.store.outbox_state()
+        except sqlite3.Error:
+            waiting, last_sent = -1, None
+        state = self.sender.state
+        return OutboxStatus(broker=self.config.mqtt.broker, topics=self.config.mqtt.topic(self.config.device_name, "#"),
+                            connected=state.connected, waiting=waiting, last_sent=last_sent, problem=state.last_error)
 
     # --- main loop -------------------------------------------------------------------------------------
     def run(self) -> None:
+        if self.sender:
+            self.sender.start()
         connected = self.camera.connect()
         problem = self.store.read_only or ("" if connected else NOT_CONNECTED)
         self.status.state = "error" if self.store.read_only else "ready"
@@ -211,6 +233,8 @@ class Daemon:
         self.queue.control(STOP)
 
     def close(self) -> None:
+        if self.sender:
+            self.sender.stop()
         self.camera.close()
         self.display.close()
         self.store.close()

@@ -15,11 +15,13 @@ from pydantic.dataclasses import dataclass
 
 from leukoscreen.edge.cell_finder import CellFinderConfig
 from leukoscreen.edge.manifest import Format
+from leukoscreen.edge.device_status import device_name
+from leukoscreen.edge.mqtt_messages import MqttConfig, check_topic_part
 from leukoscreen.edge.quality import QualityConfig
 from leukoscreen.edge.runtimes import Runtime, RuntimeOptions
 from leukoscreen.edge.scale import ScaleConfig
 from leukoscreen.edge.signing import parse_public_key
-from leukoscreen.edge.validation import describe
+from leukoscreen.edge.validation import LOOPBACK_HOSTS, check_token, describe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,8 +32,6 @@ CameraKind = Literal["picamera2", "opencv", "gstreamer", "folder", "synthetic"]
 ButtonKind = Literal["none", "gpiozero", "jetson", "keyboard"]
 DisplayKind = Literal["emulated", "hd44780", "luma", "none"]
 CAMERA_KINDS = get_args(CameraKind)
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-MIN_TOKEN_LENGTH = 12
 SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)  # no NaN or infinity in a setting
 
 
@@ -90,12 +90,14 @@ class DeviceConfig:
     threads: StrictInt = Field(2, ge=1, le=64)
     xnnpack: StrictBool = Field(True, description="false: TFLite's built-in kernels, slower but without "
                                                   "XNNPACK's second copy of the weights (large models)")
+    device_id: StrictStr = Field("", description="this device's name in MQTT topics and FHIR exports (letters, "
+                                                 "digits, - _ .); empty: the host name")
     state_dir: StrictStr = "/var/lib/leukoscreen"
     min_free_mb: StrictFloat = Field(200.0, ge=0,
                                      description="below this free space new captures are refused")
     host: StrictStr = "127.0.0.1"
     port: StrictInt = 8080
-    access_token: StrictStr = Field("", description="needed (6+ characters) to listen on the network")
+    access_token: StrictStr = Field("", description="needed (12+ characters, 8 different) to listen on the network")
     max_upload_mb: StrictFloat = Field(20.0, description="largest image the web page / API accepts")
     camera: CameraConfig = field(default_factory=CameraConfig)
     button: ButtonConfig = field(default_factory=ButtonConfig)
@@ -103,6 +105,7 @@ class DeviceConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     cell_finder: CellFinderConfig = field(default_factory=CellFinderConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
 
     def __post_init__(self):
         if self.camera.kind == "folder" and not (self.camera.folder and Path(self.camera.folder).is_dir()):
@@ -112,14 +115,18 @@ class DeviceConfig:
             raise ValueError(f"port = {self.port}: use 1-65535 (or 0: any free port)")
         if self.host not in LOOPBACK_HOSTS and not self.access_token:
             raise ValueError(f"host = {self.host!r} listens on the network: set access_token too")
-        if self.access_token and (len(self.access_token) < MIN_TOKEN_LENGTH or len(set(self.access_token)) < 8):
-            raise ValueError(f"access_token is too short or too plain: use at least {MIN_TOKEN_LENGTH} characters, "
-                             "8 of them different (e.g. the output of `python3 -c \"import secrets; "
-                             "print(secrets.token_urlsafe(16))\"`)")
+        if self.access_token:
+            check_token(self.access_token, "access_token")
+        if self.device_id:
+            check_topic_part(self.device_id, "device_id")
         for key in self.trusted_keys:
             parse_public_key(key)  # SigningError (a ValueError) naming the entry
         if not 0 < self.max_upload_mb <= 200:
             raise ValueError(f"max_upload_mb = {self.max_upload_mb}: use a size in MB between 0 and 200")
+
+    @property
+    def device_name(self) -> str:
+        return device_name(self.device_id)
 
     @property
     def runtime_options(self) -> RuntimeOptions:

@@ -1,6 +1,8 @@
 """What the device says about itself: its running state, and the status view the web page and API show."""
 from __future__ import annotations
 
+import re
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -10,6 +12,12 @@ from pydantic import BaseModel, Field
 from leukoscreen import RESEARCH_USE_NOTICE
 
 State = Literal["starting", "ready", "capturing", "error"]
+
+
+def device_name(device_id: str = "") -> str:
+    """The device's name in MQTT topics and FHIR exports: the configured `device_id`, else the host name
+    (letters, digits, '-', '_' and '.')."""
+    return device_id or re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).strip("-._")[:64] or "device"
 
 
 @dataclass
@@ -36,6 +44,15 @@ class DiskStatus(BaseModel):
     min_free_mb: float
 
 
+class OutboxStatus(BaseModel):
+    broker: str
+    topics: str = Field(description="e.g. leukoscreen/lab-1/# (results, samples, status)")
+    connected: bool
+    waiting: int = Field(description="messages in the outbox not yet acknowledged by the broker")
+    last_sent: str | None = Field(description="when the broker last acknowledged a message (UTC)")
+    problem: str = ""
+
+
 class StatusView(BaseModel):
     state: State
     message: str
@@ -47,4 +64,5 @@ class StatusView(BaseModel):
     bundle: BundleStatus
     compared_bundles: list[str]
     disk: DiskStatus
+    outbox: OutboxStatus | None = Field(None, description="MQTT (none when it is off)")
     notice: str = RESEARCH_USE_NOTICE

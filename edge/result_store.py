@@ -5,6 +5,10 @@ rename) before the database row that names them is committed, so a committed res
 image and a crash leaves no partial file. An append-only audit log records every event. Below a
 configured free space the store refuses new captures; it never deletes results. One store is shared by
 the capture loop and the web server's threads: a lock keeps each operation (and transaction) whole.
+
+The outbox: when the device sends results over MQTT, each capture's messages are written in the same
+transaction as the capture itself, so a stored result is always queued and a queued one always stored; the
+sender marks a message sent only once the broker has acknowledged it.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import unicodedata
 import uuid
 import zipfile
 from pathlib import Path
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -44,6 +49,11 @@ CREATE TABLE IF NOT EXISTS cells (
     capture_id INTEGER NOT NULL REFERENCES captures(id), idx INTEGER NOT NULL,
     x INTEGER, y INTEGER, w INTEGER, h INTEGER, predicted TEXT, blast_score REAL,
     PRIMARY KEY (capture_id, idx));
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload TEXT NOT NULL, created TEXT NOT NULL,
+    sent TEXT);
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (id) WHERE sent IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (sent);  -- the last send, and the clean-up of old ones
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, event TEXT NOT NULL, detail TEXT);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
@@ -108,13 +118,14 @@ def _fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write data to path so that path either does not exist or holds all of data; a failed write leaves
-    nothing behind."""
+def write_atomically(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write data (bytes, or pieces of it) to path so that path either does not exist or holds all of data; a
+    failed write leaves nothing behind."""
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            handle.write(data)
+            for piece in [data] if isinstance(data, bytes) else data:
+                handle.write(piece)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -124,9 +135,16 @@ def write_atomically(path: Path, data: bytes) -> None:
     _fsync_directory(path.parent)
 
 
+OutboxMessages = Callable[[dict, list[dict], np.ndarray], list[tuple[str, str]]]
+OUTBOX_KEEP_DAYS = 7  # sent messages are kept this long (for a look at what went out), then removed
+
+
 class ResultStore:
-    def __init__(self, state_dir: str | Path, min_free_mb: float = 200.0):
+    def __init__(self, state_dir: str | Path, min_free_mb: float = 200.0, messages: OutboxMessages | None = None):
+        """`messages`: (the capture's stored row, its sample's stored rows, the image) -> the (topic, payload)
+        pairs to put in the outbox with each capture; None: no outbox."""
         self.root = Path(state_dir)
+        self.messages = messages
         self.images = self.root / "images"
         try:
             self.images.mkdir(parents=True, exist_ok=True)
@@ -209,7 +227,7 @@ class ResultStore:
         except OSError as error:
             raise StoreError(f"the image could not be saved ({error.strerror}); check the storage") from error
         try:
-            capture_id = self._insert(record, time, name, digest)
+            capture_id = self._insert(record, time, name, digest, rgb)
         except sqlite3.Error as error:
             if not is_disk_full(error):
                 raise
@@ -217,8 +235,9 @@ class ResultStore:
                              "archive results, then free space; nothing was deleted.") from error
         return record.model_copy(update={"capture_id": capture_id})
 
-    def _insert(self, record: CaptureRecord, time: str, name: str, digest: str) -> int:
-        """The capture's row, its cells and its audit line, in one transaction; returns its id."""
+    def _insert(self, record: CaptureRecord, time: str, name: str, digest: str, rgb: np.ndarray) -> int:
+        """The capture's row, its cells, its outbox messages and its audit line, in one transaction; returns
+        its id."""
         with self.lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("INSERT OR IGNORE INTO samples (id, created) VALUES (?, ?)", (record.sample_id, time))
@@ -232,6 +251,12 @@ class ResultStore:
             self.db.executemany(
                 "INSERT INTO cells (capture_id, idx, x, y, w, h, predicted, blast_score) VALUES (?,?,?,?,?,?,?,?)",
                 [(capture_id, i, *cell.box, cell.predicted, cell.blast_score) for i, cell in enumerate(record.cells)])
+            if self.messages:
+                rows = [dict(r) for r in self.db.execute("SELECT * FROM captures WHERE sample_id = ?",
+                                                         (record.sample_id,))]
+                row = next(r for r in rows if r["id"] == capture_id)
+                self.db.executemany("INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)",
+                                    [(topic, payload, time) for topic, payload in self.messages(row, rows, rgb)])
             self.db.execute("INSERT INTO audit (time, event, detail) VALUES (?, ?, ?)",
                             (time, "capture_stored", json.dumps({"capture": capture_id, "sample": record.sample_id,
                                                                  "decision": record.decision})))
@@ -324,6 +349,29 @@ class ResultStore:
             if not is_disk_full(error):
                 raise
         return len(rows)
+
+    # --- the outbox ------------------------------------------------------------------------------------
+    def outbox_pending(self, limit: int = 50) -> list[tuple[int, str, str]]:
+        """The oldest messages not yet acknowledged by the broker, in the order they were stored: (id, topic,
+        payload)."""
+        with self.lock:
+            return [tuple(row) for row in self.db.execute(
+                "SELECT id, topic, payload FROM outbox WHERE sent IS NULL ORDER BY id LIMIT ?", (limit,))]
+
+    def mark_sent(self, ids: list[int]) -> None:
+        """Mark messages acknowledged (one transaction), and remove those sent more than OUTBOX_KEEP_DAYS ago."""
+        now = _now()
+        old = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=OUTBOX_KEEP_DAYS)).isoformat(timespec="milliseconds")
+        with self.lock, self.db:
+            self.db.executemany("UPDATE outbox SET sent = ? WHERE id = ?", [(now, i) for i in ids])
+            self.db.execute("DELETE FROM outbox WHERE sent < ?", (old,))
+
+    def outbox_state(self) -> tuple[int, str | None]:
+        """(messages waiting, time of the last acknowledged one)."""
+        with self.lock:
+            waiting = self.db.execute("SELECT COUNT(*) FROM outbox WHERE sent IS NULL").fetchone()[0]
+            last = self.db.execute("SELECT MAX(sent) FROM outbox").fetchone()[0]
+        return waiting, last
 
     def integrity_problems(self) -> list[str]:
         """Database integrity check plus every committed capture's image present and unaltered."""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # addresses no other machine can reach
+MIN_TOKEN_LENGTH = 12
 EXPECTED = {
     "int_type": "expected a whole number", "int_parsing": "expected a whole number",
     "int_from_float": "expected a whole number", "float_type": "expected a number",
@@ -11,6 +13,13 @@ EXPECTED = {
     "list_type": "expected a list", "dict_type": "expected a table", "model_type": "expected a table",
     "dataclass_type": "expected a table", "model_attributes_type": "expected a table",
 }
+
+
+def check_token(token: str, key: str) -> None:
+    """A secret that guards a page on the network: long and varied enough not to be guessed."""
+    if len(token) < MIN_TOKEN_LENGTH or len(set(token)) < 8:
+        raise ValueError(f"{key} is too short or too plain: use at least {MIN_TOKEN_LENGTH} characters, 8 of them "
+                         "different (e.g. the output of `python3 -c \"import secrets; print(secrets.token_urlsafe(16))\"`)")
 
 
 def describe(error: ValidationError, where: str = "") -> str:

@@ -4,7 +4,9 @@ Starts `leukoscreen serve` in its own process (folder-replay camera, a temporary
 port on 127.0.0.1), then: resident memory after start and after a short warm-up; many classifications
 through `POST /api/classify` with the memory after them (growth target: under 10 MB per 1,000);
 requests per second and median/p95 latency of the status and results endpoints under a bounded load
-from a few client threads. Only the standard library is used on the client side.
+from a few client threads. Only the standard library is used on the client side. With `--mqtt URL` it runs
+twice, without MQTT (the baseline) and with it (every result also sent to the broker through the outbox),
+and prints the difference in memory.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from leukoscreen.edge.benchmark import save_json
 
 WARM_UP = 20
 RSS_TARGET_MB, GROWTH_TARGET_MB = 120.0, 10.0  # the device process, after the classifications
@@ -73,13 +77,31 @@ def _load(port: int, path: str, requests: int, clients: int) -> dict:
 
 
 def benchmark_web(bundle: Path, folder: Path, classifications: int = 1000, requests: int = 500, clients: int = 4,
-                  out: Path | None = None, xnnpack: bool = True) -> dict:
+                  out: Path | None = None, xnnpack: bool = True, mqtt: str = "") -> dict:
+    if not mqtt:
+        return _benchmark_web(bundle, folder, classifications, requests, clients, out, xnnpack)
+    print("baseline: the device without MQTT", flush=True)
+    runs = {"without_mqtt": _benchmark_web(bundle, folder, classifications, requests, clients, None, xnnpack)}
+    print(f"the device sending every result to {mqtt}", flush=True)
+    runs["with_mqtt"] = _benchmark_web(bundle, folder, classifications, requests, clients, None, xnnpack, mqtt)
+    after = {key: run["rss_mb"][f"after_{classifications}_classifications"] for key, run in runs.items()}
+    outbox = runs["with_mqtt"]["outbox"]
+    print(f"RSS after {classifications} classifications: {after['with_mqtt']:.1f} MB with MQTT, "
+          f"{after['without_mqtt']:.1f} MB without ({after['with_mqtt'] - after['without_mqtt']:+.1f} MB); "
+          f"outbox at the end: {outbox['waiting']} waiting, connected {outbox['connected']}")
+    save_json(out, "web-mqtt.json", runs)
+    return runs
+
+
+def _benchmark_web(bundle: Path, folder: Path, classifications: int, requests: int, clients: int,
+                   out: Path | None, xnnpack: bool, mqtt: str = "") -> dict:
     port = _free_port()
     with tempfile.TemporaryDirectory() as state:
         config = Path(state) / "config.toml"
         config.write_text(f'bundle = "{bundle.resolve()}"\nstate_dir = "{state}/data"\nmin_free_mb = 0\n'
                           f'port = {port}\nxnnpack = {str(xnnpack).lower()}\n'
-                          f'[camera]\nkind = "folder"\nfolder = "{folder.resolve()}"\n[display]\nkind = "none"\n')
+                          f'[camera]\nkind = "folder"\nfolder = "{folder.resolve()}"\n[display]\nkind = "none"\n'
+                          + (f'[mqtt]\nbroker = "{mqtt}"\ntopic_prefix = "leukoscreen-bench"\n' if mqtt else ''))
         started = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-m", "leukoscreen.cli", "serve", "--config", str(config)],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -91,9 +113,7 @@ def benchmark_web(bundle: Path, folder: Path, classifications: int = 1000, reque
         if process.returncode not in (0, -15):
             raise RuntimeError(f"the device process failed: {errors.decode()[-2000:]}")
     _print(summary)
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "web.json").write_text(json.dumps(summary, indent=2))
+    save_json(out, "web.json", summary)
     return summary
 
 
@@ -127,13 +147,26 @@ def _measure(process: subprocess.Popen, port: int, started: float, classificatio
     parts = {part: _rss_mb(process.pid, part) for part in ("RssAnon", "RssFile")}
     print(f"load: {requests} requests from {clients} clients per endpoint...", flush=True)
     loads = [_load(port, path, requests, clients) for path in ("/api/status", "/api/results", "/api/samples")]
-    return {"ready_s": ready_s, "rss_mb": {"ready": rss_ready, f"after_{WARM_UP}_warm_up": rss_warm,
+    outbox = _outbox(port)
+    return {"outbox": outbox, "ready_s": ready_s, "rss_mb": {"ready": rss_ready, f"after_{WARM_UP}_warm_up": rss_warm,
                                            f"after_{classifications}_classifications": rss_after,
                                            "growth_over_classifications": rss_after - rss_warm},
             "rss_parts_after_mb": {"anonymous": parts["RssAnon"], "mapped_files": parts["RssFile"]},
             "classify": {"n": classifications, "statuses": statuses, "median_ms": statistics.median(timings),
                          "p95_ms": float(np.percentile(timings, 95))},
             "load": loads}
+
+
+def _outbox(port: int, wait_s: float = 60.0) -> dict | None:
+    """The device's outbox once it has emptied (or after wait_s), None without MQTT."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("GET", "/api/status")
+        outbox = json.loads(connection.getresponse().read())["outbox"]
+        if outbox is None or outbox["waiting"] == 0 or time.monotonic() > deadline:
+            return outbox
+        time.sleep(0.1)
 
 
 def _print(summary: dict) -> None:

@@ -171,7 +171,10 @@ def _bench(args) -> None:
     elif args.web:
         from leukoscreen.edge.web_benchmark import benchmark_web
         benchmark_web(Path(args.bundle), Path(args.web), args.classifications, args.requests, out=_path(args.out),
-                      xnnpack=xnnpack)
+                      xnnpack=xnnpack, mqtt=args.mqtt or "")
+    elif args.mqtt:
+        from leukoscreen.edge.mqtt_benchmark import benchmark_outbox
+        benchmark_outbox(Path(args.bundle), args.mqtt, args.captures, args.runs_outbox, _path(args.out))
     else:
         benchmark_bundle(Path(args.bundle), args.runtime, tuple(args.threads), args.runs,
                          _path(args.reference) or REFERENCE, _path(args.out), xnnpack=xnnpack)
@@ -294,14 +297,44 @@ def _cells(args) -> None:
 
 
 def _export(args) -> None:
-    from leukoscreen.edge.result_store import ResultStore
+    from leukoscreen.edge.device_status import device_name
+    from leukoscreen.edge.mqtt_messages import check_topic_part
+    from leukoscreen.edge.result_store import ResultStore, write_atomically
     if not (Path(args.state_dir) / "results.sqlite3").is_file():
         raise ValueError(f"{args.state_dir} holds no results (no results.sqlite3); give the device's state_dir")
     store = ResultStore(args.state_dir, min_free_mb=0)
     if args.sample and not store.captures(args.sample, limit=1):
         raise ValueError(f"no sample {args.sample!r} in {args.state_dir}; nothing was exported")
-    count = store.export(Path(args.out), args.sample, args.since, args.until)
-    print(f"exported {count} captures to {args.out}")
+    out = Path(args.out)
+    if args.format == "zip":
+        count = store.export(out, args.sample, args.since, args.until)
+        print(f"exported {count} captures to {out}")
+    elif args.format == "fhir":
+        from leukoscreen.edge.fhir_export import fhir_export
+        device = device_name(check_topic_part(args.device, "--device") if args.device else "")
+        bundles = [0]
+
+        def pieces():  # written as made: one sample's images in memory at a time
+            for piece in fhir_export(store, device, args.sample, args.since, args.until):
+                bundles[0] += 1
+                yield piece.encode()
+        write_atomically(out, pieces())
+        kind = "a FHIR Bundle (JSON)" if args.sample else f"{bundles[0]} FHIR Bundles (NDJSON, one per sample)"
+        print(f"exported {kind} to {out}; preliminary: not reviewed. Research use only.")
+    else:
+        rows = store.captures(args.sample, args.since, args.until, limit=1_000_000)
+        csv_text, json_text = store.tables(rows)
+        write_atomically(out, (csv_text if args.format == "csv" else json_text).encode())
+        print(f"exported {len(rows)} captures to {out}")
+
+
+def _collect(args) -> None:
+    import os
+
+    from leukoscreen.edge.collector import run_collector
+    run_collector(args.broker, args.db, args.prefix, args.host, args.port, args.username,
+                  os.environ.get("LEUKOSCREEN_MQTT_PASSWORD", ""), args.ca_file,
+                  os.environ.get("LEUKOSCREEN_COLLECTOR_TOKEN", ""), args.client_id)
 
 
 def _audit(args) -> None:
@@ -603,6 +636,10 @@ def _add_bench(commands) -> None:
                        help="instead: run the device (replaying this folder) and load its HTTP API")
     bench.add_argument("--classifications", type=int, default=1000, help="--web: classifications through the API")
     bench.add_argument("--requests", type=int, default=500, help="--web: requests per endpoint under load")
+    bench.add_argument("--mqtt", default=None, metavar="URL",
+                       help="a broker (mqtt://127.0.0.1:1883): alone, the outbox's throughput to it (--captures per "
+                            "run, --outbox-runs runs); with --web, the device's memory with and without MQTT")
+    bench.add_argument("--outbox-runs", dest="runs_outbox", type=int, default=5)
     bench.set_defaults(handler=_bench)
 
 
@@ -630,13 +667,31 @@ def _add_device(commands) -> None:
     serve.add_argument("--host", default=None, help="web page address (default 127.0.0.1; another address "
                                                     "listens on the network and needs access_token)")
     serve.set_defaults(handler=_serve)
-    export = commands.add_parser("export", help="export stored results (CSV, JSON, images) as a zip")
+    export = commands.add_parser("export", help="export stored results: a zip (CSV, JSON, images), CSV, JSON or "
+                                                "FHIR R4 Bundles")
     export.add_argument("--state-dir", required=True)
-    export.add_argument("--out", required=True, help="zip file to write")
+    export.add_argument("--out", required=True, help="file to write")
+    export.add_argument("--format", default="zip", choices=("zip", "csv", "json", "fhir"),
+                        help="fhir: one sample's Bundle (JSON) with --sample, else one Bundle per sample (NDJSON)")
+    export.add_argument("--device", default="", help="fhir: the device's name (default: the host name)")
     export.add_argument("--sample", default=None)
     export.add_argument("--since", default=None, help="ISO date/time, e.g. 2026-11-01")
     export.add_argument("--until", default=None)
     export.set_defaults(handler=_export)
+    collect = commands.add_parser("collect", help="the region's collector: every device's results from the MQTT "
+                                                  "broker into one database, and a page of devices and samples")
+    collect.add_argument("--broker", required=True, help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    collect.add_argument("--db", default=f"sqlite:///{Path.home() / '.local/state/leukoscreen/collector.sqlite3'}",
+                         help="sqlite:///FILE (default under ~/.local/state/leukoscreen) or postgresql://USER@HOST/DB")
+    collect.add_argument("--prefix", default="leukoscreen", help="the devices' mqtt.topic_prefix")
+    collect.add_argument("--host", default="127.0.0.1", help="page address (another than loopback needs "
+                                                             "LEUKOSCREEN_COLLECTOR_TOKEN)")
+    collect.add_argument("--port", type=int, default=8090)
+    collect.add_argument("--username", default="", help="broker user (password: LEUKOSCREEN_MQTT_PASSWORD)")
+    collect.add_argument("--ca-file", default="", help="mqtts: the broker's CA certificate")
+    collect.add_argument("--client-id", default="leukoscreen-collector",
+                         help="the broker keeps this id's messages while the collector is away")
+    collect.set_defaults(handler=_collect)
     scale = commands.add_parser("scale", help="microns per pixel of images, from their red cells")
     scale.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     scale.add_argument("--json", action="store_true", help="print JSON, with every image's estimate")

@@ -95,6 +95,8 @@ class Device:
         self.client = httpx.Client(base_url=self.server.url, timeout=30)
 
     def close(self):
+        if self.client.is_closed:  # closed already
+            return
         self.client.close()
         self.daemon.stop()
         self.loop.join(timeout=10)

@@ -13,7 +13,7 @@ from leukoscreen.edge.runtimes import RuntimeOptions
 from leukoscreen.edge.screening import ScreeningModel, screen
 from leukoscreen.edge.synthetic_smear import synthetic_field
 
-from conftest import write_rgb, write_manifest_values
+from conftest import write_rgb
 
 
 def test_cell_finder_recovers_synthetic_cells(tmp_path):

@@ -38,3 +38,17 @@ def test_unit_file_verifies(tmp_path):
 def test_example_config_is_valid():
     config = load_config(SYSTEMD / "config.example.toml")
     assert config.camera.kind == "picamera2" and config.display.kind == "hd44780"
+
+
+def test_example_config_shows_every_setting():
+    """The example is where an installer learns the settings: each one of every section is in it."""
+    import dataclasses
+
+    from leukoscreen.edge.device_config import DeviceConfig, tomllib
+    shown = tomllib.loads((SYSTEMD / "config.example.toml").read_text())
+    for item in dataclasses.fields(DeviceConfig):
+        if dataclasses.is_dataclass(item.default_factory):  # a [section]
+            section = {f.name for f in dataclasses.fields(item.default_factory)}
+            assert section <= set(shown[item.name]), f"[{item.name}] lacks {section - set(shown[item.name])}"
+        else:
+            assert item.name in shown, f"{item.name} is not in the example config"

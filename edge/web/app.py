@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from leukoscreen import RESEARCH_USE_NOTICE, __version__
 from leukoscreen.edge.daemon import Daemon
-from leukoscreen.edge.device_config import LOOPBACK_HOSTS
+from leukoscreen.edge.validation import LOOPBACK_HOSTS
 from leukoscreen.edge.web import bundle_routes, capture_routes, result_routes
 from leukoscreen.edge.web.access import AccessRequired, AccessRule, access_required_response
 from leukoscreen.edge.web.http_rules import HttpRules

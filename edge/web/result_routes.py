@@ -10,18 +10,20 @@ from urllib.parse import quote
 import cv2
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParameter
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from leukoscreen.edge.fhir_export import fhir_export
 from leukoscreen.edge.result_store import ResultStore
-from leukoscreen.edge.web.dependencies import StoreDep, body_within_limit, within_time
+from leukoscreen.edge.web.dependencies import DaemonDep, StoreDep, body_within_limit, within_time
 from leukoscreen.edge.web.schemas import (CaptureList, CaptureView, ExportRequest, IsoTime, SampleList,
                                           SampleSummary, SampleView, parse)
 
 router = APIRouter(prefix="/api")
 THUMBNAIL_WIDTH = 200
-EXPORT_TYPES = {"zip": "application/zip", "csv": "text/csv", "json": "application/json"}
+EXPORT_TYPES = {"zip": "application/zip", "csv": "text/csv", "json": "application/json",
+                "fhir": "application/fhir+json", "ndjson": "application/fhir+ndjson"}
 
 
 def _views(store: ResultStore, rows: list[dict]) -> list[CaptureView]:
@@ -86,20 +88,26 @@ async def _export_request(request: Request) -> ExportRequest:
     raise HTTPException(415, f"content type {kind!r}: send JSON or a form with format, sample_id, since, until")
 
 
-@router.post("/export", summary="Export captures (a sample, a date range or all) as zip, CSV or JSON",
-             description="Form or JSON fields: format (zip | csv | json), sample_id, since, until (ISO dates). A zip "
-                         "holds CSV, JSON and the images and marks the captures exported; nothing is ever deleted.",
+@router.post("/export", summary="Export captures (a sample, a date range or all) as zip, CSV, JSON or FHIR",
+             description="Form or JSON fields: format (zip | csv | json | fhir), sample_id, since, until (ISO dates). "
+                         "A zip holds CSV, JSON and the images and marks the captures exported; fhir gives FHIR R4 "
+                         "Bundles, one per sample (JSON for one sample, else NDJSON); nothing is ever deleted.",
              dependencies=[Depends(body_within_limit)],
              openapi_extra={"requestBody": {"content": {
                  "application/json": {"schema": ExportRequest.model_json_schema()},
                  "application/x-www-form-urlencoded": {"schema": ExportRequest.model_json_schema()}}}},
              responses={200: {"content": {kind: {} for kind in EXPORT_TYPES.values()}}})
-async def export(request: Request, store: StoreDep) -> Response:
+async def export(request: Request, store: StoreDep, daemon: DaemonDep) -> Response:
     asked = await _export_request(request)
     if asked.sample_id and not store.captures(asked.sample_id, limit=1):
         raise HTTPException(404, f"no sample {asked.sample_id!r}")
-    name = f"leukoscreen-{asked.sample_id or 'results'}-{time.strftime('%Y%m%d-%H%M%S')}.{asked.format}"
+    extension = {"fhir": "fhir.json" if asked.sample_id else "fhir.ndjson"}.get(asked.format, asked.format)
+    name = f"leukoscreen-{asked.sample_id or 'results'}-{time.strftime('%Y%m%d-%H%M%S')}.{extension}"
     headers = {"Content-Disposition": attachment(name)}
+    if asked.format == "fhir":  # streamed: one sample's images in memory at a time
+        return StreamingResponse(fhir_export(store, daemon.config.device_name, asked.sample_id, asked.since,
+                                             asked.until), headers=headers,
+                                 media_type=EXPORT_TYPES["fhir" if asked.sample_id else "ndjson"])
     if asked.format != "zip":
         rows = store.captures(asked.sample_id, asked.since, asked.until, limit=1_000_000)
         csv_text, json_text = store.tables(rows)

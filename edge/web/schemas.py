@@ -45,7 +45,9 @@ class ClassifyRequest(SampleField):
 
 
 class ExportRequest(Request):
-    format: Literal["zip", "csv", "json"] = Field("zip", description="zip: CSV, JSON and the images")
+    format: Literal["zip", "csv", "json", "fhir"] = Field("zip", description="zip: CSV, JSON and the images; fhir: "
+                                                         "one sample's FHIR R4 Bundle (JSON), or one Bundle per "
+                                                         "sample (NDJSON) without sample_id")
     sample_id: str | None = Field(None, description="one sample (default: every capture)")
     since: IsoTime | None = Field(None, description="ISO date or time (UTC unless it has an offset), included")
     until: IsoTime | None = Field(None, description="ISO date or time, not included")

@@ -63,6 +63,9 @@ async function refreshStatus() {
     ["Camera", s.camera],
     ["Free disk", s.disk.free_mb === null ? "unknown" : `${Math.round(s.disk.free_mb)} MB (minimum ${s.disk.min_free_mb} MB)`],
     ["Captures since start", String(s.captures)],
+    ...(s.outbox ? [["MQTT outbox", `${s.outbox.waiting} waiting; ${s.outbox.connected ? "connected to" : "not connected to"} `
+      + `${s.outbox.broker} (${s.outbox.topics})` + (s.outbox.problem ? `: ${s.outbox.problem}` : "")],
+      ["Last sent", s.outbox.last_sent || "never"]] : []),
     ["Uptime", formatDuration(s.uptime_s)],
     ["Software", "leukoscreen " + s.software_version],
   ];
