@@ -21,6 +21,7 @@ from pathlib import Path
 from leukoscreen.edge.manifest import BundleError
 
 MAX_UNPACKED_BYTES = 1 << 30   # a zip that unpacks to more than 1 GiB is refused (AlexNet's bundle: ~300 MB)
+MAX_DEPTH = 8                  # folders inside a bundle (it has none; a zip may wrap it in one)
 
 
 def bundles_dir(state_dir: str | Path) -> Path:
@@ -44,7 +45,10 @@ def _unpack(archive: Path, target: Path) -> None:
             for entry in entries:
                 parts = Path(entry.filename).parts
                 if entry.filename.startswith("/") or ".." in parts or (entry.external_attr >> 28) == 0o12:
-                    raise BundleError(f"{archive}: the entry {entry.filename!r} points outside the bundle; "
+                    raise BundleError(f"{archive}: the entry {entry.filename[:200]!r} points outside the bundle; "
+                                      "zip the bundle folder itself")
+                if len(parts) > MAX_DEPTH:
+                    raise BundleError(f"{archive}: the entry {entry.filename[:200]!r} is {len(parts)} folders deep; "
                                       "zip the bundle folder itself")
             bundle_zip.extractall(target)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as error:
@@ -64,9 +68,10 @@ def _switch(folder: Path, link: str, target_name: str) -> None:
     os.replace(temporary, folder / link)
 
 
-def install_bundle(source: str | Path, config) -> Path:
+def install_bundle(source: str | Path, config, name: str = "") -> Path:
     """Install a bundle folder or zip for a device with this DeviceConfig; returns the installed folder.
-    Raises BundleError (or RuntimeProblem, SigningError: all ValueError) saying why nothing was installed."""
+    Raises BundleError (or RuntimeProblem, SigningError: all ValueError) saying why nothing was installed, naming
+    the source as `name` (default: its path), not the folder it was checked in."""
     from leukoscreen.edge.model_set import trusted_bundle
     from leukoscreen.edge.screening import ScreeningModel
     source = Path(source)
@@ -92,6 +97,10 @@ def install_bundle(source: str | Path, config) -> Path:
             shutil.rmtree(incoming)
         else:
             os.replace(incoming, target)
+    except ValueError as error:
+        shutil.rmtree(incoming, ignore_errors=True)
+        said = str(error).replace(str(incoming), name or str(source)).replace(str(source), name or str(source))
+        raise BundleError(said) from error
     except BaseException:
         shutil.rmtree(incoming, ignore_errors=True)
         raise

@@ -14,6 +14,7 @@ import secrets
 import sys
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from fastapi import Depends, FastAPI, HTTPException, Query
@@ -26,6 +27,7 @@ from leukoscreen import RESEARCH_USE_NOTICE
 from leukoscreen.edge.collector_store import CollectorStore, MessageError
 from leukoscreen.edge.mqtt_messages import KINDS, TOPIC_PART, broker_address, check_topic_part
 from leukoscreen.edge.validation import LOOPBACK_HOSTS, check_token
+from leukoscreen.edge.web.http_rules import HttpRules
 
 
 class Collector:
@@ -37,6 +39,7 @@ class Collector:
         self.store, self.prefix = store, prefix
         self.received = self.stored = self.dropped = 0
         self.connected = threading.Event()
+        self.was_connected = False
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                                   clean_session=False, manual_ack=True)
         if username:
@@ -44,7 +47,7 @@ class Collector:
         if tls:
             self.client.tls_set(ca_certs=ca_file or None)
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *_: self.connected.clear()
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 30)
 
@@ -62,7 +65,20 @@ class Collector:
             print(f"collector: the broker refused the connection ({reason})", file=sys.stderr)
             return
         client.subscribe([(f"{self.prefix}/+/{kind}", 1) for kind in KINDS])
+        if self.was_connected and not flags.session_present:
+            print("collector: WARNING: the broker did not keep this collector's session: what the devices sent "
+                  "while it was away is lost to the collector (the devices' outboxes counted it as delivered). "
+                  "Make the broker keep sessions (Mosquitto: persistence true, in a folder it can write)",
+                  file=sys.stderr)
+        print(f"collector: connected to {self.host}:{self.port}"
+              + (" (session resumed)" if flags.session_present else ""), file=sys.stderr)
         self.connected.set()
+        self.was_connected = True
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties):
+        if self.connected.is_set():
+            print(f"collector: lost the broker ({reason}); reconnecting", file=sys.stderr)
+        self.connected.clear()
 
     def _on_message(self, client, userdata, message):
         self.received += 1
@@ -88,16 +104,21 @@ def _cell(value) -> str:
     return f"<td>{html.escape(str(value if value is not None else '-'))}</td>"
 
 
-def collector_app(store: CollectorStore, collector: Collector | None = None, token: str = "") -> FastAPI:
+def collector_app(store: CollectorStore, collector: Collector | None = None, token: str = "",
+                  host: str = "127.0.0.1") -> FastAPI:
     """The page and its JSON. With a token, every request must carry it as the password of HTTP basic
-    authentication (any user name), which a browser asks for."""
+    authentication (any user name), which a browser asks for, and the API's documentation pages are off.
+    Bound to a loopback address, only loopback Host names are answered (as on the device)."""
     basic = HTTPBasic(auto_error=False)
 
     def require_token(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
         if token and not (credentials and secrets.compare_digest(credentials.password.encode(), token.encode())):
             raise HTTPException(401, "give the collector's token as the password", {"WWW-Authenticate": "Basic"})
 
-    app = FastAPI(title="LeukoScreen collector", description=RESEARCH_USE_NOTICE, dependencies=[Depends(require_token)])
+    documents = {} if not token else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="LeukoScreen collector", description=RESEARCH_USE_NOTICE, dependencies=[Depends(require_token)],
+                  **documents)
+    app.add_middleware(HttpRules, loopback_only=host in LOOPBACK_HOSTS)
 
     @app.get("/api/devices", summary="Every device that sent something, with its last status")
     def device_list() -> dict:
@@ -148,12 +169,20 @@ def run_collector(broker: str, db: str, prefix: str, host: str, port: int, usern
     if token:
         check_token(token, "LEUKOSCREEN_COLLECTOR_TOKEN")
     check_topic_part(prefix, "--prefix")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: give a port between 1 and 65535 (0: any free one)")
+    broker_host, _, tls = broker_address(broker)
+    if password and not tls and broker_host not in LOOPBACK_HOSTS:
+        raise ValueError(f"LEUKOSCREEN_MQTT_PASSWORD is set and --broker {broker!r} is not encrypted: the password "
+                         "would cross the network in clear text; use mqtts://")
+    if ca_file and not Path(ca_file).is_file():
+        raise ValueError(f"--ca-file {ca_file!r}: no such file")
     store = CollectorStore(db)
     collector = Collector(broker, store, prefix, username, password, ca_file, client_id)
     collector.start()
     print(f"LeukoScreen collector: {prefix}/+/(results|samples|status) on {broker} into {store.engine.url!r}; "
           f"page on http://{host}:{port}/. {RESEARCH_USE_NOTICE}", flush=True)
     try:
-        uvicorn.run(collector_app(store, collector, token), host=host, port=port, log_level="warning")
+        uvicorn.run(collector_app(store, collector, token, host), host=host, port=port, log_level="warning")
     finally:
         collector.stop()

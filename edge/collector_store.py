@@ -8,7 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text, create_engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, SQLAlchemyError
@@ -29,6 +31,65 @@ samples = Table("samples", metadata,
                 Column("message", Text, nullable=False), Column("last_time", String(40), nullable=False),
                 Column("summary", Text, nullable=False), Column("received", String(40), nullable=False))
 INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+MAX_MESSAGE_BYTES = 1_000_000   # a result with its thumbnail is about 20 kB
+
+
+def _text(limit: int, min_length: int = 0):
+    """A text field of at most `limit` characters (the column's size in PostgreSQL), without NUL."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=limit, pattern=r"^[^\x00]*$")]
+
+
+def _past_time(text: str) -> str:
+    """An ISO 8601 time with its zone, not more than a day ahead of the collector's clock."""
+    moment = dt.datetime.fromisoformat(text)
+    if moment.tzinfo is None or moment > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1):
+        raise ValueError("not an ISO 8601 time with its zone, up to now")
+    return text
+
+
+Time = Annotated[_text(40), AfterValidator(_past_time)]
+Count = Annotated[int, Field(ge=0, lt=2**31)]
+
+
+class _Message(BaseModel):
+    """What a device sends (mqtt_messages.py), checked strictly: no number for a text, no text for a number."""
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class _Record(_Message):
+    decision: _text(20)
+    message: _text(2000)
+
+
+class ResultMessage(_Message):
+    id: _text(64, 1)
+    device: str
+    capture_id: Annotated[int, Field(gt=0, lt=2**31)]
+    sample_id: _text(128)
+    time: Time
+    record: _Record
+
+
+class _Summary(_Message):
+    sample_id: _text(128)
+    captures: Count
+    decision: _text(20)
+    message: _text(2000)
+    last_time: Time
+
+
+class SamplesMessage(_Message):
+    id: _text(64, 1)
+    device: str
+    summary: _Summary
+
+
+class StatusMessage(_Message):
+    state: _text(16, 1)
+    device: str
+
+
+MESSAGES = {"results": ResultMessage, "samples": SamplesMessage, "status": StatusMessage}
 
 
 class MessageError(ValueError):
@@ -44,21 +105,6 @@ def database_url(text: str) -> str:
     if text.startswith(("postgresql://", "postgres://")):
         return "postgresql+psycopg://" + text.split("://", 1)[1]
     return text
-
-
-def _text(value, limit: int, key: str) -> str:
-    """A text field of a message, at most `limit` characters (the column's size in PostgreSQL) and without NUL."""
-    text = str(value)
-    if len(text) > limit or "\x00" in text:
-        raise ValueError(f"{key} is longer than {limit} characters or holds a NUL character")
-    return text
-
-
-def _capture_id(message: dict) -> int:
-    value = int(message["capture_id"])
-    if not 0 < value < 2**31:
-        raise ValueError(f"capture_id {value} is out of range")
-    return value
 
 
 def _changed(connection, statement, key) -> bool:
@@ -88,39 +134,44 @@ class CollectorStore:
         """Keep one message from `device`'s `kind` topic (results, samples, status). True when it changed the
         database (False: a repeat). MessageError for a message the devices do not send."""
         try:
+            if len(payload) > MAX_MESSAGE_BYTES:
+                raise ValueError(f"{len(payload):,} bytes, more than {MAX_MESSAGE_BYTES:,}")
             message = json.loads(payload)
-            if not isinstance(message, dict):
-                raise TypeError("not a JSON object")
+            json.dumps(message, ensure_ascii=False).encode("utf-8")  # a lone surrogate could not be shown
+            checked = MESSAGES[kind].model_validate(message)
+            if checked.device != device:
+                raise ValueError(f"it names the device {checked.device[:64]!r}, not its topic's")
             with self.engine.begin() as connection:
-                changed = getattr(self, f"_add_{kind}")(connection, device, message)
+                changed = getattr(self, f"_add_{kind}")(connection, device, checked, message)
                 if kind != "status":
                     self._seen(connection, device)
                 return changed
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, DataError, IntegrityError) as error:
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:3])
+            raise MessageError(f"{kind} message from {device!r} dropped: {problems}"[:300]) from error
+        except (ValueError, RecursionError, DataError, IntegrityError) as error:
             # DataError, IntegrityError: a value the database refuses (sending it again would not help)
             raise MessageError(f"{kind} message from {device!r} dropped: {error!r}"[:300]) from error
 
-    def _add_results(self, connection, device: str, message: dict) -> bool:
-        record = message["record"]
-        row = {"id": _text(message["id"], 64, "id"), "device": device, "capture_id": _capture_id(message),
-               "sample_id": _text(message["sample_id"], 128, "sample_id"), "time": _text(message["time"], 40, "time"),
-               "decision": _text(record["decision"], 20, "decision"), "message": _text(record["message"], 2000, "message"),
+    def _add_results(self, connection, device: str, checked: ResultMessage, message: dict) -> bool:
+        row = {"id": checked.id, "device": device, "capture_id": checked.capture_id, "sample_id": checked.sample_id,
+               "time": checked.time, "decision": checked.record.decision, "message": checked.record.message,
                "payload": json.dumps(message), "received": _now()}
         return _changed(connection, self.insert(results).values(row).on_conflict_do_nothing(), results.c.id)
 
-    def _add_samples(self, connection, device: str, message: dict) -> bool:
-        summary = message["summary"]
-        row = {"device": device, "sample_id": _text(summary["sample_id"], 128, "sample_id"),
-               "captures": int(summary["captures"]), "decision": _text(summary["decision"], 20, "decision"),
-               "message": _text(summary["message"], 2000, "message"), "last_time": _text(summary["last_time"], 40, "time"), "summary": json.dumps(summary), "received": _now()}
+    def _add_samples(self, connection, device: str, checked: SamplesMessage, message: dict) -> bool:
+        summary = checked.summary
+        row = {"device": device, "sample_id": summary.sample_id, "captures": summary.captures,
+               "decision": summary.decision, "message": summary.message, "last_time": summary.last_time,
+               "summary": json.dumps(message["summary"]), "received": _now()}
         statement = self.insert(samples).values(row)
         statement = statement.on_conflict_do_update(
             index_elements=["device", "sample_id"], set_={k: statement.excluded[k] for k in row if k != "sample_id"},
             where=samples.c.captures <= statement.excluded.captures)
         return _changed(connection, statement, samples.c.sample_id)
 
-    def _add_status(self, connection, device: str, message: dict) -> bool:
-        row = {"device": device, "state": _text(message["state"], 16, "state"), "status": json.dumps(message),
+    def _add_status(self, connection, device: str, checked: StatusMessage, message: dict) -> bool:
+        row = {"device": device, "state": checked.state, "status": json.dumps(message),
                "last_seen": _now()}
         statement = self.insert(devices).values(row)
         statement = statement.on_conflict_do_update(index_elements=["device"], set_={k: row[k] for k in row})

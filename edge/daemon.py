@@ -154,6 +154,8 @@ class Daemon:
         with self.queue.busy:
             self.models = loaded
         self.status.message = " ".join([f"Model reloaded: {loaded.deciding.title}.", *loaded.notes])
+        if self.sender:
+            self.sender.set_bundle(loaded.deciding.title)
         self.store.audit("bundle_reloaded", loaded.describe() | {"notes": list(loaded.notes)})
         return True
 

@@ -34,6 +34,7 @@ TEXTS = {
 RETAKE = {  # the quality gate's reason (its first words) -> (16x2, 20x4) second line
     "too dark": ("too dark", "too dark: check lamp"), "overexposed": ("too bright", "too bright: less light"),
     "out of focus": ("out of focus", "out of focus: refocus"), "no stained cells": ("no stain seen", "no stained cells"),
+    "compressed image": ("too compressed", "compressed (JPEG)"), "too noisy": ("too noisy", "too noisy: more light"),
     "no white cells": ("no white cells", "no white cells here"), "unusable frame": ("unusable frame", "unusable frame"),
 }
 ERRORS = {  # a word of the error message -> (16x2, 20x4) lines

@@ -52,7 +52,7 @@ def sample_bundle(store: ResultStore, sample_id: str, device: str, images: bool 
     from fhir.resources.R4B.bundle import Bundle  # the device imports it only when it exports FHIR
 
     rows = sorted(store.captures(sample_id, limit=1_000_000), key=lambda row: row["id"])
-    summary = summarize(sample_id, rows)
+    summary = summarize(rows[0]["sample_id"] if rows else sample_id, rows)  # as stored, however it was typed
     key = (device, summary.sample_id)
     device_id, specimen_id, report_id = _id(*key, "device"), _id(*key, "specimen"), _id(*key, "report")
     subject = {"specimen": {"reference": f"urn:uuid:{specimen_id}"},

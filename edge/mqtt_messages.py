@@ -91,6 +91,12 @@ def broker_address(url: str, key: str = "--broker") -> tuple[str, int, bool]:
         raise ValueError(f"{key} = {url[:120]!r}: write mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)")
     if parts.username or parts.password:
         raise ValueError(f"{key}: put the user name and password in their own settings, not in the URL")
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError as error:
+        raise ValueError(f"{key} = {url[:120]!r}: {parts.hostname[:80]!r} is not a host name ({error})") from error
+    if port == 0:
+        raise ValueError(f"{key} = {url[:120]!r}: port 0; leave the port out for the default (1883, mqtts 8883)")
     tls = parts.scheme == "mqtts"
     return parts.hostname, port or (8883 if tls else 1883), tls
 

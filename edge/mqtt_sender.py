@@ -6,6 +6,11 @@ resumes at the oldest unacknowledged message, so a message may arrive twice (rec
 but none is lost and their order is kept. Each connection is a new paho client, so that paho's own
 in-memory queue never sends a message the outbox does not know about. The retained status topic says
 "online" on connecting, and the broker publishes the last will "offline" when the device drops away.
+
+MQTT 5, so that the broker's acknowledgement says whether it took the message: one its access list refuses
+("Not authorized") stays in the outbox, and the status says why, instead of counting as sent. When the store
+cannot mark what was acknowledged (a full disk), sending goes on from the last acknowledged message and the
+marks are written when the disk allows.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import sqlite3
 import ssl
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -25,6 +31,11 @@ BATCH = 50                # messages in flight at once
 ACK_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 10.0
 RETRY_MAX_S = 30.0
+SHORT_CONNECTION_S = 10.0  # three connections in a row lost sooner: another client with the same id
+
+
+class Refused(Exception):
+    """The broker acknowledged a message without taking it (its access list, a quota)."""
 
 
 @dataclass
@@ -43,6 +54,11 @@ class MqttSender:
         self._stopping = threading.Event()
         self._client: mqtt.Client | None = None
         self._lost = threading.Event()  # set by paho's thread when the connection drops
+        self._taken_over = threading.Event()  # ... because another client connected with this device's id
+        self._status_due = threading.Event()  # the bundle changed: publish the status again
+        self._acked_through = 0       # the last message the broker acknowledged, in this process
+        self._unmarked: list[int] = []  # acknowledged but not yet marked in the store (a full disk)
+        self._reasons: dict[int, mqtt.ReasonCode] = {}  # the broker's answer per message id (paho's thread)
         self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
 
     def start(self) -> None:
@@ -50,6 +66,12 @@ class MqttSender:
 
     def wake(self) -> None:
         """A capture was stored: send its messages now."""
+        self._wake.set()
+
+    def set_bundle(self, bundle: str) -> None:
+        """A new deciding bundle was loaded: the retained status says so."""
+        self.bundle = bundle
+        self._status_due.set()
         self._wake.set()
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -63,7 +85,7 @@ class MqttSender:
     def _connect(self) -> mqtt.Client:
         host, port, tls = self.config.address()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"leukoscreen-{self.device}",
-                             protocol=mqtt.MQTTv311, clean_session=True)
+                             protocol=mqtt.MQTTv5)
         if self.config.username:
             client.username_pw_set(self.config.username, self.config.password or None)
         if tls:
@@ -81,17 +103,20 @@ class MqttSender:
 
         client.on_connect = on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_publish = lambda client, userdata, mid, reason, properties: self._reasons.__setitem__(mid, reason)
         self._lost.clear()
-        client.connect(host, port, self.config.keepalive_s)  # OSError when nothing listens
+        client.connect(host, port, self.config.keepalive_s, clean_start=True)  # OSError when nothing listens
         client.loop_start()
         if not connected.wait(CONNECT_TIMEOUT_S) or refused:
             self._close(client)
             raise ConnectionError(f"the broker {self.config.broker} refused the connection ({refused[0]})" if refused
                                   else f"no answer from the broker {self.config.broker}")
-        client.publish(self.status_topic, status_message(self.device, "online", self.bundle), qos=1, retain=True)
+        self._status_due.set()  # "online", published by the loop
         return client
 
-    def _on_disconnect(self, *_) -> None:  # paho's thread
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:  # paho's thread
+        if reason == "Session taken over":
+            self._taken_over.set()
         self._lost.set()
         self._wake.set()
 
@@ -111,28 +136,50 @@ class MqttSender:
 
     # --- the loop --------------------------------------------------------------------------------------
     def _run(self) -> None:
-        delay = 1.0
+        delay, short, connected_at = 1.0, 0, 0.0
         while not self._stopping.is_set():
             if self._client is None:
                 try:
                     self._client = self._connect()
-                except (OSError, ConnectionError, ssl.SSLError) as error:
-                    self._drop(str(error) or type(error).__name__)
+                except Exception as error:  # OSError, refusals, TLS, and a host name that cannot be encoded:
+                    self._drop(f"{type(error).__name__}: {error}")  # the thread goes on, saying why
                     self._stopping.wait(delay)
                     delay = min(delay * 2, RETRY_MAX_S)
                     continue
-                self.state.connected, self.state.last_error, delay = True, "", 1.0
+                self.state.connected, connected_at = True, time.monotonic()
+                if short < 2:  # a connection that keeps dropping keeps its explanation and its back-off
+                    self.state.last_error, delay = "", 1.0
+                print(f"MQTT: connected to {self.config.broker}; sending the outbox", file=sys.stderr)
+            if self._status_due.is_set():
+                self._status_due.clear()
+                self._client.publish(self.status_topic, status_message(self.device, "online", self.bundle), qos=1,
+                                     retain=True)
             try:
                 sent_all = self._send_batch()
-            except sqlite3.Error as error:  # the store could not be read or marked (a full disk): try again later
+            except sqlite3.Error as error:  # the store could not be read: try again later
                 self.state.last_error = f"outbox: {error}"
+                self._stopping.wait(RETRY_MAX_S)
+                continue
+            except Refused as refusal:  # kept in the outbox, in order; tried again later
+                if str(refusal) != self.state.last_error:
+                    print(f"MQTT: {refusal}", file=sys.stderr)
+                self.state.last_error = str(refusal)
                 self._stopping.wait(RETRY_MAX_S)
                 continue
             if not self._lost.is_set() and sent_all:
                 self._wake.wait(RETRY_MAX_S)
                 self._wake.clear()
             if self._lost.is_set():
-                self._drop("the connection to the broker was lost")
+                short = short + 1 if time.monotonic() - connected_at < SHORT_CONNECTION_S else 0
+                if self._taken_over.is_set() or short >= 3:
+                    self._taken_over.clear()
+                    self._drop("the broker closes each connection soon after it opens: most often another device "
+                               f"connects with this one's id (leukoscreen-{self.device}); give each device its own "
+                               "device_id")
+                    self._stopping.wait(delay)  # not a tug of war with the other one
+                    delay = min(delay * 2, RETRY_MAX_S)
+                else:
+                    self._drop("the connection to the broker was lost")
         if self._client is not None:
             try:
                 self._client.publish(self.status_topic, status_message(self.device, "offline"), qos=1,
@@ -144,22 +191,49 @@ class MqttSender:
     def _send_batch(self) -> bool:
         """Publish the oldest queued messages and mark those the broker acknowledged, in order. True when
         the outbox is empty."""
-        entries = self.store.outbox_pending(BATCH)
+        entries = self.store.outbox_pending(BATCH, after=self._acked_through)
         if not entries:
+            self._mark()
             return True
-        published = [(entry_id, self._client.publish(topic, payload, qos=1)) for entry_id, topic, payload in entries]
-        acknowledged = []
-        for entry_id, info in published:
+        published = [(entry_id, topic, self._client.publish(topic, payload, qos=1))
+                     for entry_id, topic, payload in entries]
+        acknowledged, refused = [], None
+        for entry_id, topic, info in published:
             try:
                 info.wait_for_publish(ACK_TIMEOUT_S)
                 if not info.is_published():
                     break
             except (RuntimeError, ValueError):  # not queued: the connection is gone
                 break
+            reason = self._reasons.pop(info.mid, None)
+            if reason is not None and reason.is_failure:
+                refused = Refused(f"the broker refused the message on {topic} ({reason}); it stays in the outbox: "
+                                  "let this device's user publish to its topics (the broker's access list)")
+                break
             acknowledged.append(entry_id)
         if acknowledged:
-            self.store.mark_sent(acknowledged)
+            self._acked_through = acknowledged[-1]
+            self._unmarked += acknowledged
             self.state.sent += len(acknowledged)
+        self._mark()
+        if refused:  # a new connection, so that nothing published after it overtakes it
+            self._close(self._client)
+            self._client, self.state.connected = None, False
+            raise refused
         if len(acknowledged) < len(published):
             self._lost.set()  # the rest is sent again on a new connection
         return False
+
+    def _mark(self) -> None:
+        """Write the acknowledgements to the store; when it cannot (a full disk), keep them and go on."""
+        if not self._unmarked:
+            return
+        try:
+            self.store.mark_sent(self._unmarked)
+        except sqlite3.Error as error:
+            self.state.last_error = f"outbox: acknowledged messages cannot be marked ({error}); they are sent " \
+                                    "again after a restart"
+            return
+        self._unmarked = []
+        if self.state.last_error.startswith("outbox:"):
+            self.state.last_error = ""

@@ -351,12 +351,13 @@ class ResultStore:
         return len(rows)
 
     # --- the outbox ------------------------------------------------------------------------------------
-    def outbox_pending(self, limit: int = 50) -> list[tuple[int, str, str]]:
-        """The oldest messages not yet acknowledged by the broker, in the order they were stored: (id, topic,
-        payload)."""
+    def outbox_pending(self, limit: int = 50, after: int = 0) -> list[tuple[int, str, str]]:
+        """The oldest messages not yet acknowledged by the broker (and after id `after`), in the order they
+        were stored: (id, topic, payload)."""
         with self.lock:
             return [tuple(row) for row in self.db.execute(
-                "SELECT id, topic, payload FROM outbox WHERE sent IS NULL ORDER BY id LIMIT ?", (limit,))]
+                "SELECT id, topic, payload FROM outbox WHERE sent IS NULL AND id > ? ORDER BY id LIMIT ?",
+                (after, limit))]
 
     def mark_sent(self, ids: list[int]) -> None:
         """Mark messages acknowledged (one transaction), and remove those sent more than OUTBOX_KEEP_DAYS ago."""

@@ -122,7 +122,8 @@ def check_signature(bundle, trusted_keys: tuple[str, ...]) -> str:
     where = bundle.path / SIGNATURE_FILE
     if not where.exists() and not where.is_symlink():
         raise BundleError(f"{bundle.path}: not signed (no {SIGNATURE_FILE}) and this device only loads bundles "
-                          "signed by its trusted_keys; sign it with `leukoscreen sign`")
+                          "signed by its trusted_keys: sign a bundle with `leukoscreen sign` and install it with "
+                          "`leukoscreen bundle install` (or POST /api/bundle)")
     try:
         if where.is_symlink() or not where.is_file() or where.stat().st_size > MAX_SIGNATURE_BYTES:
             raise ValueError(f"not a regular file of at most {MAX_SIGNATURE_BYTES} bytes")

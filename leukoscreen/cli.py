@@ -184,9 +184,11 @@ def _classify(args) -> int:
     import json
 
     from leukoscreen.edge.capture_record import failed
+    from leukoscreen.edge.device_config import load_config
     from leukoscreen.edge.image_io import read_image
     from leukoscreen.edge.scale import ScaleConfig
     from leukoscreen.edge.screening import DEFAULT_BUNDLE, ScreeningModel, screen
+    config = load_config(args.config)
     if not 0 <= args.um_per_px <= 10:
         raise ValueError(f"--um-per-px {args.um_per_px:g}: give the camera's microns per pixel (a stage "
                          "micrometer's value, between 0 and 10), or leave it out to estimate it on each field")
@@ -196,10 +198,11 @@ def _classify(args) -> int:
     if args.um_per_px and model.bundle.manifest.input_kind != "cell":
         print(f"note: --um-per-px is used by cell models only; {model.title} reads whole fields as they are",
               file=sys.stderr)
-    results, scale = [], ScaleConfig(um_per_px=args.um_per_px)
+    results, scale = [], ScaleConfig(um_per_px=args.um_per_px) if args.um_per_px else config.scale
     for path in args.images:
         try:
-            record = screen(read_image(path), model, scale=scale, source=f"file: {path}")
+            record = screen(read_image(path), model, config.cell_finder, config.quality, scale=scale,
+                            source=f"file: {path}")
         except ValueError as error:  # ImageReadError included
             record = failed(f"Cannot classify: {error}")
         results.append(record.model_dump(mode="json") | {"image": path})
@@ -297,21 +300,27 @@ def _cells(args) -> None:
 
 
 def _export(args) -> None:
+    from leukoscreen.edge.device_config import load_config
     from leukoscreen.edge.device_status import device_name
     from leukoscreen.edge.mqtt_messages import check_topic_part
     from leukoscreen.edge.result_store import ResultStore, write_atomically
-    if not (Path(args.state_dir) / "results.sqlite3").is_file():
-        raise ValueError(f"{args.state_dir} holds no results (no results.sqlite3); give the device's state_dir")
-    store = ResultStore(args.state_dir, min_free_mb=0)
+    config = load_config(args.config) if args.config else None
+    state_dir = args.state_dir or (config.state_dir if config else None)
+    if not state_dir:
+        raise ValueError("give the device's --config (its state_dir and device_id) or --state-dir")
+    if not (Path(state_dir) / "results.sqlite3").is_file():
+        raise ValueError(f"{state_dir} holds no results (no results.sqlite3); give the device's state_dir")
+    store = ResultStore(state_dir, min_free_mb=0)
     if args.sample and not store.captures(args.sample, limit=1):
-        raise ValueError(f"no sample {args.sample!r} in {args.state_dir}; nothing was exported")
+        raise ValueError(f"no sample {args.sample!r} in {state_dir}; nothing was exported")
     out = Path(args.out)
     if args.format == "zip":
         count = store.export(out, args.sample, args.since, args.until)
         print(f"exported {count} captures to {out}")
     elif args.format == "fhir":
         from leukoscreen.edge.fhir_export import fhir_export
-        device = device_name(check_topic_part(args.device, "--device") if args.device else "")
+        device = (check_topic_part(args.device, "--device") if args.device else
+                  config.device_name if config else device_name(""))
         bundles = [0]
 
         def pieces():  # written as made: one sample's images in memory at a time
@@ -330,8 +339,11 @@ def _export(args) -> None:
 
 def _collect(args) -> None:
     import os
-
-    from leukoscreen.edge.collector import run_collector
+    try:
+        from leukoscreen.edge.collector import run_collector
+    except ModuleNotFoundError as error:
+        raise ValueError(f"the collector needs {error.name}, which this install lacks: pip install "
+                         "'.[collector]' in the source folder (make install includes it)") from error
     run_collector(args.broker, args.db, args.prefix, args.host, args.port, args.username,
                   os.environ.get("LEUKOSCREEN_MQTT_PASSWORD", ""), args.ca_file,
                   os.environ.get("LEUKOSCREEN_COLLECTOR_TOKEN", ""), args.client_id)
@@ -382,8 +394,11 @@ def _classical(args) -> None:
 
 
 def _robustness(args) -> None:
+    from leukoscreen.edge.device_config import load_config
     from leukoscreen.training.robustness import robustness
-    robustness(Path(args.bundle), [Path(d) for d in args.data], _path(args.out), args.perturb, limit=args.limit)
+    config = load_config(args.config)
+    robustness(Path(args.bundle), [Path(d) for d in args.data], _path(args.out), args.perturb, config.cell_finder,
+               config.quality, args.limit, config.scale)
 
 
 def _report(args) -> None:
@@ -396,6 +411,10 @@ def _report(args) -> None:
 
 
 # --- the parser: one function per command -----------------------------------------------------------
+GATE_CONFIG_HELP = ("a device config (TOML) whose [quality], [cell_finder] and [scale] sections apply, as on "
+                    "the device (default: the built-in ones)")
+
+
 def _add_stain_options(command) -> None:
     command.add_argument("--stain-bounds", default=None, metavar="FILE",
                          help="keep only the stained pixels within the bounds of this hsv_bounds.json "
@@ -654,6 +673,7 @@ def _add_device(commands) -> None:
                                "CPUExecutionProvider)")
     classify.add_argument("--no-xnnpack", action="store_true", help=NO_XNNPACK_HELP)
     classify.add_argument("--json", action="store_true", help="print JSON")
+    classify.add_argument("--config", default=None, help=GATE_CONFIG_HELP)
     classify.add_argument("--um-per-px", type=float, default=0.0,
                           help="cell models: the camera's microns per pixel (default 0: estimated on every field "
                                "from its red cells)")
@@ -669,11 +689,14 @@ def _add_device(commands) -> None:
     serve.set_defaults(handler=_serve)
     export = commands.add_parser("export", help="export stored results: a zip (CSV, JSON, images), CSV, JSON or "
                                                 "FHIR R4 Bundles")
-    export.add_argument("--state-dir", required=True)
+    export.add_argument("--config", default=None, help="the device's config (TOML): its state_dir and, for fhir, "
+                                                       "its device_id, as the device's own export names it")
+    export.add_argument("--state-dir", default=None, help="the device's state folder (instead of --config)")
     export.add_argument("--out", required=True, help="file to write")
     export.add_argument("--format", default="zip", choices=("zip", "csv", "json", "fhir"),
                         help="fhir: one sample's Bundle (JSON) with --sample, else one Bundle per sample (NDJSON)")
-    export.add_argument("--device", default="", help="fhir: the device's name (default: the host name)")
+    export.add_argument("--device", default="", help="fhir: the device's name (default: the config's device_id, "
+                                                     "else the host name)")
     export.add_argument("--sample", default=None)
     export.add_argument("--since", default=None, help="ISO date/time, e.g. 2026-11-01")
     export.add_argument("--until", default=None)
@@ -755,6 +778,7 @@ def _add_robustness(commands) -> None:
     robust.add_argument("--perturb", nargs="*", default=None,
                         help="perturbations of the first folder, e.g. 'jpeg q30' 'zoom x1.33' (default all; "
                              "none: give the option alone)")
+    robust.add_argument("--config", default=None, help=GATE_CONFIG_HELP)
     robust.add_argument("--limit", type=int, default=None, help="at most this many images per source (a quick look)")
     robust.add_argument("--out", default=None, help="folder for robustness.json and robustness.md")
     robust.set_defaults(handler=_robustness)

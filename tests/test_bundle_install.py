@@ -56,8 +56,9 @@ def test_a_bundle_that_fails_a_check_is_removed_and_nothing_changes(tmp_path, co
         install_bundle(_version(tmp_path, "9", files=wrong), config)   # its files compute other answers
     broken = _version(tmp_path, "10")
     (broken / "model-int8.tflite").write_bytes(b"not a model")
-    with pytest.raises(BundleError, match="does not match its sha256"):
+    with pytest.raises(BundleError, match="does not match its sha256") as refusal:
         install_bundle(broken, config)
+    assert str(broken) in str(refusal.value) and ".incoming-" not in str(refusal.value)  # what the user gave
     with pytest.raises(BundleError, match="no such bundle folder or zip"):
         install_bundle(tmp_path / "nowhere", config)
     assert installed_bundle(config.state_dir) == installed
@@ -78,6 +79,11 @@ def test_zips_are_unpacked_safely(tmp_path, config):
         archive.writestr("../outside.txt", "x")
     with pytest.raises(BundleError, match="points outside the bundle"):
         install_bundle(evil, config)
+    deep = tmp_path / "deep.zip"
+    with zipfile.ZipFile(deep, "w") as archive:
+        archive.writestr("a/" * 2000 + "x", "x")
+    with pytest.raises(BundleError, match="2001 folders deep"):
+        install_bundle(deep, config)
     (tmp_path / "not.zip").write_text("hello")
     with pytest.raises(BundleError, match="not a readable zip file"):
         install_bundle(tmp_path / "not.zip", config)
@@ -133,6 +139,8 @@ def test_the_api_installs_a_zip_and_the_device_runs_it(token_device, tmp_path):
     (broken / "model-int8.onnx").write_bytes(b"changed")
     refused = token_device.client.post("/api/bundle", content=_zip(broken, tmp_path / "b8.zip"), headers=auth | zipped)
     assert refused.status_code == 422 and "nothing changed" in refused.json()["detail"]
+    assert "the uploaded bundle" in refused.json()["detail"] and ".upload-" not in refused.json()["detail"]
+    assert ".incoming-" not in refused.json()["detail"]
     assert token_device.daemon.models.deciding.title.endswith(" 7")
     assert token_device.client.post("/api/bundle", content=b"PK", headers=auth | {"content-type": "text/plain"}
                                     ).status_code == 415

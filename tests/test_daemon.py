@@ -129,13 +129,16 @@ def test_folder_camera_cycles_and_skips_bad_files(tmp_path):
 STATES = [("starting", "loading model"), ("ready", ""), ("capturing", ""),
           ("retake", "too dark (check the lamp and exposure)"), ("retake", "out of focus"),
           ("retake", "no white cells found (move to another field)"),
+          ("retake", "compressed image (JPEG blocks): set the camera to an uncompressed or high-quality format"),
+          ("retake", "too noisy (more light, a lower gain or ISO)"),
           ("result", "no_blasts"),
           ("result", "indeterminate"), ("result", "possible_blasts"),
           ("error", "No frame from the camera: camera folder /x holds no images"),
           ("error", "Storage full: 3 MB free, 200 MB needed."), ("error", "something unforeseen")]
 # what each state must say, whole words on either screen size
 EXPECTED = {"starting": "LeukoScreen", "ready": "press", "capturing": "Capturing", "too dark": "too dark",
-            "out of focus": "out of focus", "no white cells": "no white cells", "no_blasts": "No blasts suggested",
+            "out of focus": "out of focus", "no white cells": "no white cells", "compressed": "compressed",
+            "noisy": "too noisy", "no_blasts": "No blasts suggested",
             "indeterminate": "retake", "possible_blasts": "refer", "camera": "camera", "Storage full": "Storage full",
             "something": "web page"}
 

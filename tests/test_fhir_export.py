@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -89,6 +90,9 @@ def test_a_field_model_sample_has_no_loinc_blast_share_and_ids_are_stable(store)
     assert "26446-5" not in codes and "white-cells-found" in codes  # no cell was classified: no share
     again = sample_bundle(store, "S-2", "clinic-a")
     assert [e["fullUrl"] for e in again["entry"]] == [e["fullUrl"] for e in bundle["entry"]]
+    typed = sample_bundle(store, "Ｓ-２", "clinic-a")  # typed full-width: the stored sample, its ids and id
+    assert typed["id"] == bundle["id"] and [e["fullUrl"] for e in typed["entry"]] == [e["fullUrl"] for e in bundle["entry"]]
+    assert "Ｓ" not in json.dumps(typed, ensure_ascii=False)
     other_device = sample_bundle(store, "S-2", "clinic-b")
     assert not {e["fullUrl"] for e in other_device["entry"]} & {e["fullUrl"] for e in bundle["entry"]}
     with pytest.raises(ValueError, match="no stored captures"):
@@ -116,6 +120,11 @@ def test_the_cli_and_the_api_export_fhir(store, tmp_path, device):
     assert main(["export", "--state-dir", str(tmp_path / "state"), "--sample", "S-1", "--format", "fhir",
                  "--device", "clinic-a", "--out", str(out)]) == 0
     assert Bundle.model_validate_json(out.read_text()).identifier.value == "S-1"
+    config = tmp_path / "device.toml"  # the device's config: its state folder and its name, as its own export
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\ndevice_id = "clinic-a"\n')
+    assert main(["export", "--config", str(config), "--sample", "S-1", "--format", "fhir",
+                 "--out", str(tmp_path / "by-config.json")]) == 0
+    assert json.loads((tmp_path / "by-config.json").read_text())["id"] == json.loads(out.read_text())["id"]
     assert main(["export", "--state-dir", str(tmp_path / "state"), "--format", "fhir", "--device", "a/b",
                  "--out", str(tmp_path / "bad.ndjson")]) != 0  # not a name a topic or an id can carry
     assert not (tmp_path / "bad.ndjson").exists()

@@ -44,13 +44,13 @@ def wait_for(condition, seconds: float = 30.0, what: str = "the condition"):
 class Broker:
     """mosquitto on 127.0.0.1:port, persistent (a stopped broker keeps its sessions and queued messages)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, extra: str = "allow_anonymous true\n"):
         self.port, self.folder = free_port(), folder
         folder.mkdir(parents=True, exist_ok=True)
         self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\npersistence true\n"
                              f"persistence_location {folder}/\nuser {os.environ.get('USER', 'root')}\n"
-                             "max_queued_messages 0\n")
+                             "max_queued_messages 0\n" + extra)
         self.process = None
         self.url = f"mqtt://127.0.0.1:{self.port}"
 
@@ -132,6 +132,9 @@ def test_each_capture_is_published_with_its_sample_and_a_retained_status(tmp_pat
         outbox = device.client.get("/api/status").json()["outbox"]
         assert outbox["connected"] and outbox["waiting"] == 0 and outbox["last_sent"]
         assert outbox["topics"] == "leukoscreen/lab-1/#"
+        assert device.daemon.reload()  # a reloaded bundle is announced on the retained status
+        wait_for(lambda: len([t for t, _, _ in listener.messages if t.endswith("/status")]) == 2, 10,
+                 "the status published again after a reload")
     finally:
         device.close()
         listener.close()
@@ -165,6 +168,72 @@ def test_a_broker_outage_of_20_captures_loses_nothing_and_keeps_the_order(tmp_pa
     finally:
         device.close()
         listener.close()
+
+
+def test_what_the_broker_refuses_stays_in_the_outbox_and_the_status_says_why(tmp_path):
+    """MQTT 5: a message the broker's access list refuses is acknowledged as "Not authorized", not taken; it
+    must not count as sent."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (README: apt install mosquitto)")
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    (folder / "acl").write_text("pattern write leukoscreen/%u/#\n")  # each user writes its own topics only
+    (folder / "passwords").write_text("u1:secret\n")
+    subprocess.run([str(Path(MOSQUITTO).parent.parent / "bin" / "mosquitto_passwd"), "-U", str(folder / "passwords")],
+                   check=True)
+    broker = Broker(folder, f"allow_anonymous false\npassword_file {folder}/passwords\nacl_file {folder}/acl\n")
+    broker.start()
+    device = mqtt_device(tmp_path, broker, "clinic-x", username="u1", password="secret")
+    try:
+        device.client.post("/api/classify", json={"sample_id": "S-1"})
+        wait_for(lambda: "Not authorized" in device.client.get("/api/status").json()["outbox"]["problem"], 20,
+                 "the refusal shown on the status")
+        outbox = device.client.get("/api/status").json()["outbox"]
+        assert outbox["waiting"] == 2 and "access list" in outbox["problem"]
+    finally:
+        device.close()
+        broker.stop()
+
+
+def test_sending_goes_on_when_the_store_cannot_mark_what_was_sent(tmp_path, broker, monkeypatch):
+    """A full disk: the acknowledgements cannot be written, yet each message is sent once, and they are
+    marked when the disk allows."""
+    listener = Listener(broker)
+    device = mqtt_device(tmp_path, broker)
+    store, full = device.daemon.store, [True]
+    mark_sent = store.mark_sent
+
+    def failing(ids):
+        if full[0]:
+            raise sqlite3.OperationalError("database or disk is full")
+        return mark_sent(ids)
+    monkeypatch.setattr(store, "mark_sent", failing)
+    try:
+        for _ in range(3):
+            device.client.post("/api/classify", json={"sample_id": "S-1"})
+        wait_for(lambda: len(listener.results()) == 3, 20, "three results")
+        wait_for(lambda: "cannot be marked" in device.client.get("/api/status").json()["outbox"]["problem"], 10,
+                 "the problem shown")
+        time.sleep(1)
+        assert len(listener.results()) == 3  # not sent again and again
+        full[0] = False
+        device.daemon.sender.wake()
+        wait_for(lambda: device.client.get("/api/status").json()["outbox"]["waiting"] == 0, 10, "an empty outbox")
+        assert device.client.get("/api/status").json()["outbox"]["problem"] == ""
+    finally:
+        device.close()
+        listener.close()
+
+
+def test_two_devices_with_one_name_are_told_apart(tmp_path, broker):
+    """Every Raspberry Pi is called raspberrypi: two devices with one device_id take each other's session."""
+    twins = [mqtt_device(tmp_path / str(n), broker, "raspberrypi") for n in (1, 2)]
+    try:
+        wait_for(lambda: any("own device_id" in t.client.get("/api/status").json()["outbox"]["problem"]
+                             for t in twins), 20, "the clash named")
+    finally:
+        for twin in twins:
+            twin.close()
 
 
 def test_a_device_killed_mid_send_loses_nothing(tmp_path, broker):
@@ -249,7 +318,7 @@ def test_the_collector_keeps_two_devices_once_each(tmp_path, broker):
             ("clinic-a", "S-1", 3), ("clinic-b", "S-1", 3)]
         assert len(store.result_list("clinic-a", "S-1")) == 3
         from fastapi.testclient import TestClient
-        page = TestClient(collector_app(store, collector)).get("/")
+        page = TestClient(collector_app(store, collector), base_url="http://127.0.0.1").get("/")
         assert page.status_code == 200 and "clinic-a" in page.text and "Research use only" in page.text
         assert page.text.count("<tr>") == 2 + 2 + 2  # two header rows, two devices, two samples
         for device in devices:
@@ -290,37 +359,67 @@ def test_a_message_the_database_did_not_take_is_received_again(tmp_path, broker,
         collector.stop()
 
 
+def test_the_collector_warns_when_the_broker_forgot_its_session(tmp_path, broker, capsys):
+    """A broker restarted without its persistence file has lost the collector's queued messages: say so."""
+    collector = Collector(broker.url, CollectorStore(f"sqlite:///{tmp_path / 'c.sqlite3'}"), client_id="test-forget")
+    collector.start()
+    try:
+        wait_for(collector.connected.is_set, 10, "the collector connecting")
+        broker.stop()
+        for saved in broker.folder.glob("*.db"):
+            saved.unlink()
+        wait_for(lambda: not collector.connected.is_set(), 10, "the collector noticing")
+        broker.start()
+        wait_for(collector.connected.is_set, 30, "the collector reconnecting")
+        assert "did not keep this collector's session" in capsys.readouterr().err
+    finally:
+        collector.stop()
+
+
 def test_the_collector_escapes_what_devices_send_and_needs_its_token(tmp_path):
     from fastapi.testclient import TestClient
     store = CollectorStore(f"sqlite:///{tmp_path / 'c.sqlite3'}")
-    store.add("lab-x", "samples", json.dumps({"id": "1", "summary": {
+    store.add("lab-x", "samples", json.dumps({"id": "1", "device": "lab-x", "summary": {
         "sample_id": "<script>alert(1)</script>", "captures": 2, "decision": "no_blasts", "message": "<b>x</b>",
-        "last_time": "2026-12-01T00:00:00"}}).encode())
-    store.add("lab-x", "samples", json.dumps({"id": "2", "summary": {  # an older summary does not replace it
+        "last_time": "2026-12-01T00:00:00+00:00"}}).encode())
+    store.add("lab-x", "samples", json.dumps({"id": "2", "device": "lab-x", "summary": {  # an older one is kept out
         "sample_id": "<script>alert(1)</script>", "captures": 1, "decision": "possible_blasts", "message": "old",
-        "last_time": "2026-11-30T00:00:00"}}).encode())
+        "last_time": "2026-11-30T00:00:00+00:00"}}).encode())
     assert [s["captures"] for s in store.sample_list()] == [2]
-    page = TestClient(collector_app(store)).get("/").text
+    page = TestClient(collector_app(store), base_url="http://127.0.0.1").get("/").text
     assert "<script>alert" not in page and "&lt;script&gt;" in page
-    guarded = TestClient(collector_app(store, token="a-long-collector-token"))
+    rebound = TestClient(collector_app(store), base_url="http://evil.example")  # DNS rebinding
+    assert rebound.get("/api/devices").status_code == 400
+    guarded = TestClient(collector_app(store, token="a-long-collector-token", host="0.0.0.0"),
+                         base_url="http://collector.example")
     assert guarded.get("/").status_code == 401 and guarded.get("/api/devices").status_code == 401
     assert guarded.get("/", auth=("reviewer", "a-long-collector-token")).status_code == 200
     assert guarded.get("/", auth=("reviewer", "wrong")).status_code == 401
+    assert guarded.get("/docs", auth=("reviewer", "a-long-collector-token")).status_code == 404
     refuses_what_the_database_cannot_keep(store)
 
 
 def refuses_what_the_database_cannot_keep(store: CollectorStore):
-    """Values PostgreSQL would refuse (over-long, NUL, out-of-range numbers) are dropped as bad messages, in
-    SQLite too: a message the database can never take must not be received again and again."""
-    good = {"id": "r-9", "capture_id": 9, "sample_id": "S-9", "time": "2026-12-01T00:00:00",
+    """Values PostgreSQL would refuse (over-long, NUL, out-of-range numbers), wrong types, another device's name,
+    times from the future, text that cannot be shown, too deep or too large messages: dropped as bad messages,
+    in SQLite too, and the page still shows the rest (a message the database can never take must not be
+    received again and again)."""
+    good = {"id": "r-9", "device": "lab-1", "capture_id": 9, "sample_id": "S-9", "time": "2026-12-01T00:00:00+00:00",
             "record": {"decision": "no_blasts", "message": "m"}}
     for bad in (good | {"sample_id": "x" * 129}, good | {"id": "a\x00b"}, good | {"capture_id": 2**40},
-                good | {"record": {"decision": "d" * 21, "message": "m"}}):
+                good | {"record": {"decision": "d" * 21, "message": "m"}}, good | {"capture_id": 3.9},
+                good | {"capture_id": " 7 "}, good | {"id": None}, good | {"record": {"decision": {"a": 1},
+                                                                                    "message": "m"}},
+                good | {"device": "lab-2"}, good | {"time": "2999-01-01T00:00:00+00:00"}, good | {"time": "soon"},
+                good | {"sample_id": "\udc80"}, good | {"thumbnail_jpeg": "A" * 2_000_000}):
         with pytest.raises(MessageError):
             store.add("lab-1", "results", json.dumps(bad).encode())
-    with pytest.raises(MessageError):
-        store.add("lab-1", "status", json.dumps({"state": "on\x00line"}).encode())
+    for bad in (json.dumps({"state": "on\x00line", "device": "lab-1"}), "[" * 100_000,
+                json.dumps({"state": "online", "device": "lab-1", "bundle": "\udc80"})):
+        with pytest.raises(MessageError):
+            store.add("lab-1", "status", bad.encode())
     assert store.add("lab-1", "results", json.dumps(good).encode())
+    assert store.device_list() and store.result_list("lab-1", "S-9")
 
 
 def postgres_server():
@@ -351,16 +450,19 @@ def test_the_collector_in_postgresql():
     folder, url, stop = postgres_server()
     try:
         store = CollectorStore(url)
-        result = {"id": "r-1", "capture_id": 1, "sample_id": "S-1", "time": "2026-12-01T00:00:00",
+        result = {"id": "r-1", "device": "lab-1", "capture_id": 1, "sample_id": "S-1",
+                  "time": "2026-12-01T00:00:00+00:00",
                   "record": {"decision": "no_blasts", "message": "No blasts suggested. Research use only."}}
         assert store.add("lab-1", "results", json.dumps(result).encode())
         assert not store.add("lab-1", "results", json.dumps(result).encode())  # a repeat
         assert store.add("lab-1", "status", b'{"state": "online", "device": "lab-1"}')
         assert [(d["device"], d["state"], d["results"]) for d in store.device_list()] == [("lab-1", "online", 1)]
-        summary = {"sample_id": "S-1", "captures": 2, "decision": "no_blasts", "message": "m", "last_time": "t2"}
-        assert store.add("lab-1", "samples", json.dumps({"summary": summary}).encode())
+        summary = {"sample_id": "S-1", "captures": 2, "decision": "no_blasts", "message": "m",
+                   "last_time": "2026-12-01T00:00:02+00:00"}
+        sample = {"id": "s-1", "device": "lab-1"}
+        assert store.add("lab-1", "samples", json.dumps(sample | {"summary": summary}).encode())
         older = summary | {"captures": 1, "decision": "possible_blasts"}  # arrives late: kept out
-        assert not store.add("lab-1", "samples", json.dumps({"summary": older}).encode())
+        assert not store.add("lab-1", "samples", json.dumps(sample | {"summary": older}).encode())
         assert [(s["captures"], s["decision"]) for s in store.sample_list("lab-1")] == [(2, "no_blasts")]
         assert store.engine.dialect.name == "postgresql"
         refuses_what_the_database_cannot_keep(store)
@@ -378,10 +480,26 @@ def test_the_collector_in_postgresql():
     ({"broker": "mqtt://broker.clinic", "password": "pw"}, "clear text"),
     ({"broker": "mqtt://localhost", "topic_prefix": "a/b"}, "topic_prefix"),
     ({"broker": "mqtt://localhost", "ca_file": "/nonexistent"}, "no such file"),
+    ({"broker": "mqtt://broker..district.example"}, "not a host name"),
+    ({"broker": "mqtt://" + "a" * 64 + ".example"}, "not a host name"),
+    ({"broker": "mqtt://localhost:0"}, "port 0"),
 ])
 def test_mqtt_settings_are_checked(values, reason):
     with pytest.raises(ConfigError, match=reason):
         parse_config({"mqtt": values})
+
+
+@pytest.mark.parametrize("values, reason", [
+    ({"broker": "mqtt://collector.example", "password": "pw"}, "clear text"),
+    ({"ca_file": "/nonexistent/ca.pem"}, "/nonexistent/ca.pem"),
+    ({"port": 70000}, "between 1 and 65535"),
+])
+def test_collect_settings_are_checked(tmp_path, values, reason):
+    from leukoscreen.edge.collector import run_collector
+    settings = {"broker": "mqtt://127.0.0.1:1", "db": f"sqlite:///{tmp_path / 'c.sqlite3'}", "prefix": "leukoscreen",
+                "host": "127.0.0.1", "port": 8091} | values
+    with pytest.raises(ValueError, match=reason):
+        run_collector(**settings)
 
 
 def test_device_id_is_checked():

@@ -92,6 +92,8 @@ def test_robustness_runs_the_whole_pipeline_per_source_and_perturbation(bundle, 
     for row in rows.values():
         assert sum(row[a] for a in ANSWERS) == pytest.approx(1)
     assert rows[("aria", "as acquired")]["n"] == 10
+    assert rows[("aria", "jpeg q30")]["not_screened"] == 1  # the gate sees the JPEG blocks: retakes, not answers
+    assert rows[("aria", "jpeg q30")]["not screened, main reason"] == "compressed image (10)"
     assert rows[("other-lab", "as acquired")]["n"] == 5 and rows[("other-lab", "as acquired")]["sensitivity"] is None
     assert "whole device pipeline" in result["measures"] and "Research use only" in result["notice"]
     saved = json.loads((out / "robustness.json").read_text())

@@ -17,6 +17,7 @@ score >= 0.9 on a non-blast image, <= 0.1 on a blast image). Research use only.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from leukoscreen import RESEARCH_USE_NOTICE
 from leukoscreen.edge.cell_finder import CellFinderConfig, stain_mask
 from leukoscreen.edge.image_io import ImageReadError, read_image
 from leukoscreen.edge.quality import QualityConfig
+from leukoscreen.edge.scale import ScaleConfig
 from leukoscreen.edge.screening import ScreeningModel, screen
 from leukoscreen.training.datasets import DataError, open_dataset
 from leukoscreen.training.prepared_data import prepare
@@ -138,36 +140,44 @@ def source_items(folder: Path, bundle_split: Path | None, cell_bundle: bool = Fa
                     for p in files]
 
 
-def _summary(answers: list[tuple[str, str, float | None]]) -> dict:
-    """answers: (truth, answer, blast score) per image."""
+def _summary(answers: list[tuple[str, str, float | None, str]]) -> dict:
+    """answers: (truth, answer, blast score, why not screened) per image."""
     n = len(answers)
-    row = {"n": n} | {answer: sum(a == answer for _, a, _ in answers) / max(n, 1) for answer in ANSWERS}
-    blast = [a for t, a, _ in answers if t == "blast"]
-    non_blast = [a for t, a, _ in answers if t == "non_blast"]
+    row = {"n": n} | {answer: sum(a == answer for _, a, _, _ in answers) / max(n, 1) for answer in ANSWERS}
+    reasons = Counter(why for _, a, _, why in answers if a == "not_screened")
+    row["not screened, main reason"] = (f"{reasons.most_common(1)[0][0]} ({reasons.most_common(1)[0][1]})"
+                                        if reasons else None)
+    blast = [a for t, a, _, _ in answers if t == "blast"]
+    non_blast = [a for t, a, _, _ in answers if t == "non_blast"]
     row["sensitivity"] = 1 - blast.count("no_blasts") / len(blast) if blast else None
     row["specificity"] = non_blast.count("no_blasts") / len(non_blast) if non_blast else None
     row["missed blast images"] = blast.count("no_blasts")
     row["non-blast images referred"] = non_blast.count("possible_blasts")
-    screened = [(t, s) for t, a, s in answers if a != "not_screened"]
+    screened = [(t, s) for t, a, s, _ in answers if a != "not_screened"]
     wrong = [t for t, s in screened if (t != "blast" and s >= 0.9) or (t == "blast" and s <= 0.1)]
     row["confidently wrong among screened"] = len(wrong) / len(screened) if screened else None
     return row
 
 
-def _answer(rgb: np.ndarray, model: ScreeningModel, finder: CellFinderConfig, quality: QualityConfig
-            ) -> tuple[str, float | None]:
+def _answer(rgb: np.ndarray, model: ScreeningModel, finder: CellFinderConfig, quality: QualityConfig,
+            scale: ScaleConfig) -> tuple[str, float | None, str]:
+    """The answer, the blast score and, when not screened, why (the gate's first reason, in its first words)."""
     try:
-        record = screen(rgb, model, finder, quality)
+        record = screen(rgb, model, finder, quality, scale=scale)
     except ValueError:
-        return "not_screened", None
-    if record.decision in ("retake", "error"):
-        return "not_screened", None
-    return record.decision, record.blast_score
+        return "not_screened", None, "not an image"
+    if record.decision == "retake":
+        reasons = record.quality.reasons if record.quality else ()
+        return "not_screened", None, reasons[0].split(" (")[0].split(":")[0] if reasons else "retake"
+    if record.decision == "error":
+        return "not_screened", None, "error"
+    return record.decision, record.blast_score, ""
 
 
 def robustness(bundle_path: Path, sources: list[Path], out: Path | None = None,
                perturbations: list[str] | None = None, finder: CellFinderConfig = CellFinderConfig(),
-               quality: QualityConfig = QualityConfig(), limit: int | None = None) -> dict:
+               quality: QualityConfig = QualityConfig(), limit: int | None = None,
+               scale: ScaleConfig = ScaleConfig()) -> dict:
     model = ScreeningModel.open(bundle_path)
     split = model.bundle.path / "split.csv"
     names = list(PERTURBATIONS) if perturbations is None else perturbations
@@ -188,7 +198,8 @@ def robustness(bundle_path: Path, sources: list[Path], out: Path | None = None,
                     rgb = read_image(item.path)
                 except ImageReadError:
                     continue
-                answers.append((item.truth, *_answer(perturb(rgb) if perturb else rgb, model, finder, quality)))
+                answers.append((item.truth, *_answer(perturb(rgb) if perturb else rgb, model, finder, quality,
+                                                       scale)))
             rows.append({"source": Path(folder).name, "images": chosen, "perturbation": kind} | _summary(answers))
     result = {"bundle": model.title, "measures": "the whole device pipeline: quality gate, cell finder, model, "
               "decision (not the model alone)", "notice": RESEARCH_USE_NOTICE, "rows": rows}
@@ -201,7 +212,7 @@ def robustness(bundle_path: Path, sources: list[Path], out: Path | None = None,
 
 
 COLUMNS = ["source", "perturbation", "n", "no_blasts", "indeterminate", "possible_blasts", "not_screened",
-           "sensitivity", "specificity", "missed blast images", "non-blast images referred",
+           "not screened, main reason", "sensitivity", "specificity", "missed blast images", "non-blast images referred",
            "confidently wrong among screened"]
 
 

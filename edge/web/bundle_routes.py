@@ -72,7 +72,7 @@ async def install(request: Request, daemon: DaemonDep) -> BundleInstalled:
         except OSError as error:
             raise HTTPException(507, f"the bundle cannot be stored ({error.strerror}); free some space") from error
         try:
-            installed = await run_in_threadpool(install_bundle, path, daemon.config)
+            installed = await run_in_threadpool(install_bundle, path, daemon.config, "the uploaded bundle")
         except OSError as error:
             raise HTTPException(507, f"the bundle cannot be installed ({error.strerror}); free some space") from error
         except ValueError as error:   # BundleError, RuntimeProblem, SigningError: nothing was changed
