@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from paho.mqtt.enums import CallbackAPIVersion
@@ -27,6 +27,7 @@ from leukoscreen import RESEARCH_USE_NOTICE
 from leukoscreen.edge.collector_store import CollectorStore, MessageError
 from leukoscreen.edge.mqtt_messages import KINDS, TOPIC_PART, broker_address, check_topic_part
 from leukoscreen.edge.validation import LOOPBACK_HOSTS, check_token
+from leukoscreen.edge.web.access import AccessRule, LockedOut
 from leukoscreen.edge.web.http_rules import HttpRules
 
 
@@ -110,9 +111,16 @@ def collector_app(store: CollectorStore, collector: Collector | None = None, tok
     authentication (any user name), which a browser asks for, and the API's documentation pages are off.
     Bound to a loopback address, only loopback Host names are answered (as on the device)."""
     basic = HTTPBasic(auto_error=False)
+    throttle = AccessRule(token)  # its count of wrong tokens per client address (five a minute, as the device)
 
-    def require_token(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
-        if token and not (credentials and secrets.compare_digest(credentials.password.encode(), token.encode())):
+    def require_token(request: Request, credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
+        if not token:
+            return
+        if credentials and throttle.locked(request):
+            raise LockedOut()
+        if not (credentials and secrets.compare_digest(credentials.password.encode(), token.encode())):
+            if credentials:
+                throttle.failed(request)
             raise HTTPException(401, "give the collector's token as the password", {"WWW-Authenticate": "Basic"})
 
     documents = {} if not token else {"docs_url": None, "redoc_url": None, "openapi_url": None}

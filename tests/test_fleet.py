@@ -396,6 +396,9 @@ def test_the_collector_escapes_what_devices_send_and_needs_its_token(tmp_path):
     assert guarded.get("/", auth=("reviewer", "a-long-collector-token")).status_code == 200
     assert guarded.get("/", auth=("reviewer", "wrong")).status_code == 401
     assert guarded.get("/docs", auth=("reviewer", "a-long-collector-token")).status_code == 404
+    for _ in range(5):  # the one wrong above and five more: this address waits a minute, even with the right one
+        guarded.get("/api/devices", auth=("reviewer", "guess"))
+    assert guarded.get("/", auth=("reviewer", "a-long-collector-token")).status_code == 429
     refuses_what_the_database_cannot_keep(store)
 
 
