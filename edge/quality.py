@@ -16,7 +16,9 @@ class QualityConfig:
     min_focus: StrictFloat = Field(15.0, ge=0, description="variance of the Laplacian of the grayscale field (depends on "
                                                      "the camera: raise it for sharp high-resolution cameras)")
     max_dark_fraction: StrictFloat = Field(0.5, ge=0, le=1, description="share of pixels with luminance < 20")
-    max_clipped_fraction: StrictFloat = Field(0.5, ge=0, le=1, description="share of pixels white in all three channels")
+    max_clipped_fraction: StrictFloat = Field(0.15, ge=0, le=1, description="share of pixels white in all three "
+                                              "channels (all-aria's fields at most 0.11; the same fields 15% "
+                                              "brighter: 99.5% above 0.15)")
     max_blockiness: StrictFloat = Field(1.3, ge=0, description="JPEG block steps against steps inside blocks (1.0: none; "
                                                          "all-aria's fields at most 1.26, re-saved at quality 50 "
                                                          "1.39, at 30 1.62, medians); 0 turns the check off")

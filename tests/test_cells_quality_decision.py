@@ -82,14 +82,16 @@ def test_quality_gate_refuses_compressed_and_noisy_fields():
         QualityConfig(max_blockiness=-1)
 
 
-def test_real_fields_pass_the_compression_check_and_their_low_quality_copies_do_not(shared_data):
-    """all-aria's fields as acquired (measured on all 2,767: blockiness at most 1.26) against the same fields
-    re-saved at JPEG quality 30 (all above 1.4)."""
+def test_real_fields_pass_the_gate_and_their_compressed_or_overexposed_copies_do_not(shared_data):
+    """all-aria's fields as acquired (measured on all 2,767: blockiness at most 1.26, at most 11% pure white)
+    against the same fields re-saved at JPEG quality 30 (all above 1.4) or 15% brighter (99.5% over 15% white)."""
     paths = sorted((shared_data / "all-aria" / "Pro").glob("*.jpg"))[::40]
     for path in paths:
         rgb = read_image(path)
-        assert _gate(rgb).blockiness < 1.3, path
-        assert not _gate(_jpeg(rgb, 30)).passed and "compressed image" in _gate(_jpeg(rgb, 30)).message, path
+        assert _gate(rgb).blockiness < 1.3 and _gate(rgb).clipped_fraction < 0.15, path
+        assert "compressed image" in _gate(_jpeg(rgb, 30)).message, path
+        brighter = np.clip(rgb.astype(np.float32) * 1.15, 0, 255).astype(np.uint8)
+        assert "overexposed" in _gate(brighter).message, path
 
 
 def test_classify_applies_the_configured_gate(tmp_path, capsys):
