@@ -263,6 +263,54 @@ def _serve(args) -> int:
     return 0
 
 
+def _gate(args) -> None:
+    """What the quality gate measures on images (optionally perturbed as `robustness` does): each measure's
+    spread, and how many images it refuses and why."""
+    import json
+    from collections import Counter
+
+    import numpy as np
+
+    from leukoscreen.edge.cell_finder import find_cells, stain_mask
+    from leukoscreen.edge.device_config import load_config
+    from leukoscreen.edge.image_io import ImageReadError, is_image_file, read_image
+    from leukoscreen.edge.quality import check_quality
+    config = load_config(args.config)
+    perturb = None
+    if args.perturb:
+        from leukoscreen.training.robustness import PERTURBATIONS
+        if args.perturb not in PERTURBATIONS:
+            raise ValueError(f"--perturb {args.perturb!r}: choose from {', '.join(PERTURBATIONS)}")
+        perturb = PERTURBATIONS[args.perturb]
+    files = [f for item in map(Path, args.images) for f in (sorted(item.rglob("*")) if item.is_dir() else [item])
+             if is_image_file(f)]
+    reports = []
+    for path in files:
+        try:
+            rgb = read_image(path)
+        except ImageReadError as error:
+            print(f"{path}: {error}", file=sys.stderr)
+            continue
+        rgb = perturb(rgb) if perturb else rgb
+        reports.append(check_quality(rgb, stain_mask(rgb, config.cell_finder), len(find_cells(rgb, config.cell_finder)),
+                                     config.quality))
+    if not reports:
+        raise ValueError(f"no readable image among {len(files)} files")
+    measures = ("focus", "dark_fraction", "clipped_fraction", "blockiness", "noise")
+    summary = {"images": len(reports), "perturbation": args.perturb or "as acquired",
+               "measures": {m: dict(zip(("p1", "median", "p99", "max"), np.round(np.percentile(
+                   [getattr(r, m) for r in reports], [1, 50, 99, 100]), 4).tolist())) for m in measures},
+               "refused": sum(not r.passed for r in reports),
+               "reasons": dict(Counter(r.reasons[0].split(" (")[0].split(":")[0] for r in reports if r.reasons))}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"quality gate on {len(reports)} images ({summary['perturbation']}):")
+    for name, spread in summary["measures"].items():
+        print(f"  {name:17s} " + "  ".join(f"{key} {value:g}" for key, value in spread.items()))
+    print(f"  refused {summary['refused']} of {len(reports)}: {summary['reasons'] or 'none'}")
+
+
 def _scale(args) -> None:
     import json
 
@@ -715,6 +763,13 @@ def _add_device(commands) -> None:
     collect.add_argument("--client-id", default="leukoscreen-collector",
                          help="the broker keeps this id's messages while the collector is away")
     collect.set_defaults(handler=_collect)
+    gate = commands.add_parser("gate", help="what the quality gate measures on images: spreads, refusals, reasons")
+    gate.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    gate.add_argument("--perturb", default=None, help="perturb each image first, as `robustness` does (e.g. "
+                                                      "'jpeg q30', 'exposure x1.15')")
+    gate.add_argument("--config", default=None, help=GATE_CONFIG_HELP)
+    gate.add_argument("--json", action="store_true", help="print JSON")
+    gate.set_defaults(handler=_gate)
     scale = commands.add_parser("scale", help="microns per pixel of images, from their red cells")
     scale.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     scale.add_argument("--json", action="store_true", help="print JSON, with every image's estimate")

@@ -94,6 +94,20 @@ def test_real_fields_pass_the_gate_and_their_compressed_or_overexposed_copies_do
         assert "overexposed" in _gate(brighter).message, path
 
 
+def test_gate_command_prints_the_measures_and_the_refusals(tmp_path, capsys):
+    for seed in range(3):
+        write_rgb(tmp_path / "fields" / f"f{seed}.png", synthetic_field(seed).image)
+    assert main(["gate", str(tmp_path / "fields"), "--json"]) == 0
+    as_acquired = json.loads(capsys.readouterr().out)
+    assert as_acquired["images"] == 3 and as_acquired["refused"] == 0
+    assert as_acquired["measures"]["blockiness"]["max"] < 1.3
+    assert main(["gate", str(tmp_path / "fields"), "--json", "--perturb", "jpeg q30"]) == 0
+    compressed = json.loads(capsys.readouterr().out)
+    assert compressed["refused"] == 3 and compressed["reasons"] == {"compressed image": 3}
+    assert compressed["measures"]["blockiness"]["median"] > 1.4
+    assert main(["gate", str(tmp_path / "fields"), "--perturb", "sepia"]) != 0
+
+
 def test_classify_applies_the_configured_gate(tmp_path, capsys):
     """`classify --config` runs the device config's gate: a low-quality JPEG is a retake, unless the config
     turns the compression check off."""
