@@ -11,6 +11,7 @@ current installed bundle (the shipped default when none is installed); a running
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -51,13 +52,18 @@ def _unpack(archive: Path, target: Path) -> None:
                     raise BundleError(f"{archive}: the entry {entry.filename[:200]!r} is {len(parts)} folders deep; "
                                       "zip the bundle folder itself")
             bundle_zip.extractall(target)
+        inner = [p for p in target.iterdir()]
+        if not (target / "manifest.json").exists() and len(inner) == 1 and inner[0].is_dir():
+            for item in inner[0].iterdir():
+                item.rename(target / item.name)
+            inner[0].rmdir()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as error:
         raise BundleError(f"{archive}: not a readable zip file ({error})") from error
-    inner = [p for p in target.iterdir()]
-    if not (target / "manifest.json").exists() and len(inner) == 1 and inner[0].is_dir():
-        for item in inner[0].iterdir():
-            item.rename(target / item.name)
-        inner[0].rmdir()
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # a full disk, said as such by the caller
+        raise BundleError(f"{archive}: cannot be unpacked as a bundle ({error.strerror}); zip the bundle folder "
+                          "itself") from error
 
 
 def _switch(folder: Path, link: str, target_name: str) -> None:

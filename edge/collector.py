@@ -40,7 +40,7 @@ class Collector:
         self.store, self.prefix = store, prefix
         self.received = self.stored = self.dropped = 0
         self.connected = threading.Event()
-        self.was_connected = False
+        self.was_connected = store.holds_results()  # a collector that kept results had a session before
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                                   clean_session=False, manual_ack=True)
         if username:
@@ -67,10 +67,11 @@ class Collector:
             return
         client.subscribe([(f"{self.prefix}/+/{kind}", 1) for kind in KINDS])
         if self.was_connected and not flags.session_present:
-            print("collector: WARNING: the broker did not keep this collector's session: what the devices sent "
-                  "while it was away is lost to the collector (the devices' outboxes counted it as delivered). "
-                  "Make the broker keep sessions (Mosquitto: persistence true, in a folder it can write)",
-                  file=sys.stderr)
+            print("collector: WARNING: the broker holds no session for this collector although it has collected "
+                  "before: the broker did not keep this collector's session (or --client-id changed), and what the "
+                  "devices sent while it was away is lost to the collector (the devices' outboxes counted it as "
+                  "delivered). Make the broker keep sessions (Mosquitto: persistence true, in a folder it can "
+                  "write)", file=sys.stderr)
         print(f"collector: connected to {self.host}:{self.port}"
               + (" (session resumed)" if flags.session_present else ""), file=sys.stderr)
         self.connected.set()

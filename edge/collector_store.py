@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,31 @@ samples = Table("samples", metadata,
                 Column("summary", Text, nullable=False), Column("received", String(40), nullable=False))
 INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 MAX_MESSAGE_BYTES = 1_000_000   # a result with its thumbnail is about 20 kB
+MAX_DEPTH = 32                  # nesting of a message's JSON (a device's is at most 5 deep)
+
+
+def _depth(value) -> int:
+    """How deeply lists and objects nest in a JSON value (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level > MAX_DEPTH:
+                break
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return number
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _text(limit: int, min_length: int = 0):
@@ -136,7 +162,9 @@ class CollectorStore:
         try:
             if len(payload) > MAX_MESSAGE_BYTES:
                 raise ValueError(f"{len(payload):,} bytes, more than {MAX_MESSAGE_BYTES:,}")
-            message = json.loads(payload)
+            message = json.loads(payload, parse_float=_finite, parse_constant=_no_constant)
+            if _depth(message) > MAX_DEPTH:
+                raise ValueError(f"nested more than {MAX_DEPTH} deep")
             json.dumps(message, ensure_ascii=False).encode("utf-8")  # a lone surrogate could not be shown
             checked = MESSAGES[kind].model_validate(message)
             if checked.device != device:
@@ -185,6 +213,10 @@ class CollectorStore:
                                                            set_={"last_seen": row["last_seen"]}))
 
     # --- what the page shows -------------------------------------------------------------------------------
+    def holds_results(self) -> bool:
+        with self.engine.connect() as connection:
+            return connection.execute(select(results.c.id).limit(1)).first() is not None
+
     def device_list(self) -> list[dict]:
         counts = (select(results.c.device, func.count().label("results"), func.max(results.c.time).label("last_result"))
                   .group_by(results.c.device).subquery())

@@ -59,6 +59,7 @@ class MqttSender:
         self._acked_through = 0       # the last message the broker acknowledged, in this process
         self._unmarked: list[int] = []  # acknowledged but not yet marked in the store (a full disk)
         self._reasons: dict[int, mqtt.ReasonCode] = {}  # the broker's answer per message id (paho's thread)
+        self._stuck, self._stuck_id, self._stuck_bytes = 0, 0, 0  # times the oldest message went unacknowledged
         self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
 
     def start(self) -> None:
@@ -147,8 +148,8 @@ class MqttSender:
                     delay = min(delay * 2, RETRY_MAX_S)
                     continue
                 self.state.connected, connected_at = True, time.monotonic()
-                if short < 2:  # a connection that keeps dropping keeps its explanation and its back-off
-                    self.state.last_error, delay = "", 1.0
+                if short < 2:  # a connection that keeps dropping keeps its back-off
+                    delay = 1.0
                 print(f"MQTT: connected to {self.config.broker}; sending the outbox", file=sys.stderr)
             if self._status_due.is_set():
                 self._status_due.clear()
@@ -171,11 +172,24 @@ class MqttSender:
                 self._wake.clear()
             if self._lost.is_set():
                 short = short + 1 if time.monotonic() - connected_at < SHORT_CONNECTION_S else 0
-                if self._taken_over.is_set() or short >= 3:
+                refusal = next((reason for reason in self._reasons.values() if reason.is_failure), None)
+                self._reasons.clear()
+                if refusal is not None:  # Mosquitto closes the connection after refusing a publish
+                    self._drop(f"the broker refused a message ({refusal}) and closed the connection; the messages "
+                               "stay in the outbox: let this device's user publish to its topics (the broker's "
+                               "access list)")
+                    self._stopping.wait(RETRY_MAX_S)
+                elif self._stuck >= 3:
+                    self._drop(f"the broker closes the connection instead of taking the oldest message "
+                               f"({self._stuck_bytes:,} bytes) every time: is it over the broker's message_size_limit? "
+                               "(thumbnail = false makes results smaller); it stays in the outbox")
+                    self._stopping.wait(RETRY_MAX_S)
+                elif self._taken_over.is_set() or short >= 3:
                     self._taken_over.clear()
                     self._drop("the broker closes each connection soon after it opens: most often another device "
                                f"connects with this one's id (leukoscreen-{self.device}); give each device its own "
-                               "device_id")
+                               "device_id (or the broker refuses what it publishes: its access list, its "
+                               "message_size_limit)")
                     self._stopping.wait(delay)  # not a tug of war with the other one
                     delay = min(delay * 2, RETRY_MAX_S)
                 else:
@@ -194,6 +208,8 @@ class MqttSender:
         entries = self.store.outbox_pending(BATCH, after=self._acked_through)
         if not entries:
             self._mark()
+            if not self.state.last_error.startswith("outbox:"):
+                self.state.last_error = ""  # connected, and nothing waits
             return True
         published = [(entry_id, topic, self._client.publish(topic, payload, qos=1))
                      for entry_id, topic, payload in entries]
@@ -211,6 +227,13 @@ class MqttSender:
                                   "let this device's user publish to its topics (the broker's access list)")
                 break
             acknowledged.append(entry_id)
+        if not acknowledged and refused is None:  # the oldest message was not taken: the same one again?
+            self._stuck = self._stuck + 1 if entries[0][0] == self._stuck_id else 1
+            self._stuck_id, self._stuck_bytes = entries[0][0], len(entries[0][2].encode())
+        elif acknowledged:  # the broker takes messages again: the last problem is over
+            self._stuck = 0
+            if not self.state.last_error.startswith("outbox:"):
+                self.state.last_error = ""
         if acknowledged:
             self._acked_through = acknowledged[-1]
             self._unmarked += acknowledged

@@ -84,6 +84,13 @@ def test_zips_are_unpacked_safely(tmp_path, config):
         archive.writestr("a/" * 2000 + "x", "x")
     with pytest.raises(BundleError, match="2001 folders deep"):
         install_bundle(deep, config)
+    clash = tmp_path / "clash.zip"
+    with zipfile.ZipFile(clash, "w") as archive:   # a file and a folder of one name
+        archive.writestr("a", "x")
+        archive.writestr("a/b", "x")
+    with pytest.raises(BundleError, match="cannot be unpacked as a bundle") as refusal:
+        install_bundle(clash, config)
+    assert ".incoming-" not in str(refusal.value)
     (tmp_path / "not.zip").write_text("hello")
     with pytest.raises(BundleError, match="not a readable zip file"):
         install_bundle(tmp_path / "not.zip", config)

@@ -225,6 +225,27 @@ def test_sending_goes_on_when_the_store_cannot_mark_what_was_sent(tmp_path, brok
         listener.close()
 
 
+def test_a_message_over_the_brokers_size_limit_is_named(tmp_path, monkeypatch):
+    """Mosquitto closes the connection on a message over its message_size_limit; the oldest message then never
+    goes: the status says why instead of "connected"."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (README: apt install mosquitto)")
+    import leukoscreen.edge.mqtt_sender as sender
+    monkeypatch.setattr(sender, "ACK_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(sender, "RETRY_MAX_S", 1.0)
+    broker = Broker(tmp_path / "broker", "allow_anonymous true\nmessage_size_limit 1000\n")
+    broker.start()
+    device = mqtt_device(tmp_path, broker, thumbnail=True)
+    try:
+        device.client.post("/api/classify", json={"sample_id": "S-1"})
+        wait_for(lambda: "message_size_limit" in device.client.get("/api/status").json()["outbox"]["problem"], 30,
+                 "the size limit named")
+        assert device.client.get("/api/status").json()["outbox"]["waiting"] == 2
+    finally:
+        device.close()
+        broker.stop()
+
+
 def test_two_devices_with_one_name_are_told_apart(tmp_path, broker):
     """Every Raspberry Pi is called raspberrypi: two devices with one device_id take each other's session."""
     twins = [mqtt_device(tmp_path / str(n), broker, "raspberrypi") for n in (1, 2)]
@@ -417,12 +438,15 @@ def refuses_what_the_database_cannot_keep(store: CollectorStore):
                 good | {"sample_id": "\udc80"}, good | {"thumbnail_jpeg": "A" * 2_000_000}):
         with pytest.raises(MessageError):
             store.add("lab-1", "results", json.dumps(bad).encode())
-    for bad in (json.dumps({"state": "on\x00line", "device": "lab-1"}), "[" * 100_000,
+    deep = {"state": "online", "device": "lab-1", "bundle": json.loads("[" * 260 + "]" * 260)}
+    for bad in (json.dumps({"state": "on\x00line", "device": "lab-1"}), "[" * 100_000, json.dumps(deep),
+                '{"state": "online", "device": "lab-1", "n": NaN}', '{"state": "online", "device": "lab-1", "n": 1e400}',
                 json.dumps({"state": "online", "device": "lab-1", "bundle": "\udc80"})):
         with pytest.raises(MessageError):
             store.add("lab-1", "status", bad.encode())
     assert store.add("lab-1", "results", json.dumps(good).encode())
     assert store.device_list() and store.result_list("lab-1", "S-9")
+    assert Collector("mqtt://127.0.0.1:1", store).was_connected  # it collected before: a new session is a loss
 
 
 def postgres_server():
