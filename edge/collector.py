@@ -49,6 +49,8 @@ class Collector:
             self.client.tls_set(ca_certs=ca_file or None)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
+        self._failing = False
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 30)
 
@@ -72,10 +74,16 @@ class Collector:
                   "devices sent while it was away is lost to the collector (the devices' outboxes counted it as "
                   "delivered). Make the broker keep sessions (Mosquitto: persistence true, in a folder it can "
                   "write)", file=sys.stderr)
+        self._failing = False
         print(f"collector: connected to {self.host}:{self.port}"
               + (" (session resumed)" if flags.session_present else ""), file=sys.stderr)
         self.connected.set()
         self.was_connected = True
+
+    def _on_connect_fail(self, client, userdata):
+        if not self._failing:  # once until it connects: paho keeps trying, up to every 30 s
+            print(f"collector: cannot reach the broker {self.host}:{self.port}; trying again", file=sys.stderr)
+        self._failing = True
 
     def _on_disconnect(self, client, userdata, flags, reason, properties):
         if self.connected.is_set():

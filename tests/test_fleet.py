@@ -397,6 +397,17 @@ def test_the_collector_warns_when_the_broker_forgot_its_session(tmp_path, broker
         collector.stop()
 
 
+def test_the_collector_says_when_it_cannot_reach_the_broker(tmp_path, capsys):
+    collector = Collector(f"mqtt://127.0.0.1:{free_port()}", CollectorStore(f"sqlite:///{tmp_path / 'c.sqlite3'}"))
+    said = []
+    collector.start()
+    try:
+        wait_for(lambda: said.append(capsys.readouterr().err) or "cannot reach the broker" in "".join(said), 10,
+                 "the collector saying so")
+    finally:
+        collector.stop()
+
+
 def test_the_collector_escapes_what_devices_send_and_needs_its_token(tmp_path):
     from fastapi.testclient import TestClient
     store = CollectorStore(f"sqlite:///{tmp_path / 'c.sqlite3'}")
