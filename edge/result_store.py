@@ -270,8 +270,8 @@ class ResultStore:
     def captures(self, sample_id: str | None = None, since: str | None = None, until: str | None = None,
                  limit: int = 1000) -> list[dict]:
         query, arguments = "SELECT * FROM captures WHERE 1=1", []
-        if sample_id:  # found however it was typed (the stored ids are NFKC)
-            query, arguments = query + " AND sample_id = ?", arguments + [unicodedata.normalize("NFKC", sample_id)]
+        if sample_id:  # found however it was typed (the stored ids are NFKC, without surrounding spaces)
+            query, arguments = query + " AND sample_id = ?", arguments + [unicodedata.normalize("NFKC", sample_id).strip()]
         if since:
             query, arguments = query + " AND time >= ?", arguments + [utc_time(since)]
         if until:

@@ -90,7 +90,7 @@ def test_a_field_model_sample_has_no_loinc_blast_share_and_ids_are_stable(store)
     assert "26446-5" not in codes and "white-cells-found" in codes  # no cell was classified: no share
     again = sample_bundle(store, "S-2", "clinic-a")
     assert [e["fullUrl"] for e in again["entry"]] == [e["fullUrl"] for e in bundle["entry"]]
-    typed = sample_bundle(store, "Ｓ-２", "clinic-a")  # typed full-width: the stored sample, its ids and id
+    typed = sample_bundle(store, " Ｓ-２ ", "clinic-a")  # typed full-width: the stored sample, its ids and id
     assert typed["id"] == bundle["id"] and [e["fullUrl"] for e in typed["entry"]] == [e["fullUrl"] for e in bundle["entry"]]
     assert "Ｓ" not in json.dumps(typed, ensure_ascii=False)
     other_device = sample_bundle(store, "S-2", "clinic-b")
