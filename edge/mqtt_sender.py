@@ -60,6 +60,7 @@ class MqttSender:
         self._unmarked: list[int] = []  # acknowledged but not yet marked in the store (a full disk)
         self._reasons: dict[int, mqtt.ReasonCode] = {}  # the broker's answer per message id (paho's thread)
         self._stuck, self._stuck_id, self._stuck_bytes = 0, 0, 0  # times the oldest message went unacknowledged
+        self._connected_at = 0.0
         self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
 
     def start(self) -> None:
@@ -137,7 +138,7 @@ class MqttSender:
 
     # --- the loop --------------------------------------------------------------------------------------
     def _run(self) -> None:
-        delay, short, connected_at = 1.0, 0, 0.0
+        delay, short = 1.0, 0
         while not self._stopping.is_set():
             if self._client is None:
                 try:
@@ -147,7 +148,7 @@ class MqttSender:
                     self._stopping.wait(delay)
                     delay = min(delay * 2, RETRY_MAX_S)
                     continue
-                self.state.connected, connected_at = True, time.monotonic()
+                self.state.connected, self._connected_at = True, time.monotonic()
                 if short < 2:  # a connection that keeps dropping keeps its back-off
                     delay = 1.0
                 print(f"MQTT: connected to {self.config.broker}; sending the outbox", file=sys.stderr)
@@ -171,7 +172,7 @@ class MqttSender:
                 self._wake.wait(RETRY_MAX_S)
                 self._wake.clear()
             if self._lost.is_set():
-                short = short + 1 if time.monotonic() - connected_at < SHORT_CONNECTION_S else 0
+                short = short + 1 if time.monotonic() - self._connected_at < SHORT_CONNECTION_S else 0
                 refusal = next((reason for reason in self._reasons.values() if reason.is_failure), None)
                 self._reasons.clear()
                 if refusal is not None:  # Mosquitto closes the connection after refusing a publish
@@ -208,8 +209,9 @@ class MqttSender:
         entries = self.store.outbox_pending(BATCH, after=self._acked_through)
         if not entries:
             self._mark()
-            if not self.state.last_error.startswith("outbox:"):
-                self.state.last_error = ""  # connected, and nothing waits
+            if time.monotonic() - self._connected_at >= SHORT_CONNECTION_S and \
+                    not self.state.last_error.startswith("outbox:"):
+                self.state.last_error = ""  # connected for a while, and nothing waits
             return True
         published = [(entry_id, topic, self._client.publish(topic, payload, qos=1))
                      for entry_id, topic, payload in entries]
