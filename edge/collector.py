@@ -25,7 +25,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from leukoscreen import RESEARCH_USE_NOTICE
 from leukoscreen.edge.collector_store import CollectorStore, MessageError
-from leukoscreen.edge.mqtt_messages import KINDS, TOPIC_PART, broker_address, check_topic_part
+from leukoscreen.edge.mqtt_messages import (KINDS, TOPIC_PART, broker_address, check_password_encrypted,
+                                            check_topic_part)
 from leukoscreen.edge.validation import LOOPBACK_HOSTS, check_token
 from leukoscreen.edge.web.access import AccessRule, LockedOut
 from leukoscreen.edge.web.http_rules import HttpRules
@@ -188,10 +189,7 @@ def run_collector(broker: str, db: str, prefix: str, host: str, port: int, usern
     check_topic_part(prefix, "--prefix")
     if not 0 <= port <= 65535:
         raise ValueError(f"--port {port}: give a port between 1 and 65535 (0: any free one)")
-    broker_host, _, tls = broker_address(broker)
-    if password and not tls and broker_host not in LOOPBACK_HOSTS:
-        raise ValueError(f"LEUKOSCREEN_MQTT_PASSWORD is set and --broker {broker!r} is not encrypted: the password "
-                         "would cross the network in clear text; use mqtts://")
+    check_password_encrypted(broker, password, "LEUKOSCREEN_MQTT_PASSWORD", "--broker")
     if ca_file and not Path(ca_file).is_file():
         raise ValueError(f"--ca-file {ca_file!r}: no such file")
     store = CollectorStore(db)

@@ -48,12 +48,9 @@ class MqttConfig:
     def __post_init__(self):
         if not self.broker:
             return
-        self.address()  # ValueError naming the problem
         check_topic_part(self.topic_prefix, "mqtt.topic_prefix")
-        host, _, tls = self.address()
-        if self.password and not tls and host not in LOOPBACK_HOSTS:
-            raise ValueError(f"mqtt.password is set and mqtt.broker = {self.broker!r} is not encrypted: the "
-                             "password would cross the network in clear text; use mqtts://")
+        _, _, tls = self.address()  # ValueError naming the problem
+        check_password_encrypted(self.broker, self.password, "mqtt.password", "mqtt.broker")
         for key in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, key)
             if path and not Path(path).is_file():
@@ -78,6 +75,14 @@ def check_topic_part(value: str, key: str) -> str:
         raise ValueError(f"{key} = {value[:80]!r}: use up to 64 letters, digits, '-', '_' or '.', starting with a "
                          "letter or digit (no '/', '+', '#' or spaces)")
     return value
+
+
+def check_password_encrypted(url: str, password: str, password_key: str, broker_key: str) -> None:
+    """ValueError when a password would go to a broker that is neither encrypted nor on this machine."""
+    host, _, tls = broker_address(url, broker_key)
+    if password and not tls and host not in LOOPBACK_HOSTS:
+        raise ValueError(f"{password_key} is set and {broker_key} = {url!r} is not encrypted: the password would "
+                         "cross the network in clear text; use mqtts://")
 
 
 def broker_address(url: str, key: str = "--broker") -> tuple[str, int, bool]:

@@ -53,7 +53,16 @@ class QualityReport(BaseModel):
 
 def focus_score(rgb: np.ndarray) -> float:
     """Variance of the Laplacian of the grayscale image: higher is sharper (scale depends on the camera)."""
-    return float(cv2.Laplacian(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+    return _focus(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+
+
+def _focus(gray: np.ndarray) -> float:
+    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+
+
+def reason_name(reason: str) -> str:
+    """A gate reason without its advice: "out of focus", "compressed image", "too dark", ..."""
+    return reason.split(" (")[0].split(":")[0]
 
 
 def blockiness(gray: np.ndarray, block: int = 8) -> float:
@@ -86,7 +95,7 @@ def check_quality(rgb: np.ndarray, stain_mask: np.ndarray, cells: int,
                   config: QualityConfig = QualityConfig()) -> QualityReport:
     """Scores and reasons for an RGB field, its stain mask (0/255) and the number of cells found."""
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    focus = float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    focus = _focus(gray)
     dark = float(np.mean(gray < 20))
     clipped = float(np.mean((rgb == 255).all(axis=2)))
     stain = float(np.mean(stain_mask > 0))

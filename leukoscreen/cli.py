@@ -263,6 +263,13 @@ def _serve(args) -> int:
     return 0
 
 
+def _image_files(items: list[str]) -> list[Path]:
+    """The image files named, and those in the folders named (searched recursively)."""
+    from leukoscreen.edge.image_io import is_image_file
+    return [f for item in map(Path, items) for f in (sorted(item.rglob("*")) if item.is_dir() else [item])
+            if is_image_file(f)]
+
+
 def _gate(args) -> None:
     """What the quality gate measures on images (optionally perturbed as `robustness` does): each measure's
     spread, and how many images it refuses and why."""
@@ -273,8 +280,8 @@ def _gate(args) -> None:
 
     from leukoscreen.edge.cell_finder import find_cells, stain_mask
     from leukoscreen.edge.device_config import load_config
-    from leukoscreen.edge.image_io import ImageReadError, is_image_file, read_image
-    from leukoscreen.edge.quality import check_quality
+    from leukoscreen.edge.image_io import ImageReadError, read_image
+    from leukoscreen.edge.quality import check_quality, reason_name
     config = load_config(args.config)
     perturb = None
     if args.perturb:
@@ -282,8 +289,7 @@ def _gate(args) -> None:
         if args.perturb not in PERTURBATIONS:
             raise ValueError(f"--perturb {args.perturb!r}: choose from {', '.join(PERTURBATIONS)}")
         perturb = PERTURBATIONS[args.perturb]
-    files = [f for item in map(Path, args.images) for f in (sorted(item.rglob("*")) if item.is_dir() else [item])
-             if is_image_file(f)]
+    files = _image_files(args.images)
     reports = []
     for path in files:
         try:
@@ -301,7 +307,7 @@ def _gate(args) -> None:
                "measures": {m: dict(zip(("p1", "median", "p99", "max"), np.round(np.percentile(
                    [getattr(r, m) for r in reports], [1, 50, 99, 100]), 4).tolist())) for m in measures},
                "refused": sum(not r.passed for r in reports),
-               "reasons": dict(Counter(r.reasons[0].split(" (")[0].split(":")[0] for r in reports if r.reasons))}
+               "reasons": dict(Counter(reason_name(r.reasons[0]) for r in reports if r.reasons))}
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -316,10 +322,9 @@ def _scale(args) -> None:
 
     import numpy as np
 
-    from leukoscreen.edge.image_io import ImageReadError, is_image_file, read_image
+    from leukoscreen.edge.image_io import ImageReadError, read_image
     from leukoscreen.edge.scale import RED_CELL_DIAMETER_UM, estimate_scale
-    files = [f for item in map(Path, args.images) for f in (sorted(item.rglob("*")) if item.is_dir() else [item])
-             if is_image_file(f)]
+    files = _image_files(args.images)
     estimates = {}
     for path in files:
         try:

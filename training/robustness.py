@@ -28,7 +28,7 @@ import numpy as np
 from leukoscreen import RESEARCH_USE_NOTICE
 from leukoscreen.edge.cell_finder import CellFinderConfig, stain_mask
 from leukoscreen.edge.image_io import ImageReadError, read_image
-from leukoscreen.edge.quality import QualityConfig
+from leukoscreen.edge.quality import QualityConfig, reason_name
 from leukoscreen.edge.scale import ScaleConfig
 from leukoscreen.edge.screening import ScreeningModel, screen
 from leukoscreen.training.datasets import DataError, open_dataset
@@ -168,7 +168,7 @@ def _answer(rgb: np.ndarray, model: ScreeningModel, finder: CellFinderConfig, qu
         return "not_screened", None, "not an image"
     if record.decision == "retake":
         reasons = record.quality.reasons if record.quality else ()
-        return "not_screened", None, reasons[0].split(" (")[0].split(":")[0] if reasons else "retake"
+        return "not_screened", None, reason_name(reasons[0]) if reasons else "retake"
     if record.decision == "error":
         return "not_screened", None, "error"
     return record.decision, record.blast_score, ""
