@@ -250,7 +250,7 @@ def _evaluate(job: Job, fmt: str, note: str, parts: dict[str, Part], keras_test:
         runner = TwoStageRunner(features, job.out / name)
         classifier = StoredFile.of(job.out, name)
         size += (job.out / name).stat().st_size
-    print(f"[3/4] evaluating {fmt} through {runner.name} on {len(parts['test'].images)} test images")
+    print(f"[3/5] evaluating {fmt} through {runner.name} on {len(parts['test'].images)} test images")
     test_outputs = runner.predict(parts["test"].images)
     metrics = _format_metrics(test_outputs, keras_test, parts["test"], source.prepared.class_names)
     metrics["size_bytes"] = size
@@ -292,7 +292,7 @@ def _manifest(job: Job, run_path: Path, evaluated: dict[str, Evaluated], parts: 
     from leukoscreen.convert.calibration import decision_parameters
     source, options = job.source, job.options
     classes, primary = source.prepared.class_names, next(iter(evaluated))
-    print(f"[4/4] calibration and threshold on {len(parts['val'].images)} validation images ({primary})")
+    print(f"[4/5] calibration and threshold on {len(parts['val'].images)} validation images ({primary})")
     negative = options.negative_classes or default_negative_classes(classes)
     calibration, rule = decision_parameters(evaluated[primary].val_outputs, parts["val"].labels, classes, negative,
                                             options.target_sensitivity, parts["val"].fields)
@@ -323,7 +323,7 @@ def convert_run(run_path: Path, out: Path, formats: list[str], **options) -> Man
     options = ConvertOptions(**options)
     options.check(formats)
     run_path = Path(run_path)
-    print(f"[1/4] loading {run_path} and its split")
+    print(f"[1/5] loading {run_path} and its split")
     source = load_source(run_path, options.classifier)
     parts = _parts(source)
     train = parts["train"].images
@@ -334,7 +334,7 @@ def convert_run(run_path: Path, out: Path, formats: list[str], **options) -> Man
     job = Job(source, out, options, calibration_set)
     evaluated = {}
     for step, fmt in enumerate(formats, 1):
-        print(f"[2/4] ({step}/{len(formats)}) writing {fmt}: {FILE_NAMES[fmt]}")
+        print(f"[2/5] ({step}/{len(formats)}) writing {fmt}: {FILE_NAMES[fmt]}")
         note = EXPORTERS[fmt](job, out / FILE_NAMES[fmt])
         evaluated[fmt] = _evaluate(job, fmt, note, parts, keras_test)
     if "onnx-fp32" not in formats:
@@ -346,8 +346,32 @@ def convert_run(run_path: Path, out: Path, formats: list[str], **options) -> Man
     save_split(out / "split.csv", [replace(row, path=os.path.relpath(row.path, data))
                                    for row in load_split(source.split_file)])
     write_manifest(out, manifest)
+    print("[5/5] the unfamiliar-image guard (statistics: training part; threshold: validation part)")
+    from leukoscreen.convert.guard_builder import add_guard
+    try:
+        manifest = add_guard(out, Path(data))
+    except ConversionError as error:  # an architecture without (features) -> dense -> softmax
+        print(f"warning: {error}; the device will answer on any field that passes the quality gate")
     print(f"bundle: {out} (default format {manifest.default_format})")
     return manifest
+
+
+def bundle_part(bundle, data: Path, name: str) -> Part:
+    """One part ("train", "val", "test") of a bundle's split.csv, its images read under `data` (the folder the
+    bundle was trained on) and checked by sha256, preprocessed as the device does; groups: the split rows."""
+    import hashlib
+    manifest, data = bundle.manifest, Path(data)
+    rows = [r for r in load_split(bundle.path / manifest.training.split_file) if r.part == name]
+    changed = [r.path for r in rows
+               if not (data / r.path).is_file() or hashlib.sha256((data / r.path).read_bytes()).hexdigest() != r.sha256]
+    if changed or not rows:
+        raise ConversionError(f"{len(changed)} of the {len(rows)} {name} images of {bundle.path}'s split are missing "
+                              f"under {data} or differ from it (first: {changed[0] if changed else 'none'}); pass the "
+                              "data folder the bundle was trained on")
+    classes = manifest.class_names
+    return Part(preprocessed_images([str(data / r.path) for r in rows], [r.sha256 for r in rows], manifest.preprocess),
+                np.array([classes.index(r.label) for r in rows]), [r.group for r in rows],
+                [crop_field(r.path) for r in rows] if manifest.input_kind == "cell" else None)
 
 
 def remake_onnx_int8(bundle_path: Path, data: Path, version: str | None = None) -> Manifest:
@@ -357,8 +381,6 @@ def remake_onnx_int8(bundle_path: Path, data: Path, version: str | None = None) 
     kept only when every test image gets the same decision from both, and its figures go into the manifest
     (accuracy changes against the float model's stored figures; agreement is against tflite-int8, printed, as
     the float model is not in a bundle)."""
-    import hashlib
-
     from leukoscreen.convert.exporters import tflite_to_onnx
     from leukoscreen.edge.bundle import load_bundle
     bundle = load_bundle(bundle_path)
@@ -366,17 +388,7 @@ def remake_onnx_int8(bundle_path: Path, data: Path, version: str | None = None) 
     if "tflite-int8" not in manifest.files or manifest.files["tflite-int8"].classifier:
         raise ConversionError(f"{bundle.path}: needs a tflite-int8 file of class probabilities (two-stage bundles: "
                               "convert the run again)")
-    rows = [r for r in load_split(bundle.path / manifest.training.split_file) if r.part == "test"]
-    changed = [r.path for r in rows
-               if not (data / r.path).is_file() or hashlib.sha256((data / r.path).read_bytes()).hexdigest() != r.sha256]
-    if changed or not rows:
-        raise ConversionError(f"{len(changed)} of the {len(rows)} test images of {bundle.path}'s split are missing "
-                              f"under {data} or differ from it (first: {changed[0] if changed else 'none'}); pass the "
-                              "data folder the bundle was trained on")
-    classes = manifest.class_names
-    part = Part(preprocessed_images([str(data / r.path) for r in rows], [r.sha256 for r in rows], manifest.preprocess),
-                np.array([classes.index(r.label) for r in rows]), [r.group for r in rows],
-                [crop_field(r.path) for r in rows] if manifest.input_kind == "cell" else None)
+    part, classes = bundle_part(bundle, data, "test"), manifest.class_names
     target = bundle.path / FILE_NAMES["onnx-int8"]
     new = target.with_name("model-int8.new.onnx")
     try:
@@ -387,7 +399,7 @@ def remake_onnx_int8(bundle_path: Path, data: Path, version: str | None = None) 
         rule, calibration = manifest.decision, manifest.calibration
         answers = [[rule.decide(s).code for s in rule.score(calibration.apply(p), classes)] for p in (reference, outputs)]
         differing = sum(a != b for a, b in zip(*answers))
-        print(f"onnx-int8 against tflite-int8 on {len(rows)} test images: top-1 agreement "
+        print(f"onnx-int8 against tflite-int8 on {len(part.labels)} test images: top-1 agreement "
               f"{np.mean(outputs.argmax(1) == reference.argmax(1)):.4f}, largest probability difference "
               f"{np.abs(outputs - reference).max():.4f}, decisions differing {differing}")
         if differing:
@@ -401,7 +413,7 @@ def remake_onnx_int8(bundle_path: Path, data: Path, version: str | None = None) 
         test = manifest.self_test
         self_test = runner.predict(generated_fields(manifest.input.size, test.fields)) if test else None
         entry = FormatFile.of(bundle.path, new.name, input=TensorSpec(dtype="float32"), quantization=TFLITE_DERIVED,
-                              outputs="probabilities",
+                              outputs="probabilities", guard_outputs=manifest.files["tflite-int8"].guard_outputs,
                               self_test_outputs=None if self_test is None else np.round(self_test, 6).tolist())
         values = manifest.model_dump() | {"version": version or manifest.version}
         values["files"] = values["files"] | {"onnx-int8": entry.model_dump() | {"file": target.name}}

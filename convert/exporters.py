@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+OUTPUT_NAMES = ("probabilities", "features", "logits")  # the guard's two follow the probabilities
+
 
 def to_tflite(model, mode: str, representative: np.ndarray | None = None, io_type: str = "int8",
               per_channel: bool = True) -> bytes:
@@ -103,7 +105,8 @@ def tflite_to_onnx(tflite: Path, path: Path, opset: int = 17) -> None:
     tensor becomes a QuantizeLinear/DequantizeLinear pair with the TFLite file's scale and zero point), so
     that both formats compute one quantized network instead of two calibrated apart. The input becomes
     float32 pixels (0-255, named "image"), quantized in the graph as the device quantizes a TFLite input;
-    the output is dequantized to float probabilities. Tensor names are replaced by numbers first: tf2onnx
+    the outputs are dequantized to floats (probabilities, and the guard's features and logits when the TFLite
+    file has them). Tensor names are replaced by numbers first: tf2onnx
     loses tensors whose TFLite names join several op names with ';'."""
     import tempfile
 
@@ -116,9 +119,13 @@ def tflite_to_onnx(tflite: Path, path: Path, opset: int = 17) -> None:
     if len(model.subgraphs) != 1:
         raise ValueError(f"{tflite}: {len(model.subgraphs)} subgraphs; only single-graph models are converted")
     subgraph = model.subgraphs[0]
-    (inp,), (out,) = subgraph.inputs, subgraph.outputs
+    (inp,), outputs = subgraph.inputs, list(subgraph.outputs)
+    names = ["input", *OUTPUT_NAMES[:len(outputs)]]
+    if len(outputs) > len(OUTPUT_NAMES):
+        raise ValueError(f"{tflite}: {len(outputs)} outputs; expected the probabilities and at most the guard's "
+                         "features and logits")
     quantized = {}
-    for name, index in (("input", inp), ("output", out)):
+    for name, index in zip(names, [inp, *outputs]):
         tensor = subgraph.tensors[index]
         q = tensor.quantization
         if q is None or q.scale is None or len(q.scale) != 1:
@@ -134,25 +141,29 @@ def tflite_to_onnx(tflite: Path, path: Path, opset: int = 17) -> None:
     elem = {9: onnx.TensorProto.INT8, 3: onnx.TensorProto.UINT8}   # TFLite TensorType codes
     dtypes = {name: elem.get(t) for name, (_, _, t) in quantized.items()}
     if None in dtypes.values():
-        raise ValueError(f"{tflite}: input and output must be int8 or uint8 tensors")
+        raise ValueError(f"{tflite}: input and outputs must be int8 or uint8 tensors")
     numpy_type = {onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8}
-    old_in, old_out = graph.input[0].name, graph.output[0].name
+    by_name = {value.name: value for value in graph.output}
+    old_outputs = [by_name[f"t{index}"] for index in outputs]   # in the TFLite file's order
+    old_in = graph.input[0].name
     constants = []
     for name, (scale, zero, _) in quantized.items():
         constants += [numpy_helper.from_array(np.array(scale, np.float32), f"{name}_scale"),
                       numpy_helper.from_array(np.array(zero, numpy_type[dtypes[name]]), f"{name}_zero_point")]
     graph.initializer.extend(constants)
     graph.node.insert(0, helper.make_node("QuantizeLinear", ["image", "input_scale", "input_zero_point"], [old_in]))
-    graph.node.append(helper.make_node("DequantizeLinear", [old_out, "output_scale", "output_zero_point"],
-                                       ["probabilities"]))
-    image_dims, output_dims = (value.type.tensor_type.shape.dim[1:] for value in (graph.input[0], graph.output[0]))
+    new_outputs = []
+    for name, old in zip(names[1:], old_outputs):
+        graph.node.append(helper.make_node("DequantizeLinear", [old.name, f"{name}_scale", f"{name}_zero_point"],
+                                           [name]))
+        new_outputs.append(helper.make_tensor_value_info(
+            name, onnx.TensorProto.FLOAT, ["batch", *(d.dim_value for d in old.type.tensor_type.shape.dim[1:])]))
+    image_dims = graph.input[0].type.tensor_type.shape.dim[1:]
     new_in = helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT,
                                            ["batch", *(d.dim_value for d in image_dims)])
-    new_out = helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT,
-                                            ["batch", *(d.dim_value for d in output_dims)])
     del graph.input[:], graph.output[:]
     graph.input.append(new_in)
-    graph.output.append(new_out)
+    graph.output.extend(new_outputs)
     onnx.save(proto, str(path))
     make_reproducible(path)
 

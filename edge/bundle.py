@@ -11,8 +11,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from leukoscreen.edge.manifest import (BundleError, FormatFile, Manifest, manifest_digest, manifest_json, parse_manifest,
-                                       sha256_of)
+import numpy as np
+
+from leukoscreen.edge.guard import load_statistics
+from leukoscreen.edge.manifest import (BundleError, FormatFile, Manifest, StoredFile, manifest_digest, manifest_json,
+                                       parse_manifest, sha256_of)
 from leukoscreen.edge.preprocessing import PreprocessConfig
 from leukoscreen.edge.runtimes import ModelRunner, RuntimeOptions, RuntimeProblem, open_runner
 from leukoscreen.edge.self_test import SelfTestFailed, fields_sha256, generated_fields, largest_difference
@@ -86,18 +89,32 @@ class ModelBundle:
     def verified_contents(self, fmt: str) -> dict[Path, bytes]:
         """The bytes of a format's files, read once and checked against the manifest's hashes: what the runtime
         then works from, so a file changed on disk after this check cannot change the model."""
-        entry, contents = self.entry(fmt), {}
-        for stored in (entry, entry.classifier) if entry.classifier else (entry,):
-            path = self.path / stored.file
-            try:
-                data = path.read_bytes()
-            except OSError as error:
-                raise BundleError(f"{path}: cannot be read ({error.strerror}); copy the bundle again") from error
-            if hashlib.sha256(data).hexdigest() != stored.sha256:
-                raise BundleError(f"{path}: does not match its sha256 in the manifest (changed since the bundle "
-                                  "was made, or damaged); copy the bundle again")
-            contents[path] = data
-        return contents
+        entry = self.entry(fmt)
+        return {self.path / stored.file: self._verified(stored)
+                for stored in ((entry, entry.classifier) if entry.classifier else (entry,))}
+
+    def _verified(self, stored: StoredFile) -> bytes:
+        path = self.path / stored.file
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise BundleError(f"{path}: cannot be read ({error.strerror}); copy the bundle again") from error
+        if hashlib.sha256(data).hexdigest() != stored.sha256:
+            raise BundleError(f"{path}: does not match its sha256 in the manifest (changed since the bundle "
+                              "was made, or damaged); copy the bundle again")
+        return data
+
+    def guard_statistics(self) -> dict[str, np.ndarray] | None:
+        """The guard's statistics, read and checked against their hash (None: no guard, or the energy method)."""
+        guard = self.manifest.guard
+        if guard is None or guard.statistics is None:
+            return None
+        try:
+            return load_statistics(self._verified(guard.statistics))
+        except ValueError as error:
+            if isinstance(error, BundleError):
+                raise
+            raise BundleError(f"{self.path / guard.statistics.file}: {error}; copy the bundle again") from error
 
     def self_test(self, fmt: str, runner: ModelRunner) -> float | None:
         """Run the manifest's self-test through this runtime: the largest difference from the converter's
@@ -109,7 +126,14 @@ class ModelBundle:
         if fields_sha256(fields) != test.fields_sha256:
             raise SelfTestFailed(f"{self.path}: this device generates other self-test fields than the converter "
                                  f"({test.generator}); the software versions differ: update it or convert again")
-        difference = largest_difference(runner.predict(fields), self.entry(fmt).self_test_outputs)
+        probabilities, extra = runner.predict_all(fields)
+        if self.manifest.guard is not None:
+            statistics = self.guard_statistics()   # BundleError when damaged: no format can be used
+            try:
+                self.manifest.guard.score(extra, statistics)
+            except ValueError as error:
+                raise RuntimeProblem(f"{self.file(fmt).name}: {error}; the bundle's files do not belong together") from error
+        difference = largest_difference(probabilities, self.entry(fmt).self_test_outputs)
         if difference > test.tolerance:
             raise SelfTestFailed(f"{self.path}: {fmt} ({self.entry(fmt).file}) failed its self-test through "
                                  f"{runner.name}: its class probabilities on the generated fields differ from the "
@@ -142,6 +166,8 @@ def _file_entries(manifest: Manifest):
         yield fmt, entry
         if entry.classifier:
             yield f"{fmt} classifier", entry.classifier
+    if manifest.guard and manifest.guard.statistics:
+        yield "guard statistics", manifest.guard.statistics
 
 
 def read_manifest(path: Path) -> tuple[Manifest, tuple[str, ...]]:

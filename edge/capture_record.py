@@ -1,6 +1,7 @@
 """One capture's record, the same typed value from the trigger to the store, the web page and the LCD.
 
-A record is a screening answer (no_blasts, indeterminate, possible_blasts), a retake (the field was not
+A record is a screening answer (no_blasts, indeterminate, possible_blasts), unfamiliar (not screened: the
+model's guard found the field unlike its training images), a retake (the field was not
 usable: the quality gate's reasons) or an error (no frame: camera missing; not stored: storage full). It
 is stored as JSON beside its image and served back as it was stored. Research use only.
 """
@@ -14,7 +15,7 @@ from leukoscreen import RESEARCH_USE_NOTICE
 from leukoscreen.edge.decision import DecisionCode
 from leukoscreen.edge.quality import QualityReport
 
-Outcome = Literal["no_blasts", "indeterminate", "possible_blasts", "retake", "error"]
+Outcome = Literal["no_blasts", "indeterminate", "possible_blasts", "unfamiliar", "retake", "error"]
 
 
 class Record(BaseModel):
@@ -25,6 +26,8 @@ class CellRecord(Record):
     box: tuple[int, int, int, int] = Field(description="x, y, width, height in field pixels")
     predicted: str | None = Field(None, description="the cell's class, when the model reads single cells")
     blast_score: float | None = None
+    unfamiliar: bool = Field(False, description="the guard found this cell unlike the model's training cells; it "
+                                                "does not count towards the field's answer")
 
 
 class ModelAnswer(Record):
@@ -33,6 +36,8 @@ class ModelAnswer(Record):
     decision: DecisionCode | Literal["error"]
     message: str
     blast_score: float | None = None
+    guard_score: float | None = Field(None, description="the unfamiliar-image guard's score (the field's; a cell "
+                                                        "model's: the largest of its cells'); none without a guard")
     probabilities: dict[str, float] = Field(default_factory=dict, description="calibrated; the field's, or the "
                                                                               "mean over its cells")
     counts: dict[str, int] = Field(default_factory=dict, description="cells per class (cell models)")
@@ -50,6 +55,7 @@ class CaptureRecord(Record):
     message: str = Field(description="the wording shown to the technician, always with 'Research use only'")
     notice: str = RESEARCH_USE_NOTICE
     blast_score: float | None = None
+    guard_score: float | None = Field(None, description="the deciding bundle's unfamiliar-image guard score")
     quality: QualityReport | None = Field(None, description="the quality gate (none when there was no frame)")
     cells_found: int = 0
     cells: tuple[CellRecord, ...] = ()
@@ -83,6 +89,7 @@ def screened(answer: ModelAnswer, quality: QualityReport, cells: tuple[CellRecor
              compared: tuple[ModelAnswer, ...], bundle_sha256: str, **values) -> CaptureRecord:
     """A screened field: the deciding bundle's answer, the cells found, the other bundles' answers."""
     return CaptureRecord(decision=answer.decision, message=answer.message, blast_score=answer.blast_score,
+                         guard_score=answer.guard_score,
                          quality=quality, cells_found=len(cells), cells=answer.cells or cells,
                          probabilities=answer.probabilities, counts=answer.counts,
                          blast_fraction=answer.blast_fraction, um_per_px=answer.um_per_px,

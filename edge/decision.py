@@ -7,17 +7,20 @@ screening aid, never a diagnosis.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RESEARCH_USE = "Research use only."
-DecisionCode = Literal["no_blasts", "indeterminate", "possible_blasts"]
+RuleCode = Literal["no_blasts", "indeterminate", "possible_blasts"]   # the decision rule's three answers
+RULE_CODES = get_args(RuleCode)
+DecisionCode = Literal[RuleCode, "unfamiliar"]   # and the guard's: not screened
 WORDING = {
     "no_blasts": "No blasts suggested",
     "indeterminate": "Indeterminate: retake or review",
     "possible_blasts": "Possible blasts: refer for haematologist review",
+    "unfamiliar": "Not screened: unlike the images this model was made for",   # the guard's (edge/guard.py)
 }
 
 

@@ -30,6 +30,7 @@ TEXTS = {
     "indeterminate": (["Indeterminate:", "retake/review"], ["Indeterminate:", "retake or review", ""]),
     "possible_blasts": (["Possible blasts:", "refer for review"],
                         ["Possible blasts:", "refer for haemato-", "logist review"]),
+    "unfamiliar": (["Not screened:", "unfamiliar image"], ["Not screened: unlike", "the images this", "model was made for"]),
 }
 RETAKE = {  # the quality gate's reason (its first words) -> (16x2, 20x4) second line
     "too dark": ("too dark", "too dark: check lamp"), "overexposed": ("too bright", "too bright: less light"),

@@ -27,7 +27,8 @@ CODES = "https://leukoscreen.org/fhir/CodeSystem/screening"  # LeukoScreen's own
 HL7 = "http://terminology.hl7.org/CodeSystem"
 REPORT_CODE = {"system": CODES, "code": "blast-screening", "display": "Blood smear screening for blasts"}
 FIELD_CODES = {"possible_blasts": "Fields with possible blasts", "indeterminate": "Fields indeterminate",
-               "no_blasts": "Fields with no blasts suggested", "retake": "Fields not screened (retake)"}
+               "no_blasts": "Fields with no blasts suggested", "retake": "Fields not screened (retake)",
+               "unfamiliar": "Fields not screened (unlike the model's training images)"}
 CONCLUSION_NOTICE = "Screening aid only, not a diagnosis; preliminary until reviewed by a haematologist."
 
 

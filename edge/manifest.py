@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from leukoscreen.edge.cell_crops import CellGeometry
 from leukoscreen.edge.decision import DecisionRule, calibrate
+from leukoscreen.edge.guard import energy, mahalanobis
 from leukoscreen.edge.preprocessing import PreprocessConfig
 from leukoscreen.edge.validation import describe
 
@@ -79,6 +80,9 @@ class FormatFile(StoredFile):
     classifier: StoredFile | None = Field(None, description="the ONNX classifier (skl2onnx) fitted on this "
                                                             "format's features; only with outputs = features")
     quantization: str = Field(description="how the weights and activations are stored, in words")
+    guard_outputs: bool = Field(False, description="the file also outputs the penultimate features (output 2) and "
+                                                   "the logits (output 3) that the unfamiliar-image guard reads; a "
+                                                   "two-stage file's features are its feature model's output")
     self_test_outputs: list[list[float]] | None = Field(
         None, description="this file's class probabilities on the self-test's generated fields, as the converter's "
                           "device runtime computed them; the device refuses the file when its own differ by more "
@@ -109,6 +113,44 @@ class Calibration(Part):
 
     def apply(self, probabilities: np.ndarray) -> np.ndarray:
         return calibrate(probabilities, self.temperature)
+
+
+GuardMethod = Literal["mahalanobis", "energy"]
+
+
+class Guard(Part):
+    """The unfamiliar-image guard (edge/guard.py): a score of how far an image (a field, or each cell of a cell
+    bundle) is from the training images, from the model file's own features or logits; above the threshold
+    the image is not screened."""
+    method: GuardMethod = Field(description="mahalanobis: distance of the penultimate features from the nearest "
+                                            "class mean; energy: -log-sum-exp of the logits")
+    statistics: StoredFile | None = Field(None, description="mahalanobis: the training features' mean, whitening "
+                                                            "projection and class means (.npz, no pickles)")
+    components: int | None = Field(None, ge=1, description="mahalanobis: principal components kept")
+    threshold: float = Field(description="scores above it are 'Not screened: unlike the images this model was made "
+                                         "for'")
+    threshold_rule: str = Field(description="how the threshold was chosen, in words")
+    features_from: Format = Field(description="the format whose features the statistics and threshold were fitted "
+                                              "on (the other formats compute the same network)")
+    fitted_on: str = Field(description="the images the statistics were fitted on, and those of the threshold")
+    separation: dict[str, dict[str, float]] = Field(default_factory=dict, description=(
+        "area under the ROC curve of each method's score, test part against each unfamiliar set, measured when "
+        "the guard was fitted (1: separated, 0.5: not at all)"))
+    familiar_test_share: float = Field(ge=0, le=1, description="share of the test part's images the guard passes")
+
+    @model_validator(mode="after")
+    def _statistics_match_method(self) -> "Guard":
+        if (self.method == "mahalanobis") != (self.statistics is not None):
+            raise ValueError("guard: the mahalanobis method needs its statistics file, and only it has one")
+        return self
+
+    def score(self, extra: list[np.ndarray], statistics: dict[str, np.ndarray] | None) -> np.ndarray:
+        """Each image's score from the model file's further outputs (`ModelRunner.predict_all`)."""
+        if self.method == "mahalanobis":
+            return mahalanobis(extra[0] if extra else None, statistics)
+        if len(extra) < 2:
+            raise ValueError("the model file does not output the logits the energy guard reads")
+        return energy(extra[1])
 
 
 class AnswerCounts(Part):
@@ -213,6 +255,8 @@ class Manifest(Part):
                                                                           "quantization")
     self_test: SelfTest | None = Field(None, description="none only in bundles converted before the self-test "
                                                          "existed (schema 1 and 2)")
+    guard: Guard | None = Field(None, description="the unfamiliar-image guard; none in bundles made before it (`leukoscreen "
+                                                  "bundle guard` adds one)")
     training: TrainingRecord = Field(description="what the model was trained on, and how")
     software_version: str = Field(description="the leukoscreen version that wrote the bundle")
     created: str = Field(description="when the bundle was written (ISO time, UTC)")
@@ -266,6 +310,12 @@ class Manifest(Part):
                 if (len(table), *{len(row) for row in table}) != shape:
                     raise ValueError(f"{where} is not {shape[0]} rows of {shape[1]} class probabilities (one row per "
                                      "self-test field)")
+        if self.guard:
+            missing = [fmt for fmt, entry in self.files.items() if not (entry.guard_outputs or entry.classifier)]
+            if missing:
+                raise ValueError(f"files {missing} do not output the features the guard reads")
+            if self.guard.method == "energy" and any(entry.classifier for entry in self.files.values()):
+                raise ValueError("guard: a two-stage bundle has no logits; use the mahalanobis method")
         return self
 
     @property

@@ -1,5 +1,6 @@
 """Device runtimes behind one small interface: LiteRT (preferred), tflite-runtime (legacy boards) and
-onnxruntime. A runner takes preprocessed uint8 images (N x S x S x 3) and returns class probabilities.
+onnxruntime. A runner takes preprocessed uint8 images (N x S x S x 3) and returns class probabilities, and
+with them the features and logits of a file that outputs them (for the unfamiliar-image guard).
 
 No tensorflow here: the runtimes are imported only when a model of their kind is opened.
 """
@@ -95,15 +96,25 @@ class ModelRunner:
     name: str
     self_test_difference: float | None = None   # set by ModelBundle.runner: its self-test's largest difference
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the file, in its order, one row per image."""
         raise NotImplementedError
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N x K) for preprocessed uint8 images (N x S x S x 3)."""
         return to_probabilities(self.outputs(images))
 
+    def predict_all(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Class probabilities and the file's further outputs (features, logits; none for most files)."""
+        first, *rest = self.all_outputs(images)
+        return to_probabilities(first), [np.asarray(r, np.float32).reshape(len(r), -1) for r in rest]
+
     def outputs(self, images: np.ndarray) -> np.ndarray:
-        """The model's raw outputs (N x K scores, or N x F features) for preprocessed uint8 images."""
+        """The model's first raw output (N x K scores, or N x F features) for preprocessed uint8 images."""
+        return self.all_outputs(images)[0]
+
+    def all_outputs(self, images: np.ndarray) -> list[np.ndarray]:
+        """Every raw output of the model file for preprocessed uint8 images."""
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
@@ -153,23 +164,25 @@ class TFLiteRunner(ModelRunner):
                                  "device runtime can run; convert it again without Select-TF ops")
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        self.output_details = self.interpreter.get_output_details()
+        self.output = self.output_details[0]
         self.input_size = int(self.input["shape"][1])
         self.output_size = int(self.output["shape"][-1])
         scale, zero_point = self.input["quantization"]
         self.input_spec = (np.dtype(self.input["dtype"]).name, float(scale) or 1.0, int(zero_point))
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        outputs = []
+    def _dequantized(self, details: dict) -> np.ndarray:
+        y = self.interpreter.get_tensor(details["index"]).astype(np.float32)
+        scale, zero_point = details["quantization"]
+        return (y - zero_point) * scale if details["dtype"] in (np.int8, np.uint8) else y
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        rows = []
         for image in batch:  # one image at a time: valid for every model, including batch-1 RNN files
             self.interpreter.set_tensor(self.input["index"], tflite_input(image[None], self.input))
             self.interpreter.invoke()
-            y = self.interpreter.get_tensor(self.output["index"]).astype(np.float32)
-            out_scale, out_zero = self.output["quantization"]
-            if self.output["dtype"] in (np.int8, np.uint8):
-                y = (y - out_zero) * out_scale
-            outputs.append(y[0])
-        return np.stack(outputs)
+            rows.append([self._dequantized(details)[0] for details in self.output_details])
+        return [np.stack(column) for column in zip(*rows)]
 
 
 def int8_kernels_saturate() -> bool:
@@ -210,13 +223,14 @@ class OnnxRunner(ModelRunner):
             raise RuntimeProblem(f"{path}: not an ONNX model onnxruntime can load ({error})") from error
         self.input = self.session.get_inputs()[0]
         self.input_size = int(self.input.shape[1])
-        self.output_size = _fixed(self.session.get_outputs()[-1].shape[-1])
+        self.output_size = _fixed(self.session.get_outputs()[0].shape[-1])
         self.input_spec = ({"tensor(float)": "float32"}.get(self.input.type, self.input.type), 1.0, 0)
 
-    def _run(self, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
+    def _run(self, batch: np.ndarray, chunk: int = 16) -> list[np.ndarray]:
         # a few images per call: a whole data set at once would hold every layer's activations for all of it
-        return np.concatenate([self.session.run(None, {self.input.name: batch[i:i + chunk].astype(np.float32)})[0]
-                               for i in range(0, len(batch), chunk)])
+        chunks = [self.session.run(None, {self.input.name: batch[i:i + chunk].astype(np.float32)})
+                  for i in range(0, len(batch), chunk)]
+        return [np.concatenate(column) for column in zip(*chunks)]
 
 
 class TwoStageRunner(ModelRunner):
@@ -231,16 +245,17 @@ class TwoStageRunner(ModelRunner):
         if len(self.classifier.session.get_outputs()) != 2:
             raise RuntimeProblem(f"{classifier}: a classifier needs the outputs (label, probabilities); "
                                  "convert it with skl2onnx and zipmap off")
-        self.output_size = self.classifier.output_size
+        self.output_size = _fixed(self.classifier.session.get_outputs()[1].shape[-1])  # (label, probabilities)
         self.input_spec = features.input_spec
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        features = np.asarray(self.features._run(batch), dtype=np.float32).reshape(len(batch), -1)
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The classifier's probabilities, then the features they were computed from."""
+        features = np.asarray(self.features._run(batch)[0], dtype=np.float32).reshape(len(batch), -1)
         width = self.classifier.input_size
         if features.shape[1] != width:
             raise RuntimeProblem(f"the feature model gives {features.shape[1]} numbers per image but the "
                                  f"classifier expects {width}; the bundle's files do not belong together")
-        return self.classifier.session.run(None, {self.classifier.input.name: features})[1]
+        return [self.classifier.session.run(None, {self.classifier.input.name: features})[1], features]
 
 
 def open_runner(path: str | Path, options: RuntimeOptions = RuntimeOptions(),

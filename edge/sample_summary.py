@@ -12,7 +12,8 @@ from leukoscreen import RESEARCH_USE_NOTICE
 from leukoscreen.edge.decision import WORDING
 
 SampleDecision = Literal["no_blasts", "indeterminate", "possible_blasts", "not_screened"]
-OUTCOMES = ("possible_blasts", "indeterminate", "no_blasts", "retake")  # the first one present decides
+OUTCOMES = ("possible_blasts", "indeterminate", "no_blasts", "unfamiliar", "retake")  # the first present decides
+NOT_SCREENED_OUTCOMES = ("unfamiliar", "retake")
 NOT_SCREENED = "Not screened: no field could be screened; retake"
 
 
@@ -22,7 +23,7 @@ class SampleSummary(BaseModel):
     last_time: str
     captures: int
     fields: dict[str, int] = Field(description="captures per answer: no_blasts, indeterminate, possible_blasts, "
-                                               "retake")
+                                               "unfamiliar (not screened: unlike the model's images), retake")
     white_cells_found: int = Field(description="cells the cell finder located, over the screened fields")
     cells_classified: int = Field(description="cells a single-cell model classified (0 for field models)")
     blast_like_cells: int = Field(description="of those, the cells it called blast-like")
@@ -34,7 +35,7 @@ class SampleSummary(BaseModel):
 
     @property
     def screened_fields(self) -> int:
-        return sum(count for outcome, count in self.fields.items() if outcome != "retake")
+        return sum(count for outcome, count in self.fields.items() if outcome not in NOT_SCREENED_OUTCOMES)
 
 
 def summarize(sample_id: str, rows: list[dict]) -> SampleSummary:
@@ -45,7 +46,7 @@ def summarize(sample_id: str, rows: list[dict]) -> SampleSummary:
     found = classified = blast_like = 0
     for row in rows:
         fields[row["decision"]] = fields.get(row["decision"], 0) + 1  # a later code gets its own count
-        if row["decision"] == "retake":
+        if row["decision"] in NOT_SCREENED_OUTCOMES:
             continue
         record = json.loads(row["result"])
         found += record.get("cells_found", 0)

@@ -15,6 +15,7 @@ from leukoscreen.edge.bundle import ModelBundle, load_bundle
 from leukoscreen.edge.capture_record import CaptureRecord, CellRecord, ModelAnswer, retake, screened
 from leukoscreen.edge.cell_crops import cell_crop
 from leukoscreen.edge.cell_finder import CellFinderConfig
+from leukoscreen.edge.decision import Decision
 from leukoscreen.edge.field_analysis import FieldAnalysis, analyse_field
 from leukoscreen.edge.preprocessing import preprocess
 from leukoscreen.edge.quality import QualityConfig
@@ -30,7 +31,10 @@ class ScreeningModel:
 
     def __init__(self, bundle: ModelBundle, runner: ModelRunner, fmt: str, notes: tuple[str, ...] = ()):
         self.bundle, self.runner, self.format = bundle, runner, fmt
-        self.notes = bundle.notes + notes   # what the user should know: an older schema, a refused format
+        self.guard, self.guard_statistics = bundle.manifest.guard, bundle.guard_statistics()
+        self.notes = bundle.notes + (() if self.guard else (
+            "this bundle has no unfamiliar-image guard: it answers on any field that passes the quality gate "
+            "(`leukoscreen bundle guard` adds one)",)) + notes
 
     @classmethod
     def open(cls, bundle: ModelBundle | str | Path = DEFAULT_BUNDLE,
@@ -54,8 +58,11 @@ class ScreeningModel:
         """The hash of the model file in use (what a stored result names)."""
         return self.bundle.entry(self.format).sha256
 
-    def _probabilities(self, images: np.ndarray) -> np.ndarray:
-        return self.bundle.manifest.calibration.apply(self.runner.predict(images))
+    def _probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities and, with a guard, each image's guard score (None without one)."""
+        probabilities, extra = self.runner.predict_all(images)
+        scores = self.guard.score(extra, self.guard_statistics) if self.guard else None
+        return self.bundle.manifest.calibration.apply(probabilities), scores
 
     def classify(self, rgb: np.ndarray, field: FieldAnalysis) -> ModelAnswer:
         started = time.perf_counter()
@@ -70,19 +77,32 @@ class ScreeningModel:
                 values["um_per_px"] = manifest.um_per_px or manifest.cell.effective_um_per_px
                 values["scale_source"] = "assumed (the model's training scale)"
             crops = [cell_crop(rgb, c, values["um_per_px"], manifest.cell) for c in field.cells]
-            probabilities = self._probabilities(np.stack([preprocess(c, config) for c in crops]))
+            probabilities, guard = self._probabilities(np.stack([preprocess(c, config) for c in crops]))
             scores = rule.score(probabilities, names)
+            unfamiliar = guard > self.guard.threshold if guard is not None else np.zeros(len(crops), bool)
             predicted = [names[i] for i in probabilities.argmax(axis=1)]
-            values["cells"] = tuple(CellRecord(box=c.box, predicted=p, blast_score=float(s))
-                                    for c, p, s in zip(field.cells, predicted, scores))
-            values["counts"] = {name: predicted.count(name) for name in names}
-            values["blast_fraction"] = float(np.mean([p not in rule.negative_classes for p in predicted]))
-            score = float(scores.max())  # one suspicious cell is enough to refer
-            mean = probabilities.mean(axis=0)
+            values["cells"] = tuple(CellRecord(box=c.box, predicted=p, blast_score=float(s), unfamiliar=bool(u))
+                                    for c, p, s, u in zip(field.cells, predicted, scores, unfamiliar))
+            familiar = ~unfamiliar
+            values["counts"] = {name: sum(p == name for p, f in zip(predicted, familiar) if f) for name in names}
+            read = [p for p, f in zip(predicted, familiar) if f]
+            values["blast_fraction"] = float(np.mean([p not in rule.negative_classes for p in read])) if read else None
+            # one suspicious cell is enough to refer; the cells the model cannot read may hide one
+            score = float(scores[familiar].max()) if read else float(scores.max())
+            mean = probabilities[familiar].mean(axis=0) if read else probabilities.mean(axis=0)
+            decision = rule.decide(score)
+            if not read or (unfamiliar.any() and decision.code == "no_blasts"):
+                decision = Decision("unfamiliar", score)
+            values["guard_score"] = None if guard is None else float(guard.max())
         else:
-            mean = self._probabilities(preprocess(rgb, config)[None])[0]
+            probabilities, guard = self._probabilities(preprocess(rgb, config)[None])
+            mean = probabilities[0]
             score = float(rule.score(mean[None], names)[0])
-        decision = rule.decide(score)
+            decision = rule.decide(score)
+            if guard is not None:
+                values["guard_score"] = float(guard[0])
+                if guard[0] > self.guard.threshold:
+                    decision = Decision("unfamiliar", score)
         return ModelAnswer(bundle=self.title, decision=decision.code, message=decision.wording,
                            blast_score=decision.score, probabilities={n: float(p) for n, p in zip(names, mean)},
                            classify_ms=(time.perf_counter() - started) * 1e3, **values)

@@ -128,6 +128,11 @@ def _bundle(args) -> None:
         from leukoscreen.convert.bundle_builder import remake_onnx_int8
         remake_onnx_int8(Path(args.bundle), _path(args.data), args.bundle_version)
         return
+    if args.bundle_command == "guard":
+        from leukoscreen.convert.guard_builder import add_guard
+        add_guard(Path(args.bundle), _path(args.data), args.bundle_version, args.method, args.components, args.within,
+                  [_path(f) for f in args.unfamiliar], args.limit)
+        return
     bundle = load_bundle(args.bundle)
     if args.bundle_command == "upgrade":
         if write_manifest(bundle.path, bundle.manifest):
@@ -140,6 +145,10 @@ def _bundle(args) -> None:
           f"(default {bundle.manifest.default_format}); every file matches its sha256")
     for note in bundle.notes:
         print(f"note: {note}")
+    guard = bundle.manifest.guard
+    print("unfamiliar-image guard: " + ("none (`leukoscreen bundle guard` adds one)" if guard is None else
+          f"{guard.method}, threshold {guard.threshold:.4g} ({guard.threshold_rule}); passes "
+          f"{guard.familiar_test_share:.1%} of the test part"))
     from leukoscreen.edge.runtimes import RuntimeOptions, RuntimeProblem
     signature_refused = _signature_line(bundle)
     failed = 0
@@ -631,6 +640,22 @@ def _add_bundle(commands) -> None:
                                                       "test images are checked and read there)")
     remake.add_argument("--bundle-version", help="the bundle's new version (default: unchanged)")
     remake.set_defaults(handler=_bundle)
+    guard = bundle_commands.add_parser(
+        "guard", help="fit the unfamiliar-image guard into a bundle: its model files also output their features, "
+                      "statistics from the training part, threshold from the validation part")
+    guard.add_argument("bundle")
+    guard.add_argument("--data", required=True, help="the data folder the bundle was trained on (its split's "
+                                                     "images are checked and read there)")
+    guard.add_argument("--method", default="mahalanobis", choices=["mahalanobis", "energy"])
+    guard.add_argument("--components", type=int, default=128, help="mahalanobis: principal components kept")
+    guard.add_argument("--within", type=float, default=0.99,
+                       help="share of familiar images meant to pass (the threshold's split-conformal quantile)")
+    guard.add_argument("--unfamiliar", nargs="*", default=[], metavar="DIR",
+                       help="folders of images the model was not made for, to measure how well each method "
+                            "separates them (the test part perturbed is always measured)")
+    guard.add_argument("--limit", type=int, default=150, help="images of each unfamiliar set")
+    guard.add_argument("--bundle-version", help="the bundle's new version (default: unchanged)")
+    guard.set_defaults(handler=_bundle)
 
 
 def _signature_line(bundle) -> bool:

@@ -161,15 +161,34 @@ def test_the_device_decides_a_field_from_its_cells(cell_bundle):
     model = ScreeningModel.open(cell_bundle)
     field = synthetic_field(1)
     record = screen(field.image, model)
-    assert record.decision in ("no_blasts", "indeterminate", "possible_blasts")
+    assert record.decision in ("no_blasts", "indeterminate", "possible_blasts", "unfamiliar")
     assert record.scale_source.startswith("estimated") and record.um_per_px > 0
     assert len(record.cells) == record.cells_found >= 1
     assert all(cell.predicted in ("non-blast", "blast") for cell in record.cells)
-    assert sum(record.counts.values()) == len(record.cells)
-    assert record.blast_fraction == record.counts["blast"] / len(record.cells)
-    assert record.blast_score == max(cell.blast_score for cell in record.cells)
+    assert model.guard is not None and record.guard_score is not None   # convert gives every bundle a guard
+    familiar = [cell for cell in record.cells if not cell.unfamiliar]   # the guard's: unlike the training cells
+    assert sum(record.counts.values()) == len(familiar)
+    if familiar:
+        assert record.blast_fraction == record.counts["blast"] / len(familiar)
+        assert record.blast_score == max(cell.blast_score for cell in familiar)
+    # a cell the model cannot read might be the blast: never "No blasts suggested" past one
+    assert not (record.decision == "no_blasts" and len(familiar) < len(record.cells))
     configured = screen(field.image, model, scale=ScaleConfig(um_per_px=0.25))
     assert (configured.um_per_px, configured.scale_source) == (0.25, "configured")
+
+
+def test_a_cell_model_reads_only_the_cells_it_knows(cell_bundle):
+    """With a threshold no cell passes, no answer; with one every cell passes, the model's own answer."""
+    model = ScreeningModel.open(cell_bundle)
+    image = synthetic_field(1).image
+    model.guard = model.guard.model_copy(update={"threshold": -1e30})
+    refused = screen(image, model)
+    assert refused.decision == "unfamiliar" and refused.cells and all(c.unfamiliar for c in refused.cells)
+    assert sum(refused.counts.values()) == 0 and refused.blast_fraction is None
+    model.guard = model.guard.model_copy(update={"threshold": 1e30})
+    read = screen(image, model)
+    assert read.decision in ("no_blasts", "indeterminate", "possible_blasts")
+    assert not any(c.unfamiliar for c in read.cells) and sum(read.counts.values()) == len(read.cells)
 
 
 def test_no_white_cell_no_decision_whatever_the_model(cell_bundle):

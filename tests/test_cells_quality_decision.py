@@ -184,7 +184,7 @@ def test_threshold_keeps_the_target_sensitivity_for_new_blast_images():
 def test_screening_gives_decision_or_retake(bundle):
     model = ScreeningModel.open(bundle)
     result = screen(synthetic_field(3).image, model)
-    assert result.decision in ("no_blasts", "indeterminate", "possible_blasts")
+    assert result.decision in ("no_blasts", "indeterminate", "possible_blasts", "unfamiliar")
     assert "Research use only" in result.message and result.cells_found >= 1
     assert abs(sum(result.probabilities.values()) - 1) < 1e-6
     dark = screen(np.zeros((200, 200, 3), np.uint8), model)
@@ -216,4 +216,8 @@ def test_shipped_default_bundle_is_valid_and_screens():
     assert abs(bundle.manifest.metrics["tflite-int8"].accuracy_change) <= 0.01
     for fmt in bundle.formats:
         result = screen(synthetic_field(5).image, ScreeningModel.open(bundle, RuntimeOptions(format=fmt)))
-        assert result.decision in ("no_blasts", "indeterminate", "possible_blasts")
+        assert result.decision in ("no_blasts", "indeterminate", "possible_blasts", "unfamiliar")
+    # fitted on its own training part: passes nearly all of its test part, refuses other labs' images
+    guard = bundle.manifest.guard
+    assert guard.method == "mahalanobis" and guard.familiar_test_share >= 0.95
+    assert guard.separation["pbc-subset"]["mahalanobis"] > 0.95

@@ -27,7 +27,7 @@ def test_capture_is_classified_stored_and_shown(tmp_path, bundle):
     display = EmulatedDisplay(16, 2, png=str(tmp_path / "lcd.png"))
     daemon = Daemon(device(tmp_path, bundle), display)
     result = daemon.capture_once("S-1")
-    assert result.decision in ("no_blasts", "indeterminate", "possible_blasts", "retake")
+    assert result.decision in ("no_blasts", "indeterminate", "possible_blasts", "unfamiliar", "retake")
     assert result.sample_id == "S-1" and daemon.store.captures("S-1")
     assert display.pages[-1] == ["Research use    ", "only            "]  # the 16x2 screen's second page
     assert (tmp_path / "lcd.png").exists()
@@ -132,14 +132,14 @@ STATES = [("starting", "loading model"), ("ready", ""), ("capturing", ""),
           ("retake", "compressed image (JPEG blocks): set the camera to an uncompressed or high-quality format"),
           ("retake", "too noisy (more light, a lower gain or ISO)"),
           ("result", "no_blasts"),
-          ("result", "indeterminate"), ("result", "possible_blasts"),
+          ("result", "indeterminate"), ("result", "possible_blasts"), ("result", "unfamiliar"),
           ("error", "No frame from the camera: camera folder /x holds no images"),
           ("error", "Storage full: 3 MB free, 200 MB needed."), ("error", "something unforeseen")]
 # what each state must say, whole words on either screen size
 EXPECTED = {"starting": "LeukoScreen", "ready": "press", "capturing": "Capturing", "too dark": "too dark",
             "out of focus": "out of focus", "no white cells": "no white cells", "compressed": "compressed",
             "noisy": "too noisy", "no_blasts": "No blasts suggested",
-            "indeterminate": "retake", "possible_blasts": "refer", "camera": "camera", "Storage full": "Storage full",
+            "indeterminate": "retake", "possible_blasts": "refer", "unfamiliar": "Not screened", "camera": "camera", "Storage full": "Storage full",
             "something": "web page"}
 
 
@@ -214,7 +214,7 @@ def test_compared_bundles_run_side_by_side_and_only_one_decides(tmp_path, bundle
     result = daemon.classify_frame(synthetic_field(4).image, "S-9")
     assert result.bundle == daemon.models.deciding.title != DEFAULT_TITLE
     assert [c.bundle for c in result.compared] == [DEFAULT_TITLE]
-    assert result.compared[0].decision in ("no_blasts", "indeterminate", "possible_blasts")
+    assert result.compared[0].decision in ("no_blasts", "indeterminate", "possible_blasts", "unfamiliar")
     stored = json.loads(daemon.store.captures("S-9")[0]["result"])
     assert stored["compared"] == [c.model_dump() for c in result.compared]
     assert daemon.status_view().compared_bundles == [DEFAULT_TITLE]
@@ -227,7 +227,7 @@ def test_xnnpack_false_runs_every_bundle_on_the_built_in_kernels(tmp_path, bundl
     assert [m.runner.name for m in (daemon.models.deciding, *daemon.models.compared)] == ["litert built-in"] * 2
     assert daemon.status_view().bundle.runtime == "litert built-in"  # the status page shows it
     assert daemon.classify_frame(synthetic_field(4).image, "S-1").decision in (
-        "no_blasts", "indeterminate", "possible_blasts")
+        "no_blasts", "indeterminate", "possible_blasts", "unfamiliar")
     daemon.close()
 
 

@@ -47,7 +47,7 @@ def resources(bundle: dict, kind: str) -> list[dict]:
 
 def test_the_summary_counts_fields_and_cells(store):
     summary = summarize("S-1", store.captures("S-1"))
-    assert summary.fields == {"possible_blasts": 1, "indeterminate": 0, "no_blasts": 1, "retake": 1}
+    assert summary.fields == {"possible_blasts": 1, "indeterminate": 0, "no_blasts": 1, "unfamiliar": 0, "retake": 1}
     assert (summary.white_cells_found, summary.cells_classified, summary.blast_like_cells) == (9, 8, 3)
     assert summary.decision == "possible_blasts" and summary.screened_fields == 2
     assert "refer" in summary.message and "Research use only" in summary.message

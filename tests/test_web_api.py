@@ -32,7 +32,8 @@ def test_status_preview_classify_results_samples(device):
     answer = client.post("/api/classify", json={"sample_id": "S-1"})
     assert answer.status_code == 200, answer.text
     capture = answer.json()
-    assert capture["sample_id"] == "S-1" and capture["decision"] in ("no_blasts", "indeterminate", "possible_blasts")
+    assert capture["sample_id"] == "S-1" and capture["decision"] in ("no_blasts", "indeterminate", "possible_blasts",
+                                                                           "unfamiliar")
     assert "Research use only" in capture["message"] and capture["result"]["source"] == "camera"
     assert len(capture["result"]["cells"]) == capture["result"]["cells_found"] >= 1
     assert capture["bundle"] == DEFAULT_TITLE

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from leukoscreen.edge.decision import WORDING, DecisionRule
+from leukoscreen.edge.decision import RULE_CODES, DecisionRule
 from leukoscreen.edge.manifest import AnswerCounts, Calibration, ScreeningOutcomes
 
 
@@ -143,7 +143,7 @@ def screening_outcomes(probabilities: np.ndarray, labels: np.ndarray, class_name
     if fields is not None:
         scores, blast = field_maxima(scores, blast, fields)
     answers = np.array([rule.decide(score).code for score in scores])
-    counts = {kind: AnswerCounts(n=int(rows.sum()), **{code: int((answers[rows] == code).sum()) for code in WORDING})
+    counts = {kind: AnswerCounts(n=int(rows.sum()), **{code: int((answers[rows] == code).sum()) for code in RULE_CODES})
               for kind, rows in (("blast", blast), ("non_blast", ~blast))}
     return ScreeningOutcomes(**counts, sensitivity=1.0 - counts["blast"].no_blasts / max(counts["blast"].n, 1),
                              specificity=counts["non_blast"].no_blasts / max(counts["non_blast"].n, 1),

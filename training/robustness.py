@@ -171,6 +171,8 @@ def _answer(rgb: np.ndarray, model: ScreeningModel, finder: CellFinderConfig, qu
         return "not_screened", None, reason_name(reasons[0]) if reasons else "retake"
     if record.decision == "error":
         return "not_screened", None, "error"
+    if record.decision == "unfamiliar":
+        return "not_screened", record.blast_score, "unfamiliar image"
     return record.decision, record.blast_score, ""
 
 

@@ -6,6 +6,7 @@
 const $ = (id) => document.getElementById(id);
 const PALETTE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"];
 const DECISIONS = { no_blasts: "No blasts suggested", indeterminate: "Indeterminate", retake: "Retake",
+  unfamiliar: "Not screened: unlike the images this model was made for",
   possible_blasts: "Possible blasts: refer", error: "Error" };
 let deviceStatus = null;
 let previewUrl = null;
@@ -129,15 +130,22 @@ function classColour(name) {
   return index < 0 ? "#0057b8" : PALETTE[index % PALETTE.length];
 }
 
+// A cell's label and colour: its class and blast score, or grey when the model's guard found it unfamiliar.
+function cellLabel(cell) {
+  if (!cell.predicted) return "cell";
+  return cell.unfamiliar ? "unfamiliar, not read" : `${cell.predicted} ${Math.round(100 * cell.blast_score)}%`;
+}
+const cellColour = (cell) => (cell.unfamiliar ? "#777777" : classColour(cell.predicted));
+
 // A cell model's cells as crops, most blast-like first, each framed in its class colour.
 function showGallery(image, cells) {
   const judged = cells.filter((cell) => cell.predicted).sort((a, b) => b.blast_score - a.blast_score);
   $("result-gallery").replaceChildren(...judged.map((cell) => {
     const [x, y, w, h] = cell.box;
     const canvas = el("canvas", { width: 72, height: 72 });
-    canvas.style.borderColor = classColour(cell.predicted);
+    canvas.style.borderColor = cellColour(cell);
     canvas.getContext("2d").drawImage(image, x, y, w, h, 0, 0, 72, 72);
-    return el("figure", {}, canvas, el("figcaption", {}, `${cell.predicted} ${Math.round(100 * cell.blast_score)}%`));
+    return el("figure", {}, canvas, el("figcaption", {}, cellLabel(cell)));
   }));
 }
 
@@ -154,8 +162,8 @@ function showResult(capture, title) {
     svg.setAttribute("viewBox", `0 0 ${image.naturalWidth} ${image.naturalHeight}`);
     for (const cell of result.cells || []) {
       const [x, y, w, h] = cell.box;
-      const colour = classColour(cell.predicted);
-      const label = cell.predicted ? `${cell.predicted} ${Math.round(100 * cell.blast_score)}%` : "cell";
+      const colour = cellColour(cell);
+      const label = cellLabel(cell);
       const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
       for (const [k, v] of Object.entries({ x, y, width: w, height: h, stroke: colour, class: "cell-box" })) rect.setAttribute(k, v);
       rect.dataset.label = label;
