@@ -96,8 +96,15 @@ def add_guard(bundle_path: Path, data: Path, version: str | None = None, method:
               components: int = 128, within: float = 0.99, unfamiliar: list[Path] = (), limit: int = 150,
               perturb: bool = True) -> Manifest:
     """Fit the guard into a bundle (see the module); the bundle changes only when everything succeeded."""
+    if not 0 < within < 1:
+        raise ConversionError(f"--within {within}: the share of familiar images to pass, between 0 and 1 (e.g. 0.99)")
+    if components < 1 or limit < 0:
+        raise ConversionError(f"--components {components}, --limit {limit}: components 1 or more, limit 0 or more "
+                              "(0: the separation is not measured)")
     bundle = load_bundle(bundle_path)
     manifest = bundle.manifest
+    for stale in bundle.path.glob(f"{NEW}*"):   # left by an interrupted run
+        stale.unlink()
     if method not in ("mahalanobis", "energy"):
         raise ConversionError(f"unknown guard method {method!r}; use mahalanobis or energy")
     fmt = manifest.default_format
@@ -106,10 +113,10 @@ def add_guard(bundle_path: Path, data: Path, version: str | None = None, method:
         raise ConversionError("a two-stage bundle (thesis Model 1) has no logits: use --method mahalanobis")
     parts = {name: bundle_part(bundle, data, name) for name in ("train", "val", "test")}
     try:
-        new_files = _guarded_files(bundle, bundle.path)
-    except FeatureOutputError as error:
-        raise ConversionError(f"{bundle.path}: no guard can be added: {error}") from error
-    try:
+        try:
+            new_files = _guarded_files(bundle, bundle.path)
+        except FeatureOutputError as error:
+            raise ConversionError(f"{bundle.path}: no guard can be added: {error}") from error
         fields = generated_fields(manifest.input.size, manifest.self_test.fields if manifest.self_test else 6)
         for name, path in new_files.items():  # the probabilities must not change
             before = bundle.runner(RuntimeOptions(format=name)).predict(fields)
@@ -120,8 +127,10 @@ def add_guard(bundle_path: Path, data: Path, version: str | None = None, method:
         runner = (bundle.runner(RuntimeOptions(format=fmt)) if fmt not in new_files
                   else open_runner(new_files[fmt], RuntimeOptions(), bundle.classifier_file(fmt)))
         outputs = {name: runner.predict_all(part.images)[1] for name, part in parts.items()}
-        statistics = fit_mahalanobis(outputs["train"][0], parts["train"].labels,
-                                     min(components, outputs["train"][0].shape[1]))
+        width = outputs["train"][0].shape[1]
+        if components > width:
+            print(f"note: {components} components asked for, the model has {width} features: keeping {width}")
+        statistics = fit_mahalanobis(outputs["train"][0], parts["train"].labels, min(components, width))
         scorers = {"mahalanobis": lambda extra: mahalanobis(extra[0], statistics)}
         if not two_stage:
             scorers["energy"] = lambda extra: energy(extra[1])
@@ -132,6 +141,9 @@ def add_guard(bundle_path: Path, data: Path, version: str | None = None, method:
                       for name, extra in unfamiliar_outputs.items()}
         threshold = conformal_threshold(scorers[method](outputs["val"]), within)
         passed = float(np.mean(scorers[method](outputs["test"]) <= threshold))
+        self_test_scores = scorers[method](runner.predict_all(fields)[1])
+        if not unfamiliar_outputs:
+            print("note: no unfamiliar images (--limit 0): the separation was not measured")
         for name, extra in unfamiliar_outputs.items():
             print(f"  {name}: AUROC " + ", ".join(f"{m} {a:.3f}" for m, a in separation[name].items())
                   + f"; not screened by the {method} guard {np.mean(scorers[method](extra) > threshold):.0%}")
@@ -154,7 +166,8 @@ def add_guard(bundle_path: Path, data: Path, version: str | None = None, method:
                               f" of {len(parts['val'].labels)}, counted from the lowest (split-conformal, {within:.0%} "
                               "of familiar images within)",
             "fitted_on": "statistics: training part; threshold: validation part (the bundle's split)",
-            "separation": separation, "familiar_test_share": passed}
+            "separation": separation, "familiar_test_share": passed,
+            "self_test_scores": [float(v) for v in np.round(self_test_scores, 4)] if manifest.self_test else None}
         try:
             manifest = Manifest.model_validate(values)
         except ValidationError as error:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,7 @@ class ModelBundle:
         if guard is None or guard.statistics is None:
             return None
         try:
-            return load_statistics(self._verified(guard.statistics))
+            return load_statistics(self._verified(guard.statistics), guard.components)
         except ValueError as error:
             if isinstance(error, BundleError):
                 raise
@@ -130,9 +131,15 @@ class ModelBundle:
         if self.manifest.guard is not None:
             statistics = self.guard_statistics()   # BundleError when damaged: no format can be used
             try:
-                self.manifest.guard.score(extra, statistics)
+                scores = self.manifest.guard.score(extra, statistics)
             except ValueError as error:
                 raise RuntimeProblem(f"{self.file(fmt).name}: {error}; the bundle's files do not belong together") from error
+            if not self.manifest.guard.agrees(scores):
+                raise SelfTestFailed(f"{self.path}: {fmt} ({self.entry(fmt).file}) failed its self-test through "
+                                     f"{runner.name}: its guard scores on the generated fields "
+                                     f"({', '.join(f'{v:.4g}' for v in scores)}) are not the converter's "
+                                     f"({', '.join(f'{v:.4g}' for v in self.manifest.guard.self_test_scores)}); "
+                                     "the guard's statistics do not belong to this model file")
         difference = largest_difference(probabilities, self.entry(fmt).self_test_outputs)
         if difference > test.tolerance:
             raise SelfTestFailed(f"{self.path}: {fmt} ({self.entry(fmt).file}) failed its self-test through "
@@ -208,5 +215,7 @@ def write_manifest(path: Path, manifest: Manifest) -> bool:
     stale = signature.exists() and json.loads(text)["manifest_sha256"] not in signature.read_text(errors="replace")
     if stale:
         signature.unlink()
-    (path / "manifest.json").write_text(text, encoding="utf-8")
+    temporary = path / "manifest.json.new"   # replaced in one step: an interrupted write leaves the old one
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path / "manifest.json")
     return stale

@@ -12,10 +12,12 @@ image above it gets "Not screened: unlike the images this model was made for", n
 from __future__ import annotations
 
 import io
+import zipfile
 
 import numpy as np
 
 STATISTICS = ("mean", "projection", "class_means")
+MAX_BYTES = 64 << 20   # per array: 1,280 features x 128 components take 0.66 MB
 
 
 def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, components: int,
@@ -60,16 +62,34 @@ def save_statistics(statistics: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def load_statistics(content: bytes) -> dict[str, np.ndarray]:
-    """The arrays of a guard statistics file (a plain .npz: no pickled objects are read)."""
+def load_statistics(content: bytes, components: int | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a guard statistics file: a plain .npz of float arrays (nothing pickled is read, and no array
+    larger than the file's own bytes allows is allocated). components: the number the manifest records."""
+    statistics = {}
     try:
-        with np.load(io.BytesIO(content), allow_pickle=False) as arrays:
-            statistics = {name: np.asarray(arrays[name], np.float32) for name in STATISTICS}
-    except (OSError, ValueError, KeyError) as error:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            for name in STATISTICS:
+                with archive.open(f"{name}.npy") as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(member)
+                    if dtype.kind != "f":
+                        raise ValueError(f"{name} is not a plain array of floating-point numbers")
+                    if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > archive.getinfo(
+                            f"{name}.npy").file_size or archive.getinfo(f"{name}.npy").file_size > MAX_BYTES:
+                        raise ValueError(f"{name} declares more numbers than the file holds or allows")
+                with archive.open(f"{name}.npy") as member:
+                    statistics[name] = np.asarray(np.lib.format.read_array(member, allow_pickle=False), np.float32)
+    except ValueError as error:
         raise ValueError(f"not a guard statistics file ({error})") from error
-    width, components = statistics["projection"].shape if statistics["projection"].ndim == 2 else (0, 0)
-    if (statistics["mean"].shape != (width,) or statistics["class_means"].ndim != 2
-            or statistics["class_means"].shape[1] != components or not all(np.isfinite(a).all()
-                                                                           for a in statistics.values())):
-        raise ValueError("the guard statistics' arrays do not fit together")
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, TypeError, MemoryError) as error:
+        raise ValueError(f"not a guard statistics file (an .npz of {', '.join(STATISTICS)}): "
+                         f"{type(error).__name__}") from error
+    projection, class_means = statistics["projection"], statistics["class_means"]
+    width, kept = projection.shape if projection.ndim == 2 else (0, 0)
+    if (kept < 1 or statistics["mean"].shape != (width,) or class_means.ndim != 2 or len(class_means) < 1
+            or class_means.shape[1] != kept or not all(np.isfinite(a).all() for a in statistics.values())
+            or (components is not None and kept != components) or not np.abs(projection).sum(axis=0).all()):
+        raise ValueError("the guard statistics' arrays do not fit together (or with the manifest's components)")
     return statistics

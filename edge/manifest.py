@@ -137,12 +137,31 @@ class Guard(Part):
         "area under the ROC curve of each method's score, test part against each unfamiliar set, measured when "
         "the guard was fitted (1: separated, 0.5: not at all)"))
     familiar_test_share: float = Field(ge=0, le=1, description="share of the test part's images the guard passes")
+    self_test_scores: list[float] | None = Field(None, description=(
+        "the guard's scores on the self-test's generated fields, as the converter computed them (features_from); "
+        "a device whose scores are not within a factor of 2 (energy: 1 or half the value) refuses the file"))
 
     @model_validator(mode="after")
     def _statistics_match_method(self) -> "Guard":
         if (self.method == "mahalanobis") != (self.statistics is not None):
             raise ValueError("guard: the mahalanobis method needs its statistics file, and only it has one")
+        if self.method == "mahalanobis" and not 0 < self.threshold <= 1e12:
+            raise ValueError(f"guard: a Mahalanobis threshold is a squared distance above 0 (and at most 1e12), got "
+                             f"{self.threshold}")
+        if self.method == "mahalanobis" and self.components is None:
+            raise ValueError("guard: the mahalanobis method records its components")
         return self
+
+    def agrees(self, scores: np.ndarray) -> bool:
+        """Whether a device's guard scores on the self-test fields agree with the converter's."""
+        if self.self_test_scores is None:
+            return True
+        expected = np.asarray(self.self_test_scores, np.float64)
+        if len(scores) != len(expected):
+            return False
+        if self.method == "mahalanobis":
+            return bool(np.all((scores >= expected / 2) & (scores <= expected * 2)))
+        return bool(np.all(np.abs(scores - expected) <= np.maximum(1.0, np.abs(expected) / 2)))
 
     def score(self, extra: list[np.ndarray], statistics: dict[str, np.ndarray] | None) -> np.ndarray:
         """Each image's score from the model file's further outputs (`ModelRunner.predict_all`)."""
@@ -316,6 +335,11 @@ class Manifest(Part):
                 raise ValueError(f"files {missing} do not output the features the guard reads")
             if self.guard.method == "energy" and any(entry.classifier for entry in self.files.values()):
                 raise ValueError("guard: a two-stage bundle has no logits; use the mahalanobis method")
+            if self.guard.features_from not in self.files:
+                raise ValueError(f"guard.features_from {self.guard.features_from!r} is not among the files")
+            if self.self_test and self.guard.self_test_scores is not None and len(
+                    self.guard.self_test_scores) != self.self_test.fields:
+                raise ValueError("guard.self_test_scores is not one score per self-test field")
         return self
 
     @property

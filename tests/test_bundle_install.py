@@ -33,7 +33,7 @@ def config(tmp_path):
 
 def test_install_switches_the_device_and_rollback_returns(tmp_path, config):
     assert installed_bundle(config.state_dir) is None
-    assert ModelSet.load(config).deciding.title.startswith("leukoscreen-default 6")  # nothing installed: shipped
+    assert ModelSet.load(config).deciding.title.startswith("leukoscreen-default 7")  # nothing installed: shipped
     first = install_bundle(_version(tmp_path, "7"), config)
     assert installed_bundle(config.state_dir) == first and ModelSet.load(config).deciding.title.endswith(" 7")
     second = install_bundle(_version(tmp_path, "8"), config)

@@ -365,7 +365,14 @@ def test_onnx_int8_is_the_tflite_files_quantization_and_decides_alike(bundle, tm
     tflite = load_bundle(bundle).runner(RuntimeOptions(format="tflite-int8")).predict(images)
     onnx_int8 = load_bundle(bundle).runner(RuntimeOptions(format="onnx-int8")).predict(images)
     assert np.abs(tflite - onnx_int8).max() <= 2 / 256  # a quantization step or two of the int8 output
-    assert _decisions(bundle, "onnx-int8", images) == _decisions(bundle, "tflite-int8", images)
+    # the same decision, except where a score lies within those steps of the rule's boundary (a 2-epoch model's
+    # threshold can sit on a quantized score)
+    rule = manifest.decision
+    scores = rule.score(manifest.calibration.apply(tflite), manifest.class_names)
+    on_boundary = np.min(np.abs(scores[:, None] - [rule.threshold, rule.refer_at]), axis=1) <= 2 / 256
+    differing = [i for i, (a, b) in enumerate(zip(_decisions(bundle, "onnx-int8", images),
+                                                  _decisions(bundle, "tflite-int8", images))) if a != b]
+    assert all(on_boundary[i] for i in differing) and len(differing) <= max(1, len(images) // 50), differing
 
 
 def test_bundle_onnx_from_tflite_remakes_an_older_bundles_onnx_file(bundle, tmp_path, capsys):

@@ -128,3 +128,55 @@ def test_the_mahalanobis_distance_grows_away_from_the_classes():
     near, far = mahalanobis(np.array([[0.0] * 6, [4.0] * 6]), statistics), mahalanobis(np.full((1, 6), 12.0),
                                                                                           statistics)
     assert near.max() < 2 and far[0] > 100   # squared whitened distance: about 6 * 8^2 from the nearest class
+
+
+def _npz(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(f"{name}.npy", data)
+    return buffer.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_hostile_statistics_files_are_refused_without_reading_them_whole():
+    from leukoscreen.edge.guard import load_statistics
+    good = {"mean": _npy(np.zeros(8, np.float32)), "projection": _npy(np.eye(8, 4, dtype=np.float32)),
+            "class_means": _npy(np.zeros((2, 4), np.float32))}
+    assert load_statistics(_npz(good), 4)["projection"].shape == (8, 4)
+    huge_header = _npy(np.zeros(8, np.float32)).replace(b"(8,)", b"(1000000000000,)")   # 4 TB declared
+    zeros = {"mean": b"\x93NUMPY" + _npy(np.zeros(20_000_000, np.float32))[6:]}        # 80 MB of zeros, deflated
+    cases = {"empty": b"", "not a zip": b"PK\x03\x04 garbage", "huge header": _npz(good | {"mean": huge_header}),
+             "deflated 80 MB": _npz(good | zeros), "pickled objects": _npz(good | {"mean": _npy(np.array([{}]))}),
+             "integers": _npz(good | {"mean": _npy(np.zeros(8, np.int64))}),
+             "no components": _npz(good | {"projection": _npy(np.zeros((8, 0), np.float32)),
+                                           "class_means": _npy(np.zeros((2, 0), np.float32))}),
+             "all-zero projection": _npz(good | {"projection": _npy(np.zeros((8, 4), np.float32))}),
+             "NaN": _npz(good | {"mean": _npy(np.full(8, np.nan, np.float32))})}
+    for what, content in cases.items():
+        with pytest.raises(ValueError, match="guard statistics"):
+            load_statistics(content, 4)
+    with pytest.raises(ValueError, match="with the manifest's components"):
+        load_statistics(_npz(good), 5)
+
+
+def test_bundle_guard_refuses_options_that_mean_nothing(bundle, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    (copy / "new-model-int8.tflite").write_bytes(b"left by an interrupted run")
+    before = (copy / "manifest.json").read_bytes()
+    for option in (["--within", "0"], ["--within", "1.5"], ["--components", "0"], ["--limit", "-1"]):
+        assert main(["bundle", "guard", str(copy), "--data", str(bundle.parent / "data"), *option]) == 2
+        assert "error:" in capsys.readouterr().err
+    assert (copy / "manifest.json").read_bytes() == before
+    assert main(["bundle", "guard", str(copy), "--data", str(bundle.parent / "data"), "--limit", "0"]) == 0
+    assert "the separation was not measured" in capsys.readouterr().out
+    assert not list(copy.glob("new-*")) and load_bundle(copy).manifest.guard.self_test_scores

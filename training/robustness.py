@@ -1,7 +1,7 @@
 """`leukoscreen robustness BUNDLE --data DIR...`: what a clinic gets, across data sets and acquisitions.
 
 Every image goes through the whole device pipeline as the device runs it (`edge/screening.py`: stain mask ->
-cell finder -> quality gate -> model -> calibration -> decision), never the model alone. Sources:
+cell finder -> quality gate -> model -> guard -> calibration -> decision), never the model alone. Sources:
 - a data set with leukemia labels (all-aria, C-NMC): blast-like or not from its binary task; when the bundle
   was trained on it, only its test part (the bundle's split.csv), so nothing it learnt from is counted;
 - any other folder of images (pbc-subset, bccd-wbc: normal white cells from other labs): every image is
@@ -204,7 +204,7 @@ def robustness(bundle_path: Path, sources: list[Path], out: Path | None = None,
                                                        scale)))
             rows.append({"source": Path(folder).name, "images": chosen, "perturbation": kind} | _summary(answers))
     result = {"bundle": model.title, "measures": "the whole device pipeline: quality gate, cell finder, model, "
-              "decision (not the model alone)", "notice": RESEARCH_USE_NOTICE, "rows": rows}
+              "unfamiliar-image guard (when the bundle has one), decision (not the model alone)", "notice": RESEARCH_USE_NOTICE, "rows": rows}
     print(robustness_table(result))
     if out:
         out.mkdir(parents=True, exist_ok=True)
