@@ -128,6 +128,12 @@ class ModelBundle:
             raise SelfTestFailed(f"{self.path}: this device generates other self-test fields than the converter "
                                  f"({test.generator}); the software versions differ: update it or convert again")
         probabilities, extra = runner.predict_all(fields)
+        difference = largest_difference(probabilities, self.entry(fmt).self_test_outputs)
+        if difference > test.tolerance:
+            raise SelfTestFailed(f"{self.path}: {fmt} ({self.entry(fmt).file}) failed its self-test through "
+                                 f"{runner.name}: its class probabilities on the generated fields differ from the "
+                                 f"converter's by up to {difference:.3f} (tolerance {test.tolerance}); this runtime "
+                                 "or CPU computes the file differently")
         if self.manifest.guard is not None:
             statistics = self.guard_statistics()   # BundleError when damaged: no format can be used
             try:
@@ -140,12 +146,6 @@ class ModelBundle:
                                      f"({', '.join(f'{v:.4g}' for v in scores)}) are not the converter's "
                                      f"({', '.join(f'{v:.4g}' for v in self.manifest.guard.self_test_scores)}); "
                                      "the guard's statistics do not belong to this model file")
-        difference = largest_difference(probabilities, self.entry(fmt).self_test_outputs)
-        if difference > test.tolerance:
-            raise SelfTestFailed(f"{self.path}: {fmt} ({self.entry(fmt).file}) failed its self-test through "
-                                 f"{runner.name}: its class probabilities on the generated fields differ from the "
-                                 f"converter's by up to {difference:.3f} (tolerance {test.tolerance}); this runtime "
-                                 "or CPU computes the file differently")
         return difference
 
     def open_checked(self, options: RuntimeOptions = RuntimeOptions()) -> tuple[ModelRunner, str, tuple[str, ...]]:

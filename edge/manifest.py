@@ -131,7 +131,8 @@ class Guard(Part):
                                          "for'")
     threshold_rule: str = Field(description="how the threshold was chosen, in words")
     features_from: Format = Field(description="the format whose features the statistics and threshold were fitted "
-                                              "on (the other formats compute the same network)")
+                                              "on (the other formats compute the same network; the self-test's "
+                                              "guard scores check that they agree); a bundle may since have dropped it")
     fitted_on: str = Field(description="the images the statistics were fitted on, and those of the threshold")
     separation: dict[str, dict[str, float]] = Field(default_factory=dict, description=(
         "area under the ROC curve of each method's score, test part against each unfamiliar set, measured when "
@@ -335,8 +336,6 @@ class Manifest(Part):
                 raise ValueError(f"files {missing} do not output the features the guard reads")
             if self.guard.method == "energy" and any(entry.classifier for entry in self.files.values()):
                 raise ValueError("guard: a two-stage bundle has no logits; use the mahalanobis method")
-            if self.guard.features_from not in self.files:
-                raise ValueError(f"guard.features_from {self.guard.features_from!r} is not among the files")
             if self.self_test and self.guard.self_test_scores is not None and len(
                     self.guard.self_test_scores) != self.self_test.fields:
                 raise ValueError("guard.self_test_scores is not one score per self-test field")
