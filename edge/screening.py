@@ -103,6 +103,9 @@ class ScreeningModel:
                 values["guard_score"] = float(guard[0])
                 if guard[0] > self.guard.threshold:
                     decision = Decision("unfamiliar", score)
+        if decision.code == "unfamiliar":  # the model's numbers on an image it was not made for mean nothing
+            return ModelAnswer(bundle=self.title, decision=decision.code, message=decision.wording,
+                               classify_ms=(time.perf_counter() - started) * 1e3, **values)
         return ModelAnswer(bundle=self.title, decision=decision.code, message=decision.wording,
                            blast_score=decision.score, probabilities={n: float(p) for n, p in zip(names, mean)},
                            classify_ms=(time.perf_counter() - started) * 1e3, **values)

@@ -147,7 +147,7 @@ def _bundle(args) -> None:
         print(f"note: {note}")
     guard = bundle.manifest.guard
     print("unfamiliar-image guard: " + ("none (`leukoscreen bundle guard` adds one)" if guard is None else
-          f"{guard.method}, threshold {guard.threshold:.4g} ({guard.threshold_rule}); passes "
+          f"{guard.method}, threshold {guard.threshold:.4g}: {guard.threshold_rule}; passes "
           f"{guard.familiar_test_share:.1%} of the test part"))
     from leukoscreen.edge.runtimes import RuntimeOptions, RuntimeProblem
     signature_refused = _signature_line(bundle)
@@ -222,7 +222,9 @@ def _classify(args) -> int:
             cells = f"{record.cells_found} cell{'' if record.cells_found == 1 else 's'} found"
             print(f"{path}: {record.message}" + (f" (blast score {record.blast_score:.2f}, {cells}{counts}, "
                                                  f"model {record.bundle})"
-                                                 if record.blast_score is not None else ""))
+                                                 if record.blast_score is not None else "")
+                  + (f" (guard score {record.guard_score:.4g}, above the bundle's threshold; {cells}, model "
+                     f"{record.bundle})" if record.decision == "unfamiliar" else ""))
     if args.json:
         print(json.dumps(results, indent=2))
     return 2 if any(r["decision"] == "error" for r in results) else 0
@@ -653,8 +655,10 @@ def _add_bundle(commands) -> None:
     guard.add_argument("--unfamiliar", nargs="*", default=[], metavar="DIR",
                        help="folders of images the model was not made for, to measure how well each method "
                             "separates them (the test part perturbed is always measured)")
-    guard.add_argument("--limit", type=int, default=150, help="images of each unfamiliar set")
-    guard.add_argument("--bundle-version", help="the bundle's new version (default: unchanged)")
+    guard.add_argument("--limit", type=int, default=150, help="images of each unfamiliar set and of each perturbed "
+                                                              "copy of the test part (default 150; 0: not measured)")
+    guard.add_argument("--bundle-version", help="the bundle's new version (default: unchanged; give one, as the "
+                                                "answers and the recorded separation figures change)")
     guard.set_defaults(handler=_bundle)
 
 

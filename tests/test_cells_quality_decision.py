@@ -186,7 +186,10 @@ def test_screening_gives_decision_or_retake(bundle):
     result = screen(synthetic_field(3).image, model)
     assert result.decision in ("no_blasts", "indeterminate", "possible_blasts", "unfamiliar")
     assert "Research use only" in result.message and result.cells_found >= 1
-    assert abs(sum(result.probabilities.values()) - 1) < 1e-6
+    if result.decision == "unfamiliar":   # a generated field may be unlike the training images: no numbers
+        assert result.blast_score is None and not result.probabilities
+    else:
+        assert abs(sum(result.probabilities.values()) - 1) < 1e-6
     dark = screen(np.zeros((200, 200, 3), np.uint8), model)
     assert dark.decision == "retake" and "too dark" in dark.message
     with pytest.raises(ValueError, match="at least 32x32"):

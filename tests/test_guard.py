@@ -51,6 +51,7 @@ def test_the_device_refuses_an_image_unlike_its_training_images(bundle):
         if answer.decision == "unfamiliar":
             assert answer.message.startswith("Not screened: unlike the images this model was made for")
             assert "Research use only" in answer.message
+            assert answer.blast_score is None and not answer.probabilities   # no numbers that read as a finding
     assert sum(a.decision == "unfamiliar" for a in answers[:4]) <= 1
     assert all(a.decision == "unfamiliar" for a in answers[4:])   # grey, noise, colours inverted
 
@@ -60,6 +61,7 @@ def test_a_stored_unfamiliar_answer_is_served_as_stored(bundle, tmp_path):
     model = ScreeningModel.open(bundle)
     record = screen(np.full((240, 240, 3), 128, np.uint8), model, quality=_permissive())
     assert record.decision == "unfamiliar" and record.guard_score > model.guard.threshold
+    assert record.blast_score is None and not record.probabilities
     store = ResultStore(tmp_path / "state")
     stored = store.add(record.model_copy(update={"sample_id": "S-1"}), np.full((240, 240, 3), 128, np.uint8))
     (row,) = store.captures("S-1")
