@@ -85,8 +85,7 @@ def onnx_with_feature_outputs(path: Path) -> None:
         raise FeatureOutputError(f"{path.name}: the output is not made by a softmax or sigmoid; no logits to read")
     logits, dense = source(last.input[0])
     if dense is not None and dense.op_type == "Add":   # MatMul + bias
-        logits, dense = logits, next((producer[i] for i in dense.input if i in producer
-                                      and producer[i].op_type == "MatMul"), None)
+        dense = next((producer[i] for i in dense.input if i in producer and producer[i].op_type == "MatMul"), None)
     if dense is None or dense.op_type not in ("Gemm", "MatMul"):
         raise FeatureOutputError(f"{path.name}: the logits are not made by a dense layer; no features to read")
     features, _ = source(dense.input[0])

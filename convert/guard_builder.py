@@ -19,16 +19,16 @@ from leukoscreen.convert.bundle_builder import TFLITE_DERIVED, ConversionError, 
 from leukoscreen.convert.feature_outputs import FeatureOutputError, onnx_with_feature_outputs, with_feature_outputs
 from leukoscreen.edge.bundle import ModelBundle, load_bundle, write_manifest
 from leukoscreen.edge.guard import energy, fit_mahalanobis, mahalanobis, save_statistics
-from leukoscreen.edge.image_io import ImageReadError, read_image
+from leukoscreen.edge.image_io import ImageReadError, is_image_file, read_image
 from leukoscreen.edge.manifest import Manifest, StoredFile
 from leukoscreen.edge.preprocessing import preprocess
 from leukoscreen.edge.runtimes import RuntimeOptions, open_runner
 from leukoscreen.edge.self_test import generated_fields
 from leukoscreen.edge.validation import describe
+from leukoscreen.training.splits import load_split
 
 STATISTICS_FILE = "guard.npz"
 NEW = "new-"  # files being written, until the whole manifest is valid
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def auroc(familiar: np.ndarray, unfamiliar: np.ndarray) -> float:
@@ -80,7 +80,7 @@ def _unfamiliar_sets(folders: list[Path], test_images: list[str], limit: int, pr
         return np.stack(out) if out else None
 
     for folder in folders:
-        files = sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(str(p) for p in Path(folder).rglob("*") if is_image_file(p))
         chosen = [files[i] for i in sorted(rng.permutation(len(files))[:limit])]
         if chosen:
             sets[Path(folder).name] = images(chosen)
@@ -134,7 +134,8 @@ def add_guard(bundle_path: Path, data: Path, version: str | None = None, method:
         scorers = {"mahalanobis": lambda extra: mahalanobis(extra[0], statistics)}
         if not two_stage:
             scorers["energy"] = lambda extra: energy(extra[1])
-        test_paths = [str(Path(data) / row.path) for row in _split_rows(bundle, "test")]
+        test_paths = [str(Path(data) / row.path) for row in load_split(bundle.path / manifest.training.split_file)
+                      if row.part == "test"]
         sets = _unfamiliar_sets([Path(f) for f in unfamiliar], test_paths, limit, manifest.preprocess, perturb)
         unfamiliar_outputs = {name: runner.predict_all(x)[1] for name, x in sets.items()}
         separation = {name: {m: round(auroc(score(outputs["test"]), score(extra)), 4) for m, score in scorers.items()}
@@ -182,8 +183,3 @@ def add_guard(bundle_path: Path, data: Path, version: str | None = None, method:
         print("note: its signature was of the old manifest and was removed: sign it again (`leukoscreen sign`)")
     print(f"{bundle.path}: guard added, bundle version {manifest.version}")
     return manifest
-
-
-def _split_rows(bundle: ModelBundle, name: str):
-    from leukoscreen.training.splits import load_split
-    return [r for r in load_split(bundle.path / bundle.manifest.training.split_file) if r.part == name]

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +106,10 @@ class ModelBundle:
                               "was made, or damaged); copy the bundle again")
         return data
 
+    @cached_property
     def guard_statistics(self) -> dict[str, np.ndarray] | None:
-        """The guard's statistics, read and checked against their hash (None: no guard, or the energy method)."""
+        """The guard's statistics, read once and checked against their hash (None: no guard, or the energy
+        method)."""
         guard = self.manifest.guard
         if guard is None or guard.statistics is None:
             return None
@@ -135,7 +138,7 @@ class ModelBundle:
                                  f"converter's by up to {difference:.3f} (tolerance {test.tolerance}); this runtime "
                                  "or CPU computes the file differently")
         if self.manifest.guard is not None:
-            statistics = self.guard_statistics()   # BundleError when damaged: no format can be used
+            statistics = self.guard_statistics   # BundleError when damaged: no format can be used
             try:
                 scores = self.manifest.guard.score(extra, statistics)
             except ValueError as error:

@@ -31,7 +31,7 @@ class ScreeningModel:
 
     def __init__(self, bundle: ModelBundle, runner: ModelRunner, fmt: str, notes: tuple[str, ...] = ()):
         self.bundle, self.runner, self.format = bundle, runner, fmt
-        self.guard, self.guard_statistics = bundle.manifest.guard, bundle.guard_statistics()
+        self.guard, self.guard_statistics = bundle.manifest.guard, bundle.guard_statistics
         self.notes = bundle.notes + (() if self.guard else (
             "this bundle has no unfamiliar-image guard: it answers on any field that passes the quality gate "
             "(`leukoscreen bundle guard` adds one)",)) + notes

@@ -27,7 +27,7 @@ import numpy as np
 
 from leukoscreen import RESEARCH_USE_NOTICE
 from leukoscreen.edge.cell_finder import CellFinderConfig, stain_mask
-from leukoscreen.edge.image_io import ImageReadError, read_image
+from leukoscreen.edge.image_io import ImageReadError, is_image_file, read_image
 from leukoscreen.edge.quality import QualityConfig, reason_name
 from leukoscreen.edge.scale import ScaleConfig
 from leukoscreen.edge.screening import ScreeningModel, screen
@@ -129,8 +129,7 @@ def source_items(folder: Path, bundle_split: Path | None, cell_bundle: bool = Fa
             rows = list(zip(prepared.paths, prepared.labels))
         negative = prepared.class_names.index(next(c for c in prepared.class_names if c in ("benign", "hem")))
         return chosen, [Item(path, "non_blast" if label == negative else "blast") for path, label in rows]
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif",
-                                                                        ".tiff") and not p.name.startswith("."))
+    files = sorted(p for p in folder.rglob("*") if is_image_file(p))
     chosen = "every image: normal cells (none blast-like); platelet folders hold no white cell"
     stems = held_out_fields(bundle_split, folder.resolve().name) if cell_bundle and bundle_split else None
     if stems is not None:  # the cell model learnt from some of these images: only the test part's
