@@ -438,7 +438,8 @@ def _rescale_output(path, factor: float) -> None:
     from onnx import numpy_helper
     model = onnx.load(str(path))
     initializers = {i.name: i for i in model.graph.initializer}
-    last = next(node for node in reversed(model.graph.node) if node.op_type == "DequantizeLinear")
+    last = next(node for node in model.graph.node  # the probabilities' (the guard's outputs follow them)
+                if node.op_type == "DequantizeLinear" and node.output[0] == model.graph.output[0].name)
     scale = numpy_helper.to_array(initializers[last.input[1]]) * factor  # its own copy: the QuantizeLinear keeps
     model.graph.initializer.append(numpy_helper.from_array(scale.astype(np.float32), "rescaled"))  # the old one
     last.input[1] = "rescaled"
