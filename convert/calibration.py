@@ -9,13 +9,13 @@ from leukoscreen.edge.manifest import Calibration
 from leukoscreen.training.metrics import field_maxima
 
 
-def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature minimising the negative log-likelihood of the true labels."""
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, lowest: float = 0.05) -> float:
+    """Temperature minimising the negative log-likelihood of the true labels, in [lowest, 20]."""
     def nll(temperature):
         calibrated = calibrate(probabilities, temperature)
         return -np.mean(np.log(np.clip(calibrated[np.arange(len(labels)), labels], 1e-12, 1.0)))
 
-    return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
+    return float(minimize_scalar(nll, bounds=(lowest, 20.0), method="bounded").x)
 
 
 def threshold_rank(blast_images: int, target_sensitivity: float) -> int:
@@ -47,11 +47,13 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, target_sensitivit
 
 def decision_parameters(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
                         negative_classes: list[str], target_sensitivity: float = 0.99,
-                        fields: list[str] | None = None) -> tuple[Calibration, DecisionRule]:
+                        fields: list[str] | None = None,
+                        lowest_temperature: float = 0.05) -> tuple[Calibration, DecisionRule]:
     """The calibration and the decision rule, fitted on validation probabilities and labels. fields (cell
     models): the field of each cell; the temperature is fitted on the cells, the threshold on the fields, each
     scored by its most blast-like cell, as the device decides a field."""
-    calibration = Calibration(temperature=fit_temperature(probabilities, labels), fitted_on="validation split")
+    calibration = Calibration(temperature=fit_temperature(probabilities, labels, lowest_temperature),
+                              fitted_on="validation split")
     scores = blast_score(calibration.apply(probabilities), class_names, negative_classes)
     negative = [class_names.index(n) for n in negative_classes]
     blast = ~np.isin(labels, negative)

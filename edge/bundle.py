@@ -114,7 +114,11 @@ class ModelBundle:
         if guard is None or guard.statistics is None:
             return None
         try:
-            return load_statistics(self._verified(guard.statistics), guard.components)
+            statistics = load_statistics(self._verified(guard.statistics), guard.components)
+            if self.manifest.adaptation and len(statistics["class_means"]) != len(self.manifest.class_names):
+                raise ValueError(f"an adapted bundle's head needs one class mean per class "
+                                 f"({len(self.manifest.class_names)}), the file has {len(statistics['class_means'])}")
+            return statistics
         except ValueError as error:
             if isinstance(error, BundleError):
                 raise

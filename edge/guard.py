@@ -39,14 +39,33 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, components: int,
             "class_means": class_means.astype(np.float32)}
 
 
-def mahalanobis(features: np.ndarray, statistics: dict[str, np.ndarray]) -> np.ndarray:
-    """Squared distance of each row of N x F features from the nearest class mean, in whitened units."""
+def whiten(features: np.ndarray, statistics: dict[str, np.ndarray]) -> np.ndarray:
+    """N x F features in the statistics' whitened principal components (N x components)."""
     width = statistics["mean"].shape[0]
     if features is None or np.ndim(features) != 2 or np.shape(features)[1] != width:
         raise ValueError(f"the guard reads {width} features per image; the model file gives "
                          f"{np.shape(features)[1] if np.ndim(features) == 2 else 'none'}")
-    z = (np.asarray(features, np.float32) - statistics["mean"]) @ statistics["projection"]
-    return ((z[:, None, :] - statistics["class_means"][None]) ** 2).sum(axis=2).min(axis=1)
+    return (np.asarray(features, np.float32) - statistics["mean"]) @ statistics["projection"]
+
+
+def class_distances(features: np.ndarray, statistics: dict[str, np.ndarray]) -> np.ndarray:
+    """Squared distance of each row of N x F features from each class mean, in whitened units (N x classes)."""
+    z = whiten(features, statistics)
+    return ((z[:, None, :] - statistics["class_means"][None]) ** 2).sum(axis=2)
+
+
+def mahalanobis(features: np.ndarray, statistics: dict[str, np.ndarray]) -> np.ndarray:
+    """Squared distance of each row of N x F features from the nearest class mean, in whitened units."""
+    return class_distances(features, statistics).min(axis=1)
+
+
+def class_mean_probabilities(distances: np.ndarray) -> np.ndarray:
+    """The class-means head of an adapted bundle (`leukoscreen adapt`): softmax(-distance / 2), the posterior of
+    Gaussian classes sharing one covariance with equal priors (linear discriminant analysis)."""
+    logits = -0.5 * np.asarray(distances, np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(logits)
+    return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def energy(logits: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from leukoscreen.edge.cell_crops import CellGeometry
 from leukoscreen.edge.decision import DecisionRule, calibrate
-from leukoscreen.edge.guard import energy, mahalanobis
+from leukoscreen.edge.guard import class_distances, class_mean_probabilities, energy, mahalanobis
 from leukoscreen.edge.preprocessing import PreprocessConfig
 from leukoscreen.edge.validation import describe
 
@@ -137,7 +137,8 @@ class Guard(Part):
     separation: dict[str, dict[str, float]] = Field(default_factory=dict, description=(
         "area under the ROC curve of each method's score, test part against each unfamiliar set, measured when "
         "the guard was fitted (1: separated, 0.5: not at all)"))
-    familiar_test_share: float = Field(ge=0, le=1, description="share of the test part's images the guard passes")
+    familiar_test_share: float = Field(ge=0, le=1, description="share of the test part's images the guard passes (adapted "
+                                                               "bundles: of the held-out local images)")
     self_test_scores: list[float] | None = Field(None, description=(
         "the guard's scores on the self-test's generated fields, as the converter computed them (features_from); "
         "a device whose scores are not within a factor of 2 (energy: 1 or half the value) refuses the file"))
@@ -171,6 +172,29 @@ class Guard(Part):
         if len(extra) < 2:
             raise ValueError("the model file does not output the logits the energy guard reads")
         return energy(extra[1])
+
+
+class Adaptation(Part):
+    """What `leukoscreen adapt` refitted on a site's own labelled images (convert/adapt.py), the backbone kept: the
+    class means of the guard's statistics (the head: Gaussian classes sharing the training covariance, equal
+    priors), the temperature, the decision threshold and the guard's threshold."""
+    head: Literal["class means"] = Field(description="class means: the probabilities are softmax(-d / 2) of the "
+                                                     "squared whitened distances d of the features from each class "
+                                                     "mean of the guard's statistics; the model file's own "
+                                                     "probabilities are only self-tested")
+    adapted_on: str = Field(pattern=PRINTABLE, description="the local images, in words")
+    images: dict[str, int] = Field(description="local images per class the head was fitted on")
+    held_out: int = Field(ge=0, description="local images kept out of the fit to measure it")
+    prior_weight: float = Field(ge=0, le=1000, description="each class mean is the local images' mean shrunk towards "
+                                                            "the original's as if that were this many images")
+    adapted_from: str = Field(pattern=PRINTABLE, description="the name and version of the bundle it was adapted from")
+    before: dict[str, float | None] = Field(default_factory=dict, description="the held-out local images through the "
+                                                                              "whole device pipeline, before")
+    after: dict[str, float | None] = Field(default_factory=dict, description="the same images, after")
+
+    def probabilities(self, extra: list[np.ndarray], statistics: dict[str, np.ndarray]) -> np.ndarray:
+        """Each image's class probabilities from the model file's features (`ModelRunner.predict_all`)."""
+        return class_mean_probabilities(class_distances(extra[0] if extra else None, statistics))
 
 
 class AnswerCounts(Part):
@@ -277,6 +301,9 @@ class Manifest(Part):
                                                          "existed (schema 1 and 2)")
     guard: Guard | None = Field(None, description="the unfamiliar-image guard; none in bundles made before it (`leukoscreen "
                                                   "bundle guard` adds one)")
+    adaptation: Adaptation | None = Field(None, description="a bundle refitted on a site's own images (`leukoscreen "
+                                                            "adapt`): its head reads the guard's class means; its "
+                                                            "`metrics` stay those of the original head")
     training: TrainingRecord = Field(description="what the model was trained on, and how")
     software_version: str = Field(description="the leukoscreen version that wrote the bundle")
     created: str = Field(description="when the bundle was written (ISO time, UTC)")
@@ -330,6 +357,10 @@ class Manifest(Part):
                 if (len(table), *{len(row) for row in table}) != shape:
                     raise ValueError(f"{where} is not {shape[0]} rows of {shape[1]} class probabilities (one row per "
                                      "self-test field)")
+        if self.adaptation and (self.guard is None or self.guard.method != "mahalanobis"
+                                or set(self.adaptation.images) != set(self.class_names)):
+            raise ValueError("adaptation: the class-means head needs the mahalanobis guard's statistics and local "
+                             "images of every class")
         if self.guard:
             missing = [fmt for fmt, entry in self.files.items() if not (entry.guard_outputs or entry.classifier)]
             if missing:

@@ -62,6 +62,9 @@ class ScreeningModel:
         """Calibrated probabilities and, with a guard, each image's guard score (None without one)."""
         probabilities, extra = self.runner.predict_all(images)
         scores = self.guard.score(extra, self.guard_statistics) if self.guard else None
+        adaptation = self.bundle.manifest.adaptation
+        if adaptation:  # refitted on the site's own images: the head reads the guard's class means
+            probabilities = adaptation.probabilities(extra, self.guard_statistics)
         return self.bundle.manifest.calibration.apply(probabilities), scores
 
     def classify(self, rgb: np.ndarray, field: FieldAnalysis) -> ModelAnswer:

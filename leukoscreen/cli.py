@@ -148,7 +148,15 @@ def _bundle(args) -> None:
     guard = bundle.manifest.guard
     print("unfamiliar-image guard: " + ("none (`leukoscreen bundle guard` adds one)" if guard is None else
           f"{guard.method}, threshold {guard.threshold:.4g}: {guard.threshold_rule}; passes "
-          f"{guard.familiar_test_share:.1%} of the test part"))
+          f"{guard.familiar_test_share:.1%} of the "
+          + ("held-out local images" if bundle.manifest.adaptation else "test part")))
+    adaptation = bundle.manifest.adaptation
+    if adaptation:
+        print(f"adapted from {adaptation.adapted_from} on {adaptation.adapted_on} (`leukoscreen adapt`; the stored "
+              "metrics are the original head's); held-out local images, sensitivity / specificity before -> after: "
+              + " -> ".join(" / ".join("-" if part.get(k) is None else f"{part[k]:.1%}"
+                                       for k in ("sensitivity", "specificity"))
+                            for part in (adaptation.before, adaptation.after)))
     from leukoscreen.edge.runtimes import RuntimeOptions, RuntimeProblem
     signature_refused = _signature_line(bundle)
     failed = 0
@@ -465,6 +473,18 @@ def _robustness(args) -> None:
                config.quality, args.limit, config.scale)
 
 
+def _adapt(args) -> None:
+    from leukoscreen.convert.adapt import adapt
+    from leukoscreen.edge.device_config import load_config
+    adapt(Path(args.bundle), Path(args.data), Path(args.out), args.held_out, args.prior_weight, args.within,
+          args.bundle_version, args.seed, load_config(args.config))
+
+
+def _perturbed_data(args) -> None:
+    from leukoscreen.training.robustness import write_perturbed
+    write_perturbed(Path(args.bundle), Path(args.data), args.part, args.perturb, Path(args.out), args.limit, args.seed)
+
+
 def _report(args) -> None:
     from leukoscreen.training.report import write_report
     write_report([Path(r) for r in args.runs], Path(args.out), [Path(p) for p in args.probes or []],
@@ -524,6 +544,16 @@ def _add_data(commands) -> None:
     cells.add_argument("--pixels", type=int, default=64, help="side of each crop in pixels (default 64)")
     cells.add_argument("--limit", type=int, default=0, help="at most this many images per source (0: all)")
     cells.set_defaults(handler=_cell_data)
+    perturbed = data_commands.add_parser("perturbed", help="one part of a bundle's split, perturbed as another "
+                                                           "acquisition would be, as a labelled folder (for adapt)")
+    perturbed.add_argument("--bundle", required=True, help="the bundle whose split.csv names the images")
+    perturbed.add_argument("--data", required=True, help="the data folder the bundle was trained on")
+    perturbed.add_argument("--part", default="val", choices=["train", "val", "test"])
+    perturbed.add_argument("--perturb", required=True, help="e.g. 'blur (sigma 1.5)', 'zoom x1.33' (as robustness)")
+    perturbed.add_argument("--limit", type=int, default=None, help="at most this many images, chosen at random")
+    perturbed.add_argument("--seed", type=int, default=0)
+    perturbed.add_argument("--out", required=True, help="a new folder: OUT/CLASS/IMAGE.png")
+    perturbed.set_defaults(handler=_perturbed_data)
 
 
 def _add_train(commands) -> None:
@@ -871,6 +901,21 @@ def _add_robustness(commands) -> None:
     robust.add_argument("--limit", type=int, default=None, help="at most this many images per source (a quick look)")
     robust.add_argument("--out", default=None, help="folder for robustness.json and robustness.md")
     robust.set_defaults(handler=_robustness)
+    adapt = commands.add_parser("adapt", help="refit a bundle's head, calibration and guard on a site's own labelled "
+                                              "images (backbone kept); before/after on a held-out part")
+    adapt.add_argument("bundle")
+    adapt.add_argument("--data", required=True, help="the site's images: one sub-folder per class of the bundle "
+                                                     "(fields; crops for a cell bundle), about 100 in all")
+    adapt.add_argument("--out", required=True, help="a new folder for the adapted bundle")
+    adapt.add_argument("--held-out", type=float, default=0.3, help="share of each class kept out of the fit and "
+                                                                   "screened before and after (default 0.3)")
+    adapt.add_argument("--prior-weight", type=float, default=5.0, help="each class mean is shrunk towards the "
+                                                                       "original as if that were this many images")
+    adapt.add_argument("--within", type=float, default=0.99, help="share of familiar images the guard passes")
+    adapt.add_argument("--bundle-version", default=None, help="the new bundle's version (default: VERSION-adapted)")
+    adapt.add_argument("--seed", type=int, default=0, help="which images are held out")
+    adapt.add_argument("--config", default=None, help=GATE_CONFIG_HELP)
+    adapt.set_defaults(handler=_adapt)
 
 
 def _add_report(commands) -> None:

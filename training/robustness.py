@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 
 from leukoscreen import RESEARCH_USE_NOTICE
+from leukoscreen.edge.bundle import load_bundle
+from leukoscreen.edge.capture_record import CaptureRecord
 from leukoscreen.edge.cell_finder import CellFinderConfig, stain_mask
 from leukoscreen.edge.image_io import ImageReadError, is_image_file, read_image
 from leukoscreen.edge.quality import QualityConfig, reason_name
@@ -139,7 +141,7 @@ def source_items(folder: Path, bundle_split: Path | None, cell_bundle: bool = Fa
                     for p in files]
 
 
-def _summary(answers: list[tuple[str, str, float | None, str]]) -> dict:
+def summarize_answers(answers: list[tuple[str, str, float | None, str]]) -> dict:
     """answers: (truth, answer, blast score, why not screened) per image."""
     n = len(answers)
     row = {"n": n} | {answer: sum(a == answer for _, a, _, _ in answers) / max(n, 1) for answer in ANSWERS}
@@ -158,13 +160,18 @@ def _summary(answers: list[tuple[str, str, float | None, str]]) -> dict:
     return row
 
 
-def _answer(rgb: np.ndarray, model: ScreeningModel, finder: CellFinderConfig, quality: QualityConfig,
-            scale: ScaleConfig) -> tuple[str, float | None, str]:
+def device_answer(rgb: np.ndarray, model: ScreeningModel, finder: CellFinderConfig, quality: QualityConfig,
+                  scale: ScaleConfig) -> tuple[str, float | None, str]:
     """The answer, the blast score and, when not screened, why (the gate's first reason, in its first words)."""
     try:
         record = screen(rgb, model, finder, quality, scale=scale)
     except ValueError:
         return "not_screened", None, "not an image"
+    return record_answer(record)
+
+
+def record_answer(record: CaptureRecord) -> tuple[str, float | None, str]:
+    """A capture record as (answer, blast score, why not screened)."""
     if record.decision == "retake":
         reasons = record.quality.reasons if record.quality else ()
         return "not_screened", None, reason_name(reasons[0]) if reasons else "retake"
@@ -199,9 +206,10 @@ def robustness(bundle_path: Path, sources: list[Path], out: Path | None = None,
                     rgb = read_image(item.path)
                 except ImageReadError:
                     continue
-                answers.append((item.truth, *_answer(perturb(rgb) if perturb else rgb, model, finder, quality,
+                answers.append((item.truth, *device_answer(perturb(rgb) if perturb else rgb, model, finder, quality,
                                                        scale)))
-            rows.append({"source": Path(folder).name, "images": chosen, "perturbation": kind} | _summary(answers))
+            rows.append({"source": Path(folder).name, "images": chosen, "perturbation": kind}
+                        | summarize_answers(answers))
     result = {"bundle": model.title, "measures": "the whole device pipeline: quality gate, cell finder, model, "
               "unfamiliar-image guard (when the bundle has one), decision (not the model alone)", "notice": RESEARCH_USE_NOTICE, "rows": rows}
     print(robustness_table(result))
@@ -210,6 +218,29 @@ def robustness(bundle_path: Path, sources: list[Path], out: Path | None = None,
         (out / "robustness.json").write_text(json.dumps(result, indent=2))
         (out / "robustness.md").write_text(robustness_table(result) + "\n")
     return result
+
+
+def write_perturbed(bundle_path: Path, data: Path, part: str, perturbation: str, out: Path,
+                    limit: int | None = None, seed: int = 0) -> int:
+    """A labelled folder (OUT/CLASS/...png) of one part of a bundle's split, perturbed: another acquisition of
+    images the model never learnt from, to try `leukoscreen adapt` on. Returns the images written."""
+    if perturbation not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {perturbation!r}; choose from {', '.join(PERTURBATIONS)}")
+    manifest = load_bundle(bundle_path).manifest
+    rows = [row for row in load_split(Path(bundle_path) / manifest.training.split_file) if row.part == part]
+    if not rows:
+        raise ValueError(f"{bundle_path}: its split has no {part!r} part (train, val or test)")
+    if limit:
+        rows = [rows[i] for i in sorted(np.random.default_rng(seed).permutation(len(rows))[:limit])]
+    if out.exists():
+        raise ValueError(f"{out} exists: give a new folder")
+    for row in rows:
+        rgb = PERTURBATIONS[perturbation](read_image(Path(data) / row.path))
+        target = out / row.label / (Path(row.path).stem + ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    print(f"{out}: {len(rows)} images of the {part} part, {perturbation}; one folder per class")
+    return len(rows)
 
 
 COLUMNS = ["source", "perturbation", "n", "no_blasts", "indeterminate", "possible_blasts", "not_screened",

@@ -1,0 +1,233 @@
+"""`leukoscreen adapt BUNDLE --data LOCAL --out NEW`: a bundle refitted on a site's own labelled images.
+
+A clinic with another microscope labels about 100 of its own fields (or, for a cell bundle, cell crops): one
+sub-folder per class of the bundle. The backbone, its model files and the guard's whitening (the covariance
+of the training features) are kept; refitted on the local images, through the device's own runtime:
+- the head: each class mean of the guard's statistics becomes the local images' mean in the whitened features,
+  shrunk towards the original mean as if that were `prior_weight` images; the probabilities are the posterior
+  of Gaussian classes sharing the training covariance, equal priors (`Adaptation.probabilities`);
+- the calibration (temperature) and the decision threshold, on leave-one-out probabilities of the local
+  images (each image scored by class means fitted without it), by the converter's own rules;
+- the guard's threshold, on the leave-one-out distances (split-conformal, as `bundle guard`).
+A part of the local images (`--held-out`, stratified per class) is kept out of all of it and screened with
+the old and the new bundle, through the whole device pipeline for a field bundle (gate, cell finder, model,
+guard, decision) and through the model, guard and decision for a cell bundle (its images are crops). The new
+bundle records what it was adapted on, from which bundle, and the figures. Research use only.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from leukoscreen.convert.bundle_builder import ConversionError
+from leukoscreen.convert.calibration import decision_parameters
+from leukoscreen.convert.guard_builder import STATISTICS_FILE, conformal_threshold
+from leukoscreen.edge.bundle import write_manifest
+from leukoscreen.edge.device_config import DeviceConfig, load_config
+from leukoscreen.edge.guard import class_mean_probabilities, mahalanobis, save_statistics, whiten
+from leukoscreen.edge.image_io import ImageReadError, is_image_file, read_image
+from leukoscreen.edge.manifest import Manifest, StoredFile
+from leukoscreen.edge.preprocessing import preprocess
+from leukoscreen.edge.screening import ScreeningModel, screen
+from leukoscreen.edge.self_test import generated_fields
+from leukoscreen.edge.validation import describe
+from leukoscreen.training.robustness import record_answer, summarize_answers
+
+MIN_FIT_PER_CLASS = 3
+MEASURES = ("sensitivity", "specificity", "not_screened", "possible_blasts", "no_blasts",
+            "confidently wrong among screened", "class accuracy among screened")
+
+
+def local_images(folder: Path, class_names: list[str]) -> tuple[list[Path], np.ndarray]:
+    """The images of LOCAL/CLASS/ and their class indices; each sub-folder must name a class of the bundle."""
+    if not folder.is_dir():
+        raise ConversionError(f"{folder}: no such folder; give one sub-folder per class of the bundle "
+                              f"({', '.join(class_names)}) holding the site's labelled images")
+    by_name = {name.lower(): index for index, name in enumerate(class_names)}
+    paths, labels = [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if sub.name.lower() not in by_name:
+            raise ConversionError(f"{sub}: not a class of the bundle ({', '.join(class_names)}); name each "
+                                  "sub-folder for the class of its images")
+        files = sorted(p for p in sub.rglob("*") if is_image_file(p))
+        paths += files
+        labels += [by_name[sub.name.lower()]] * len(files)
+    return paths, np.array(labels, dtype=int)
+
+
+def stratified_split(labels: np.ndarray, held_out: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices to fit on and to hold out: `held_out` of each class (rounded), chosen at random."""
+    rng = np.random.default_rng(seed)
+    fit, kept = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        count = int(round(held_out * len(members)))
+        kept += list(members[:count])
+        fit += list(members[count:])
+    return np.sort(fit), np.sort(kept)
+
+
+def fit_class_means(z: np.ndarray, labels: np.ndarray, original: np.ndarray,
+                    prior_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Shrunk class means of whitened local features, and each image's squared distances from the class means
+    fitted without it (leave-one-out; N x classes)."""
+    classes = len(original)
+    sums = np.stack([z[labels == c].sum(axis=0) for c in range(classes)])
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    means = (sums + prior_weight * original) / (counts + prior_weight)[:, None]
+    distances = ((z[:, None, :] - means[None]) ** 2).sum(axis=2)
+    own = (sums[labels] - z + prior_weight * original[labels]) / (counts[labels] - 1 + prior_weight)[:, None]
+    distances[np.arange(len(z)), labels] = ((z - own) ** 2).sum(axis=1)
+    return means.astype(np.float32), distances
+
+
+def _screen_held_out(model: ScreeningModel, images: list[np.ndarray], labels: np.ndarray,
+                     device: DeviceConfig) -> tuple[dict, str | None]:
+    """The held-out images' answers (see the module), with the class accuracy among the screened ones, and the
+    main reason for not screening."""
+    manifest = model.bundle.manifest
+    negative = {manifest.class_names.index(n) for n in manifest.decision.negative_classes}
+    answers, correct = [], []
+    for rgb, label in zip(images, labels):
+        truth = "non_blast" if label in negative else "blast"
+        if manifest.input_kind == "field":
+            record = screen(rgb, model, device.cell_finder, device.quality, scale=device.scale)
+            answer, score, why = record_answer(record)
+            probabilities = list(record.probabilities.values()) if record.probabilities else None
+        else:
+            calibrated, guard = model._probabilities(preprocess(rgb, manifest.preprocess)[None])
+            score = float(manifest.decision.score(calibrated, manifest.class_names)[0])
+            unfamiliar = guard is not None and guard[0] > model.guard.threshold
+            answer = "not_screened" if unfamiliar else manifest.decision.decide(score).code
+            why, score, probabilities = ("unfamiliar image", None, None) if unfamiliar else ("", score, calibrated[0])
+        if answer != "not_screened" and probabilities is not None:
+            correct.append(int(np.argmax(probabilities)) == label)
+        answers.append((truth, answer, score, why))
+    row = summarize_answers(answers) | {"class accuracy among screened": float(np.mean(correct)) if correct else None}
+    return ({key: None if row[key] is None else round(float(row[key]), 4) for key in MEASURES} | {"n": row["n"]},
+            row["not screened, main reason"])
+
+
+def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior_weight: float = 5.0,
+          within: float = 0.99, version: str | None = None, seed: int = 0,
+          device: DeviceConfig | None = None) -> Manifest:
+    """Write the adapted copy of a bundle to `out` (see the module); the original is not changed. device: the
+    gate, cell finder and scale settings the held-out images are screened with (default: the device's)."""
+    device = device or load_config(None)
+    if not 0 <= held_out < 1 or not 0 <= prior_weight <= 1000 or not 0 < within < 1:
+        raise ConversionError(f"--held-out {held_out}, --prior-weight {prior_weight}, --within {within}: the held-out "
+                              "share in [0, 1), the prior weight in [0, 1000] images, the share within in (0, 1)")
+    out = Path(out)
+    if out.exists():
+        raise ConversionError(f"{out} exists: give a new folder for the adapted bundle")
+    old = ScreeningModel.open(bundle_path)
+    bundle, manifest = old.bundle, old.bundle.manifest
+    if manifest.guard is None or manifest.guard.method != "mahalanobis":
+        raise ConversionError(f"{bundle.path}: adapting needs the Mahalanobis guard's statistics (the head is built on "
+                              "them): run `leukoscreen bundle guard` on it first")
+    classes = manifest.class_names
+    paths, labels = local_images(Path(data), classes)
+    images, kept_labels = [], []
+    for path, label in zip(paths, labels):
+        try:
+            images.append(read_image(path))
+            kept_labels.append(label)
+        except ImageReadError as error:
+            print(f"skipped {path}: {error}")
+    labels = np.array(kept_labels, dtype=int)
+    fit, test = stratified_split(labels, held_out, seed)
+    counts = np.bincount(labels[fit], minlength=len(classes))
+    if counts.min() < MIN_FIT_PER_CLASS:
+        raise ConversionError(f"{data}: adapting needs at least {MIN_FIT_PER_CLASS} images of every class to fit on "
+                              f"(after {held_out:.0%} held out); it has " + ", ".join(
+                                  f"{n} {c}" for c, n in zip(classes, counts)) + ". Label more of the missing "
+                              "classes: a head fitted without a class would call every image something else")
+    runner = old.runner
+    x = np.stack([preprocess(images[i], manifest.preprocess) for i in fit])
+    statistics = bundle.guard_statistics
+    z = whiten(runner.predict_all(x)[1][0], statistics)
+    means, distances = fit_class_means(z.astype(np.float64), labels[fit], statistics["class_means"].astype(np.float64),
+                                       prior_weight)
+    try:
+        calibration, rule = decision_parameters(class_mean_probabilities(distances), labels[fit], classes,
+                                                manifest.decision.negative_classes,
+                                                manifest.decision.target_sensitivity,
+                                                lowest_temperature=1.0)
+    except ValueError as error:
+        raise ConversionError(f"{data}: {error}") from error
+    where = f"{len(fit)} local images of {Path(data).name} (leave-one-out), `leukoscreen adapt`"
+    calibration = calibration.model_copy(update={"fitted_on": where + "; at least 1 (never sharpened: local "
+                                                                      "images that separate would drive it to 0)"})
+    # about 100 local images guarantee no sensitivity: never answer "No blasts" above where the original did
+    original = manifest.decision
+    rule = rule.model_copy(update={
+        "threshold": min(rule.threshold, original.threshold), "refer_at": min(rule.refer_at, original.refer_at),
+        "threshold_rule": f"the lower of the local rule ({rule.threshold_rule}: {rule.threshold:.4g}) and the "
+                          f"original bundle's ({original.threshold:.4g}); refer at the lower of both",
+        "chosen_on": where})
+    threshold = conformal_threshold(distances.min(axis=1), within)
+    rank = min(math.ceil((len(fit) + 1) * within), len(fit))
+    new_statistics = statistics | {"class_means": means}
+    if len(test):  # the share of the held-out local images the new guard passes (else of the fitted ones, left out)
+        held_features = runner.predict_all(np.stack([preprocess(images[i], manifest.preprocess) for i in test]))[1][0]
+        familiar_share = float(np.mean(mahalanobis(held_features, new_statistics) <= threshold))
+    else:
+        familiar_share = float(np.mean(distances.min(axis=1) <= threshold))
+    shutil.copytree(bundle.path, out)
+    try:
+        (out / STATISTICS_FILE).write_bytes(save_statistics(new_statistics))
+        values = manifest.model_dump()
+        values["version"] = version or f"{manifest.version}-adapted"
+        values["calibration"], values["decision"] = calibration.model_dump(), rule.model_dump()
+        fields = generated_fields(manifest.input.size, manifest.self_test.fields) if manifest.self_test else None
+        values["guard"] |= {
+            "statistics": StoredFile.of(out, STATISTICS_FILE).model_dump(), "threshold": threshold,
+            "threshold_rule": f"leave-one-out distance {rank} of {len(fit)} local images, counted from the lowest "
+                              f"(split-conformal, {within:.0%} of familiar images within)",
+            "fitted_on": f"whitening: the original training part; class means and threshold: {where}",
+            "separation": {}, "familiar_test_share": familiar_share,
+            "self_test_scores": None if fields is None else [
+                float(v) for v in np.round(mahalanobis(runner.predict_all(fields)[1][0], new_statistics), 4)]}
+        values["adaptation"] = {
+            "head": "class means", "adapted_on": f"{Path(data).name}: {len(labels)} labelled images"[:80],
+            "images": {c: int(n) for c, n in zip(classes, counts)}, "held_out": len(test),
+            "prior_weight": prior_weight, "adapted_from": bundle.title[:80]}
+        try:
+            new_manifest = Manifest.model_validate(values)
+        except ValidationError as error:
+            raise ConversionError(f"the adapted manifest is not valid: {describe(error)}") from None
+        write_manifest(out, new_manifest)
+        before = after = {}
+        reason_before = reason_after = None
+        if len(test):
+            new = ScreeningModel.open(out)
+            held = [images[i] for i in test]
+            (before, reason_before), (after, reason_after) = (_screen_held_out(m, held, labels[test], device)
+                                                              for m in (old, new))
+            new_manifest = Manifest.model_validate(values | {"adaptation": values["adaptation"] | {
+                "before": before, "after": after}})
+            write_manifest(out, new_manifest)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    print(f"{out}: {bundle.title} adapted on {len(fit)} images of {Path(data)} "
+          f"({', '.join(f'{n} {c}' for c, n in zip(classes, counts))}); version {new_manifest.version}")
+    print(f"  temperature {calibration.temperature:.3g}, blast-score threshold {rule.threshold:.3g} "
+          f"(refer at {rule.refer_at:.3g}), guard threshold {threshold:.4g}")
+    if len(test):
+        kind = "whole device pipeline" if manifest.input_kind == "field" else "model, guard and decision on the crops"
+        print(f"held-out local images ({len(test)}; {kind}), before -> after:")
+        for key in MEASURES:
+            print(f"  {key}: {_share(before[key])} -> {_share(after[key])}"
+                  + (f" (main reason: {reason_before or '-'} -> {reason_after or '-'})" if key == "not_screened" else ""))
+    else:
+        print("note: --held-out 0: nothing was kept out to measure the adaptation")
+    return new_manifest
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
