@@ -17,6 +17,7 @@ bundle records what it was adapted on, from which bundle, and the figures. Resea
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -177,6 +178,8 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
         familiar_share = float(np.mean(mahalanobis(held_features, new_statistics) <= threshold))
     else:
         familiar_share = float(np.mean(distances.min(axis=1) <= threshold))
+    final, out = out, out.with_name(f"{out.name}.partial")   # renamed to `final` only when complete
+    shutil.rmtree(out, ignore_errors=True)                     # left by an interrupted run
     shutil.copytree(bundle.path, out)
     try:
         (out / STATISTICS_FILE).write_bytes(save_statistics(new_statistics))
@@ -211,9 +214,13 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
             new_manifest = Manifest.model_validate(values | {"adaptation": values["adaptation"] | {
                 "before": before, "after": after}})
             write_manifest(out, new_manifest)
+        if final.exists():
+            raise ConversionError(f"{final} appeared while adapting: give a new folder for the adapted bundle")
+        os.rename(out, final)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
+    out = final
     print(f"{out}: {bundle.title} adapted on {len(fit)} images of {Path(data)} "
           f"({', '.join(f'{n} {c}' for c, n in zip(classes, counts))}); version {new_manifest.version}")
     print(f"  temperature {calibration.temperature:.3g}, blast-score threshold {rule.threshold:.3g} "

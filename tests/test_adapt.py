@@ -33,11 +33,14 @@ def test_adapt_writes_a_new_bundle_whose_head_the_device_reads(bundle, tmp_path,
     names = original.class_names
     before_hash = sha256_of(bundle / "manifest.json")
     local = _local_site(tmp_path / "site", names)
+    (tmp_path / "adapted.partial").mkdir()          # as an interrupted run leaves it: cleared, never used
+    (tmp_path / "adapted.partial" / "manifest.json").write_text("{}")
     assert main(["adapt", str(bundle), "--data", str(local), "--out", str(tmp_path / "adapted"),
                  "--bundle-version", "site-1"]) == 0
     printed = capsys.readouterr().out
     assert "held-out local images (8; whole device pipeline), before -> after" in printed
     assert sha256_of(bundle / "manifest.json") == before_hash      # the original is not touched
+    assert not (tmp_path / "adapted.partial").exists()
     adapted = load_bundle(tmp_path / "adapted")
     manifest = adapted.manifest
     assert manifest.version == "site-1" and manifest.adaptation.head == "class means"
