@@ -16,6 +16,7 @@ bundle records what it was adapted on, from which bundle, and the figures. Resea
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -39,6 +40,7 @@ from leukoscreen.edge.validation import describe
 from leukoscreen.training.robustness import record_answer, summarize_answers
 
 MIN_FIT_PER_CLASS = 3
+SUGGESTED_IMAGES = 100
 MEASURES = ("sensitivity", "specificity", "not_screened", "possible_blasts", "no_blasts",
             "confidently wrong among screened", "class accuracy among screened")
 
@@ -49,11 +51,14 @@ def local_images(folder: Path, class_names: list[str]) -> tuple[list[Path], np.n
         raise ConversionError(f"{folder}: no such folder; give one sub-folder per class of the bundle "
                               f"({', '.join(class_names)}) holding the site's labelled images")
     by_name = {name.lower(): index for index, name in enumerate(class_names)}
-    paths, labels = [], []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+    paths, labels, seen = [], [], {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if sub.name.lower() not in by_name:
             raise ConversionError(f"{sub}: not a class of the bundle ({', '.join(class_names)}); name each "
-                                  "sub-folder for the class of its images")
+                                  "sub-folder for the class of its images (case does not matter)")
+        if sub.name.lower() in seen:
+            raise ConversionError(f"{sub} and {seen[sub.name.lower()]} name the same class: put its images in one")
+        seen[sub.name.lower()] = sub
         files = sorted(p for p in sub.rglob("*") if is_image_file(p))
         paths += files
         labels += [by_name[sub.name.lower()]] * len(files)
@@ -132,14 +137,22 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
                               "them): run `leukoscreen bundle guard` on it first")
     classes = manifest.class_names
     paths, labels = local_images(Path(data), classes)
-    images, kept_labels = [], []
+    images, kept_labels, hashes = [], [], {}
     for path, label in zip(paths, labels):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        if digest in hashes:   # a copy would sit on both sides of the held-out part
+            print(f"skipped {path}: the same file as {hashes[digest]}")
+            continue
         try:
             images.append(read_image(path))
             kept_labels.append(label)
+            hashes[digest] = path
         except ImageReadError as error:
             print(f"skipped {path}: {error}")
     labels = np.array(kept_labels, dtype=int)
+    if len(labels) < SUGGESTED_IMAGES:
+        print(f"note: {len(labels)} local images; about {SUGGESTED_IMAGES} are suggested (every figure below rests on "
+              "few images)")
     fit, test = stratified_split(labels, held_out, seed)
     counts = np.bincount(labels[fit], minlength=len(classes))
     if counts.min() < MIN_FIT_PER_CLASS:
@@ -167,11 +180,13 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
     original = manifest.decision
     rule = rule.model_copy(update={
         "threshold": min(rule.threshold, original.threshold), "refer_at": min(rule.refer_at, original.refer_at),
-        "threshold_rule": f"the lower of the local rule ({rule.threshold_rule}: {rule.threshold:.4g}) and the "
+        "threshold_rule": f"the lower of the local rule ({rule.threshold_rule.replace('validation split', 'local images')}"
+                          f": {rule.threshold:.4g}) and the "
                           f"original bundle's ({original.threshold:.4g}); refer at the lower of both",
         "chosen_on": where})
     threshold = conformal_threshold(distances.min(axis=1), within)
     rank = min(math.ceil((len(fit) + 1) * within), len(fit))
+    enough = math.ceil((len(fit) + 1) * within) <= len(fit)
     new_statistics = statistics | {"class_means": means}
     if len(test):  # the share of the held-out local images the new guard passes (else of the fitted ones, left out)
         held_features = runner.predict_all(np.stack([preprocess(images[i], manifest.preprocess) for i in test]))[1][0]
@@ -189,8 +204,10 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
         fields = generated_fields(manifest.input.size, manifest.self_test.fields) if manifest.self_test else None
         values["guard"] |= {
             "statistics": StoredFile.of(out, STATISTICS_FILE).model_dump(), "threshold": threshold,
-            "threshold_rule": f"leave-one-out distance {rank} of {len(fit)} local images, counted from the lowest "
-                              f"(split-conformal, {within:.0%} of familiar images within)",
+            "threshold_rule": (f"leave-one-out distance {rank} of {len(fit)} local images, counted from the lowest "
+                               f"(split-conformal, {within:.0%} of familiar images within)" if enough else
+                               f"the largest of {len(fit)} leave-one-out distances of local images (a {within:.0%} "
+                               f"guarantee needs at least {math.ceil(within / (1 - within) - 1e-9)})"),
             "fitted_on": f"whitening: the original training part; class means and threshold: {where}",
             "separation": {}, "familiar_test_share": familiar_share,
             "self_test_scores": None if fields is None else [
@@ -227,10 +244,17 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
           f"(refer at {rule.refer_at:.3g}), guard threshold {threshold:.4g}")
     if len(test):
         kind = "whole device pipeline" if manifest.input_kind == "field" else "model, guard and decision on the crops"
-        print(f"held-out local images ({len(test)}; {kind}), before -> after:")
+        print(f"held-out local images ({len(test)}; {kind}), before -> after (sensitivity: blast images not answered "
+              "'No blasts suggested', a not-screened one included; specificity: non-blast images answered 'No "
+              "blasts suggested'):")
         for key in MEASURES:
             print(f"  {key}: {_share(before[key])} -> {_share(after[key])}"
                   + (f" (main reason: {reason_before or '-'} -> {reason_after or '-'})" if key == "not_screened" else ""))
+        worse = [key for key in ("sensitivity", "specificity", "class accuracy among screened")
+                 if None not in (before[key], after[key]) and after[key] < before[key]]
+        if worse:
+            print(f"warning: the adapted bundle did worse than the original on the held-out images ({', '.join(worse)}):"
+                  " look at the labels and the images before installing it")
     else:
         print("note: --held-out 0: nothing was kept out to measure the adaptation")
     return new_manifest

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from leukoscreen.edge.cell_crops import CellGeometry
 from leukoscreen.edge.decision import DecisionRule, calibrate
@@ -313,6 +313,15 @@ class Manifest(Part):
         "sha256 of this manifest without this key (canonical JSON: keys sorted, no spaces), written with it: the "
         "device refuses a manifest changed afterwards (a hand edit of a class order, temperature or threshold "
         "would change every answer without any file hash noticing); none only in schema 1 and 2"))
+
+    @model_serializer(mode="wrap")
+    def _without_absent_adaptation(self, handler):
+        """A bundle that was not adapted has no `adaptation` key, so the digest of a manifest written (or signed)
+        before the part existed stays what it was."""
+        values = handler(self)
+        if isinstance(values, dict) and values.get("adaptation", 0) is None:
+            del values["adaptation"]
+        return values
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":

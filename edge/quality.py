@@ -13,8 +13,13 @@ from pydantic.dataclasses import dataclass
 @dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class QualityConfig:
     """The `[quality]` section of the device configuration."""
-    min_focus: StrictFloat = Field(15.0, ge=0, description="variance of the Laplacian of the grayscale field (depends on "
-                                                     "the camera: raise it for sharp high-resolution cameras)")
+    min_focus: StrictFloat = Field(15.0, ge=0, description="variance of the Laplacian of the grayscale field at "
+                                                           "focus_um_per_px when the camera's pixel size is configured "
+                                                           "([scale] um_per_px), else of the frame as captured")
+    focus_um_per_px: StrictFloat = Field(0.474, ge=0, le=10, description=(
+        "the pixel size min_focus refers to (all-aria's, 0.474 um per pixel): a frame of a configured pixel size "
+        "more than 25% away from it is resampled to it before its focus is measured, so a camera of more pixels "
+        "over the same field is not called out of focus; 0: always the frame as captured"))
     max_dark_fraction: StrictFloat = Field(0.5, ge=0, le=1, description="share of pixels with luminance < 20")
     max_clipped_fraction: StrictFloat = Field(0.15, ge=0, le=1, description="share of pixels white in all three "
                                               "channels (all-aria's fields at most 0.11; the same fields 15% "
@@ -38,6 +43,7 @@ class QualityReport(BaseModel):
     cells: int
     blockiness: float = 1.0    # records stored before the check have neither
     noise: float = 0.0
+    focus_um_per_px: float | None = None   # the pixel size the focus was measured at (None: the frame's own)
     reasons: tuple[str, ...] = ()
 
     @computed_field
@@ -91,11 +97,28 @@ def noise_level(gray: np.ndarray) -> float:
     return float(np.searchsorted(counts, counts[-1] / 2) / (0.6745 * 6))
 
 
+FOCUS_SCALE_BAND = (0.8, 1.25)   # pixel-size ratios measured as they are (one camera's own spread)
+
+
+def focus_at_scale(gray: np.ndarray, um_per_px: float | None, config: QualityConfig) -> tuple[float, float | None]:
+    """The focus score and the pixel size it was measured at: the frame resampled to `config.focus_um_per_px`
+    when its pixel size is known and outside FOCUS_SCALE_BAND of it, else the frame as it is (None)."""
+    if not um_per_px or not config.focus_um_per_px:
+        return _focus(gray), None
+    factor = um_per_px / config.focus_um_per_px
+    if FOCUS_SCALE_BAND[0] <= factor <= FOCUS_SCALE_BAND[1]:
+        return _focus(gray), None
+    resampled = cv2.resize(gray, None, fx=factor, fy=factor,
+                           interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    return _focus(resampled), config.focus_um_per_px
+
+
 def check_quality(rgb: np.ndarray, stain_mask: np.ndarray, cells: int,
-                  config: QualityConfig = QualityConfig()) -> QualityReport:
-    """Scores and reasons for an RGB field, its stain mask (0/255) and the number of cells found."""
+                  config: QualityConfig = QualityConfig(), um_per_px: float | None = None) -> QualityReport:
+    """Scores and reasons for an RGB field, its stain mask (0/255) and the number of cells found. um_per_px: the
+    camera's configured pixel size (focus is then measured at the scale min_focus refers to)."""
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    focus = _focus(gray)
+    focus, focus_scale = focus_at_scale(gray, um_per_px, config)
     dark = float(np.mean(gray < 20))
     clipped = float(np.mean((rgb == 255).all(axis=2)))
     stain = float(np.mean(stain_mask > 0))
@@ -116,4 +139,5 @@ def check_quality(rgb: np.ndarray, stain_mask: np.ndarray, cells: int,
     elif cells < config.min_cells and not reasons:
         reasons.append("no white cells found (move to another field)")
     return QualityReport(focus=focus, dark_fraction=dark, clipped_fraction=clipped, stain_fraction=stain,
-                         cells=cells, blockiness=blocks, noise=noise, reasons=tuple(reasons))
+                         cells=cells, blockiness=blocks, noise=noise, focus_um_per_px=focus_scale,
+                         reasons=tuple(reasons))

@@ -124,7 +124,7 @@ def screen(rgb: np.ndarray, model: ScreeningModel, finder: CellFinderConfig = Ce
     """One frame through the whole pipeline: field analysis once, then the deciding model and any compared
     ones, then one record. Raises ValueError for a frame that is not an RGB image of at least 32x32."""
     cell_models = any(m.bundle.manifest.input_kind == "cell" for m in (model, *compared))
-    field = analyse_field(rgb, finder, quality, scale if cell_models else None)
+    field = analyse_field(rgb, finder, quality, scale if cell_models or scale.um_per_px else None)
     timings = dict(field.timings_ms)
     report = field.quality
     if report.passed and model.bundle.manifest.input_kind == "cell" and not field.cells:

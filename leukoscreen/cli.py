@@ -149,7 +149,8 @@ def _bundle(args) -> None:
     print("unfamiliar-image guard: " + ("none (`leukoscreen bundle guard` adds one)" if guard is None else
           f"{guard.method}, threshold {guard.threshold:.4g}: {guard.threshold_rule}; passes "
           f"{guard.familiar_test_share:.1%} of the "
-          + ("held-out local images" if bundle.manifest.adaptation else "test part")))
+          + ("test part" if not bundle.manifest.adaptation else "held-out local images"
+             if bundle.manifest.adaptation.held_out else "local images fitted on, each left out of its class mean")))
     adaptation = bundle.manifest.adaptation
     if adaptation:
         print(f"adapted from {adaptation.adapted_from} on {adaptation.adapted_on} (`leukoscreen adapt`; the stored "
@@ -297,10 +298,10 @@ def _gate(args) -> None:
 
     import numpy as np
 
-    from leukoscreen.edge.cell_finder import find_cells, stain_mask
     from leukoscreen.edge.device_config import load_config
+    from leukoscreen.edge.field_analysis import analyse_field
     from leukoscreen.edge.image_io import ImageReadError, read_image
-    from leukoscreen.edge.quality import check_quality, reason_name
+    from leukoscreen.edge.quality import reason_name
     config = load_config(args.config)
     perturb = None
     if args.perturb:
@@ -316,9 +317,11 @@ def _gate(args) -> None:
         except ImageReadError as error:
             print(f"{path}: {error}", file=sys.stderr)
             continue
-        rgb = perturb(rgb) if perturb else rgb
-        reports.append(check_quality(rgb, stain_mask(rgb, config.cell_finder), len(find_cells(rgb, config.cell_finder)),
-                                     config.quality))
+        try:   # as the device analyses a field: the configured pixel size sets the scale focus is measured at
+            reports.append(analyse_field(perturb(rgb) if perturb else rgb, config.cell_finder, config.quality,
+                                         config.scale if config.scale.um_per_px else None).quality)
+        except ValueError as error:
+            print(f"{path}: {error}", file=sys.stderr)
     if not reports:
         raise ValueError(f"no readable image among {len(files)} files")
     measures = ("focus", "dark_fraction", "clipped_fraction", "blockiness", "noise")

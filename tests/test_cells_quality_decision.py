@@ -224,3 +224,25 @@ def test_shipped_default_bundle_is_valid_and_screens():
     guard = bundle.manifest.guard
     assert guard.method == "mahalanobis" and guard.familiar_test_share >= 0.95
     assert guard.separation["pbc-subset"]["mahalanobis"] > 0.95
+
+
+def test_focus_is_measured_at_the_scale_min_focus_refers_to_when_the_pixel_size_is_configured():
+    from leukoscreen.edge.field_analysis import analyse_field
+    from leukoscreen.edge.quality import focus_at_scale, focus_score
+    from leukoscreen.edge.scale import ScaleConfig
+    field = synthetic_field(seed=4, size=240).image
+    doubled = cv2.resize(field, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)   # a camera of 4x the pixels
+    gray = cv2.cvtColor(doubled, cv2.COLOR_RGB2GRAY)
+    as_captured, where = focus_at_scale(gray, None, QualityConfig())
+    at_scale, scale = focus_at_scale(gray, 0.237, QualityConfig())
+    assert where is None and scale == 0.474 and at_scale > 3 * as_captured
+    assert abs(at_scale - focus_score(field)) < 0.5 * focus_score(field)     # about the field's own focus
+    # within one camera's spread of the scale, and with the reference turned off: the frame as captured
+    assert focus_at_scale(cv2.cvtColor(field, cv2.COLOR_RGB2GRAY), 0.5, QualityConfig())[1] is None
+    assert focus_at_scale(gray, 0.237, QualityConfig(focus_um_per_px=0.0)) == (as_captured, None)
+    strict = QualityConfig(min_focus=(as_captured + at_scale) / 2)
+    assert analyse_field(doubled, quality=strict).quality.reasons == ("out of focus",)
+    configured = analyse_field(doubled, quality=strict, scale=ScaleConfig(um_per_px=0.237)).quality
+    assert "out of focus" not in configured.reasons and configured.focus_um_per_px == 0.474
+    estimated = analyse_field(doubled, quality=strict, scale=ScaleConfig()).quality   # estimates are too rough
+    assert estimated.focus_um_per_px is None and estimated.reasons == ("out of focus",)
