@@ -156,7 +156,7 @@ default-bundle: install
 		--task subtype --colour standardize --epochs 30 --out $(BUNDLE_RUN)
 	rm -rf edge/default_bundle
 	$(BIN)/leukoscreen convert $(BUNDLE_RUN) --formats tflite-int8,onnx-int8 --name leukoscreen-default \
-		--size-ratio 3.5 --representative 1000 --bias-correction 256 --bundle-version 7 --out edge/default_bundle
+		--size-ratio 3.5 --representative 1000 --bias-correction 256 --bundle-version 7.1 --out edge/default_bundle
 
 bench: install
 	$(BIN)/leukoscreen bench edge/default_bundle --out runs/bench-default

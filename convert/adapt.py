@@ -20,6 +20,8 @@ import hashlib
 import math
 import os
 import shutil
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,11 @@ from pydantic import ValidationError
 from leukoscreen.convert.bundle_builder import ConversionError
 from leukoscreen.convert.calibration import decision_parameters
 from leukoscreen.convert.guard_builder import STATISTICS_FILE, conformal_threshold
-from leukoscreen.edge.bundle import write_manifest
+from leukoscreen.edge.bundle import bundle_files, write_manifest
+from leukoscreen.edge.field_analysis import analyse_field
+from leukoscreen.edge.quality import reason_name
 from leukoscreen.edge.device_config import DeviceConfig, load_config
-from leukoscreen.edge.guard import class_mean_probabilities, mahalanobis, save_statistics, whiten
+from leukoscreen.edge.guard import class_distances, class_mean_probabilities, mahalanobis, save_statistics, whiten
 from leukoscreen.edge.image_io import ImageReadError, is_image_file, read_image
 from leukoscreen.edge.manifest import Manifest, StoredFile
 from leukoscreen.edge.preprocessing import preprocess
@@ -40,6 +44,7 @@ from leukoscreen.edge.validation import describe
 from leukoscreen.training.robustness import record_answer, summarize_answers
 
 MIN_FIT_PER_CLASS = 3
+MIN_LABEL_AUROC = 0.7
 SUGGESTED_IMAGES = 100
 MEASURES = ("sensitivity", "specificity", "not_screened", "possible_blasts", "no_blasts",
             "confidently wrong among screened", "class accuracy among screened")
@@ -59,7 +64,7 @@ def local_images(folder: Path, class_names: list[str]) -> tuple[list[Path], np.n
         if sub.name.lower() in seen:
             raise ConversionError(f"{sub} and {seen[sub.name.lower()]} name the same class: put its images in one")
         seen[sub.name.lower()] = sub
-        files = sorted(p for p in sub.rglob("*") if is_image_file(p))
+        files = sorted(p for p in sub.rglob("*") if is_image_file(p) and p.is_file())  # no pipes or devices
         paths += files
         labels += [by_name[sub.name.lower()]] * len(files)
     return paths, np.array(labels, dtype=int)
@@ -74,7 +79,7 @@ def stratified_split(labels: np.ndarray, held_out: float, seed: int) -> tuple[np
         count = int(round(held_out * len(members)))
         kept += list(members[:count])
         fit += list(members[count:])
-    return np.sort(fit), np.sort(kept)
+    return np.sort(np.array(fit, dtype=int)), np.sort(np.array(kept, dtype=int))
 
 
 def fit_class_means(z: np.ndarray, labels: np.ndarray, original: np.ndarray,
@@ -120,39 +125,27 @@ def _screen_held_out(model: ScreeningModel, images: list[np.ndarray], labels: np
 
 def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior_weight: float = 5.0,
           within: float = 0.99, version: str | None = None, seed: int = 0,
-          device: DeviceConfig | None = None) -> Manifest:
+          device: DeviceConfig | None = None, accept_disagreement: bool = False) -> Manifest:
     """Write the adapted copy of a bundle to `out` (see the module); the original is not changed. device: the
     gate, cell finder and scale settings the held-out images are screened with (default: the device's)."""
     device = device or load_config(None)
-    if not 0 <= held_out < 1 or not 0 <= prior_weight <= 1000 or not 0 < within < 1:
+    if not 0 <= held_out <= 0.5 or not 0 <= prior_weight <= 1000 or not 0.5 <= within < 1:
         raise ConversionError(f"--held-out {held_out}, --prior-weight {prior_weight}, --within {within}: the held-out "
-                              "share in [0, 1), the prior weight in [0, 1000] images, the share within in (0, 1)")
+                              "share in [0, 0.5], the prior weight in [0, 1000] images, the share within in [0.5, 1)")
     out = Path(out)
     if out.exists():
         raise ConversionError(f"{out} exists: give a new folder for the adapted bundle")
     old = ScreeningModel.open(bundle_path)
     bundle, manifest = old.bundle, old.bundle.manifest
+    for inside in (bundle.path, Path(data)):
+        if out.resolve().is_relative_to(inside.resolve()):
+            raise ConversionError(f"{out} is inside {inside}: give a folder outside the bundle and the local images")
     if manifest.guard is None or manifest.guard.method != "mahalanobis":
         raise ConversionError(f"{bundle.path}: adapting needs the Mahalanobis guard's statistics (the head is built on "
                               "them): run `leukoscreen bundle guard` on it first")
     classes = manifest.class_names
-    paths, labels = local_images(Path(data), classes)
-    images, kept_labels, hashes = [], [], {}
-    for path, label in zip(paths, labels):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-        if digest in hashes:   # a copy would sit on both sides of the held-out part
-            print(f"skipped {path}: the same file as {hashes[digest]}")
-            continue
-        try:
-            images.append(read_image(path))
-            kept_labels.append(label)
-            hashes[digest] = path
-        except ImageReadError as error:
-            print(f"skipped {path}: {error}")
-    labels = np.array(kept_labels, dtype=int)
-    if len(labels) < SUGGESTED_IMAGES:
-        print(f"note: {len(labels)} local images; about {SUGGESTED_IMAGES} are suggested (every figure below rests on "
-              "few images)")
+    images, labels = _read_local(Path(data), classes)
+    _note_gate(images, manifest, device)
     fit, test = stratified_split(labels, held_out, seed)
     counts = np.bincount(labels[fit], minlength=len(classes))
     if counts.min() < MIN_FIT_PER_CLASS:
@@ -162,6 +155,8 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
                               "classes: a head fitted without a class would call every image something else")
     runner = old.runner
     x = np.stack([preprocess(images[i], manifest.preprocess) for i in fit])
+    original_probabilities, _ = old._probabilities(x)
+    _check_labels(original_probabilities, labels[fit], manifest, accept_disagreement)
     statistics = bundle.guard_statistics
     z = whiten(runner.predict_all(x)[1][0], statistics)
     means, distances = fit_class_means(z.astype(np.float64), labels[fit], statistics["class_means"].astype(np.float64),
@@ -181,29 +176,34 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
     rule = rule.model_copy(update={
         "threshold": min(rule.threshold, original.threshold), "refer_at": min(rule.refer_at, original.refer_at),
         "threshold_rule": f"the lower of the local rule ({rule.threshold_rule.replace('validation split', 'local images')}"
-                          f": {rule.threshold:.4g}) and the "
-                          f"original bundle's ({original.threshold:.4g}); refer at the lower of both",
+                          f": {rule.threshold:.4g}) and the original bundle's ({original.threshold:.4g}); refer at "
+                          "the lower of both",
         "chosen_on": where})
     threshold = conformal_threshold(distances.min(axis=1), within)
     rank = min(math.ceil((len(fit) + 1) * within), len(fit))
     enough = math.ceil((len(fit) + 1) * within) <= len(fit)
+    _note_guard(threshold, manifest.guard.threshold)
     new_statistics = statistics | {"class_means": means}
     if len(test):  # the share of the held-out local images the new guard passes (else of the fitted ones, left out)
         held_features = runner.predict_all(np.stack([preprocess(images[i], manifest.preprocess) for i in test]))[1][0]
         familiar_share = float(np.mean(mahalanobis(held_features, new_statistics) <= threshold))
     else:
         familiar_share = float(np.mean(distances.min(axis=1) <= threshold))
-    final, out = out, out.with_name(f"{out.name}.partial")   # renamed to `final` only when complete
-    shutil.rmtree(out, ignore_errors=True)                     # left by an interrupted run
-    shutil.copytree(bundle.path, out)
+    fields = generated_fields(manifest.input.size, manifest.self_test.fields) if manifest.self_test else None
+    field_features = runner.predict_all(fields)[1][0] if fields is not None else None
+    # a temporary folder of its own beside OUT (never one that exists), renamed to OUT only when complete
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.adapting-", dir=out.parent))
     try:
-        (out / STATISTICS_FILE).write_bytes(save_statistics(new_statistics))
+        for name in [entry.file for _, entry in bundle_files(manifest)] + [manifest.training.split_file]:
+            if (bundle.path / name).is_file():
+                shutil.copy2(bundle.path / name, building / name)
+        (building / STATISTICS_FILE).write_bytes(save_statistics(new_statistics))
         values = manifest.model_dump()
         values["version"] = version or f"{manifest.version}-adapted"
         values["calibration"], values["decision"] = calibration.model_dump(), rule.model_dump()
-        fields = generated_fields(manifest.input.size, manifest.self_test.fields) if manifest.self_test else None
         values["guard"] |= {
-            "statistics": StoredFile.of(out, STATISTICS_FILE).model_dump(), "threshold": threshold,
+            "statistics": StoredFile.of(building, STATISTICS_FILE).model_dump(), "threshold": threshold,
             "threshold_rule": (f"leave-one-out distance {rank} of {len(fit)} local images, counted from the lowest "
                                f"(split-conformal, {within:.0%} of familiar images within)" if enough else
                                f"the largest of {len(fit)} leave-one-out distances of local images (a {within:.0%} "
@@ -211,33 +211,34 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
             "fitted_on": f"whitening: the original training part; class means and threshold: {where}",
             "separation": {}, "familiar_test_share": familiar_share,
             "self_test_scores": None if fields is None else [
-                float(v) for v in np.round(mahalanobis(runner.predict_all(fields)[1][0], new_statistics), 4)]}
+                float(v) for v in np.round(mahalanobis(field_features, new_statistics), 4)]}
         values["adaptation"] = {
             "head": "class means", "adapted_on": f"{Path(data).name}: {len(labels)} labelled images"[:80],
             "images": {c: int(n) for c, n in zip(classes, counts)}, "held_out": len(test),
-            "prior_weight": prior_weight, "adapted_from": bundle.title[:80]}
+            "prior_weight": prior_weight, "adapted_from": bundle.title[:80],
+            "self_test_probabilities": None if fields is None else np.round(class_mean_probabilities(
+                class_distances(field_features, new_statistics)), 6).tolist()}
         try:
             new_manifest = Manifest.model_validate(values)
         except ValidationError as error:
             raise ConversionError(f"the adapted manifest is not valid: {describe(error)}") from None
-        write_manifest(out, new_manifest)
+        write_manifest(building, new_manifest)
         before = after = {}
         reason_before = reason_after = None
         if len(test):
-            new = ScreeningModel.open(out)
+            new = ScreeningModel.open(building)
             held = [images[i] for i in test]
             (before, reason_before), (after, reason_after) = (_screen_held_out(m, held, labels[test], device)
                                                               for m in (old, new))
             new_manifest = Manifest.model_validate(values | {"adaptation": values["adaptation"] | {
                 "before": before, "after": after}})
-            write_manifest(out, new_manifest)
-        if final.exists():
-            raise ConversionError(f"{final} appeared while adapting: give a new folder for the adapted bundle")
-        os.rename(out, final)
+            write_manifest(building, new_manifest)
+        if out.exists():
+            raise ConversionError(f"{out} appeared while adapting: give a new folder for the adapted bundle")
+        os.rename(building, out)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(building, ignore_errors=True)
         raise
-    out = final
     print(f"{out}: {bundle.title} adapted on {len(fit)} images of {Path(data)} "
           f"({', '.join(f'{n} {c}' for c, n in zip(classes, counts))}); version {new_manifest.version}")
     print(f"  temperature {calibration.temperature:.3g}, blast-score threshold {rule.threshold:.3g} "
@@ -256,8 +257,79 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
             print(f"warning: the adapted bundle did worse than the original on the held-out images ({', '.join(worse)}):"
                   " look at the labels and the images before installing it")
     else:
-        print("note: --held-out 0: nothing was kept out to measure the adaptation")
+        print("note: nothing was kept out to measure the adaptation (--held-out 0, or too few images per class)")
     return new_manifest
+
+
+def _read_local(folder: Path, classes: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The local images, decoded (unreadable ones and copies of the same pixels skipped, with a note)."""
+    paths, labels = local_images(folder, classes)
+    images, kept, seen = [], [], {}
+    for path, label in zip(paths, labels):
+        try:
+            rgb = read_image(path)
+        except ImageReadError as error:
+            print(f"skipped {path}: {error}")
+            continue
+        digest = hashlib.sha256(np.ascontiguousarray(rgb).tobytes() + str(rgb.shape).encode()).hexdigest()
+        if digest in seen:   # a copy would sit on both sides of the held-out part
+            print(f"skipped {path}: the same pixels as {seen[digest]}")
+            continue
+        seen[digest] = path
+        images.append(rgb)
+        kept.append(label)
+    if len(kept) < SUGGESTED_IMAGES:
+        print(f"note: {len(kept)} local images; about {SUGGESTED_IMAGES} are suggested (every figure below rests on "
+              "few images)")
+    return images, np.array(kept, dtype=int)
+
+
+def _note_gate(images: list[np.ndarray], manifest: Manifest, device: DeviceConfig) -> None:
+    """Say how many local fields the device's quality gate would refuse: the head learns from them all."""
+    if manifest.input_kind != "field":
+        return
+    scale = device.scale if device.scale.um_per_px else None
+    reasons = Counter()
+    for rgb in images:
+        try:
+            report = analyse_field(rgb, device.cell_finder, device.quality, scale).quality
+        except ValueError:
+            continue
+        if not report.passed:
+            reasons[reason_name(report.reasons[0])] += 1
+    if reasons:
+        print(f"note: the quality gate (these settings) refuses {sum(reasons.values())} of the {len(images)} local "
+              f"fields ({', '.join(f'{n} {r}' for r, n in reasons.most_common())}); the device will not screen such "
+              "fields, the head learns from them all: check the gate's settings for this microscope (`--config`)")
+
+
+def _check_labels(probabilities: np.ndarray, labels: np.ndarray, manifest: Manifest, accept: bool) -> None:
+    """The original model's agreement with the local labels; refused when it ranks the local blast images below the
+    non-blast ones (labels swapped or wrong), unless `accept`."""
+    from leukoscreen.convert.guard_builder import auroc
+    negative = [manifest.class_names.index(n) for n in manifest.decision.negative_classes]
+    blast = ~np.isin(labels, negative)
+    scores = manifest.decision.score(probabilities, manifest.class_names)
+    ranking = auroc(scores[~blast], scores[blast])
+    agreement = float(np.mean(probabilities.argmax(axis=1) == labels))
+    print(f"the original model on the local images: its class agrees with {agreement:.0%} of the labels; its blast "
+          f"score ranks the blast images above the others with AUROC {ranking:.3f}")
+    if ranking < MIN_LABEL_AUROC and not accept:
+        raise ConversionError(f"the original model ranks the local blast images above the non-blast ones with AUROC "
+                              f"{ranking:.3f} only (below {MIN_LABEL_AUROC}): check the labels (a swapped folder gives "
+                              "this); if they are right, this microscope needs a model trained on its images, not an "
+                              "adapted head (--accept-disagreement adapts anyway)")
+
+
+def _note_guard(threshold: float, original: float) -> None:
+    if threshold < original / 2:
+        print(f"warning: the guard's threshold fell to {threshold:.4g} (the original's {original:.4g}): the local images "
+              "are far more alike than the training images (near-copies, or one slide?); the device will refuse "
+              "most other fields")
+    elif threshold > 1.5 * original:
+        print(f"warning: the guard's threshold rose to {threshold:.4g} (the original's {original:.4g}): it lets more "
+              "unlike images through, and its separation from other labs' images was not measured again (`leukoscreen "
+              "robustness` on the new bundle does)")
 
 
 def _share(value: float | None) -> str:

@@ -28,6 +28,7 @@ from leukoscreen.training.metrics import classification_metrics, describe_outcom
 from leukoscreen.training.model_source import Source, load_source
 from leukoscreen.training.prepared_data import preprocessed_images
 from leukoscreen.training.splits import load_split, save_split
+from leukoscreen.edge.image_io import ImageReadError, read_image
 
 FILE_NAMES = {"tflite-fp32": "model-fp32.tflite", "tflite-dynamic": "model-dynamic.tflite",
               "tflite-int8": "model-int8.tflite", "onnx-fp32": "model-fp32.onnx", "onnx-int8": "model-int8.onnx"}
@@ -304,10 +305,15 @@ def _manifest(job: Job, run_path: Path, evaluated: dict[str, Evaluated], parts: 
     print(f"      on the test split: {describe_outcomes(outcomes)}")
     cells = source.prepared.dataset.kind == "cells"
     geometry, um_per_px = read_cell_geometry(source.prepared.dataset.root) if cells else (None, None)
+    field_px = None
+    if not cells:
+        um_per_px, field_px = training_field_scale([source.prepared.paths[i] for i in source.prepared.part("train")])
+        print(f"      training scale: {um_per_px} um per pixel, field {field_px} px" if field_px else
+              "      training scale: not recorded (the training images show too few red cells, or differ in size)")
     return Manifest(
         name=options.name or run_path.name, version=options.version, task=source.prepared.task, class_names=classes,
         default_format=primary, input=InputSpec(size=source.preprocess.input_size),
-        input_kind="cell" if cells else "field", cell=geometry, um_per_px=um_per_px,
+        input_kind="cell" if cells else "field", cell=geometry, um_per_px=um_per_px, field_px=field_px,
         preprocess=source.preprocess, output="sigmoid" if len(classes) == 2 and not source.fit_classifier else "softmax",
         calibration=calibration, decision=rule, files={fmt: e.entry for fmt, e in evaluated.items()},
         metrics={name: FormatMetrics.model_validate(m) for name, m in metrics.items()},
@@ -354,6 +360,58 @@ def convert_run(run_path: Path, out: Path, formats: list[str], **options) -> Man
         print(f"warning: {error}; the device will answer on any field that passes the quality gate")
     print(f"bundle: {out} (default format {manifest.default_format})")
     return manifest
+
+
+def training_field_scale(paths: list[str]) -> tuple[float | None, int | None]:
+    """A field bundle's training scale: the median red-cell estimate of its training images' pixel size
+    (`leukoscreen scale`) and the side of their central square; (None, None) when fewer than 95% of them share
+    one side (the model's field has no one size) or they show too few red cells."""
+    from collections import Counter
+
+    from leukoscreen.training.cell_data import SCALE_SAMPLE, source_scale
+    sides = []
+    for path in paths[::max(1, len(paths) // SCALE_SAMPLE)]:
+        try:
+            sides.append(min(read_image(path).shape[:2]))
+        except ImageReadError:
+            continue
+    if not sides:
+        return None, None
+    side, count = Counter(sides).most_common(1)[0]
+    if count < 0.95 * len(sides):
+        return None, None
+    try:
+        um_per_px, _ = source_scale(Path(paths[0]).parent, paths)
+    except ValueError:
+        return None, None
+    return round(um_per_px, 4), int(side)
+
+
+def record_field_scale(bundle_path: Path, data: Path, version: str | None = None) -> Manifest:
+    """`leukoscreen bundle scale`: a field bundle's training scale (`training_field_scale` on the training part of
+    its split, images under `data`) written into its manifest, so a device with a configured pixel size reads its
+    frames at that scale (edge/field_tiles.py)."""
+    from leukoscreen.edge.bundle import load_bundle, write_manifest
+    bundle = load_bundle(bundle_path)
+    manifest = bundle.manifest
+    if manifest.input_kind != "field":
+        raise ConversionError(f"{bundle.path}: a cell bundle cuts its crops at each field's pixel size already")
+    rows = [r for r in load_split(bundle.path / manifest.training.split_file) if r.part == "train"]
+    missing = [r.path for r in rows if not (Path(data) / r.path).is_file()]
+    if missing or not rows:
+        raise ConversionError(f"{len(missing)} of the {len(rows)} training images of {bundle.path}'s split are missing "
+                              f"under {data}; pass the data folder the bundle was trained on")
+    um_per_px, field_px = training_field_scale([str(Path(data) / r.path) for r in rows])
+    if field_px is None:
+        raise ConversionError(f"{data}: its training images differ in size or show too few red cells: no one field "
+                              "scale to record")
+    updated = manifest.model_copy(update={"um_per_px": um_per_px, "field_px": field_px,
+                                          "version": version or manifest.version})
+    updated = Manifest.model_validate(updated.model_dump())
+    if write_manifest(bundle.path, updated):
+        print("note: its signature was of the old manifest and was removed: sign it again (`leukoscreen sign`)")
+    print(f"{bundle.path}: training scale {um_per_px} um per pixel, field {field_px} px; version {updated.version}")
+    return updated
 
 
 def bundle_part(bundle, data: Path, name: str) -> Part:

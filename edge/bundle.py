@@ -147,6 +147,14 @@ class ModelBundle:
                 scores = self.manifest.guard.score(extra, statistics)
             except ValueError as error:
                 raise RuntimeProblem(f"{self.file(fmt).name}: {error}; the bundle's files do not belong together") from error
+            adaptation = self.manifest.adaptation
+            if adaptation and adaptation.self_test_probabilities is not None:
+                head = largest_difference(adaptation.probabilities(extra, statistics), adaptation.self_test_probabilities)
+                if head > test.tolerance:
+                    raise SelfTestFailed(f"{self.path}: {fmt} ({self.entry(fmt).file}) failed its self-test through "
+                                         f"{runner.name}: the adapted head's probabilities on the generated fields "
+                                         f"differ from `adapt`'s by up to {head:.3f} (tolerance {test.tolerance}); its "
+                                         "class means do not belong to it: adapt the bundle again")
             if not self.manifest.guard.agrees(scores):
                 raise SelfTestFailed(f"{self.path}: {fmt} ({self.entry(fmt).file}) failed its self-test through "
                                      f"{runner.name}: its guard scores on the generated fields "
@@ -175,7 +183,8 @@ class ModelBundle:
         raise BundleError(f"{self.path}: no model format of this bundle can be used here: " + " | ".join(refused))
 
 
-def _file_entries(manifest: Manifest):
+def bundle_files(manifest: Manifest):
+    """(what, StoredFile) of every file a manifest lists."""
     for fmt, entry in manifest.files.items():
         yield fmt, entry
         if entry.classifier:
@@ -200,7 +209,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
     """Read and check a bundle folder: the manifest's schema and the sha256 of every file it lists."""
     path = Path(path)
     manifest, notes = read_manifest(path)
-    for what, entry in _file_entries(manifest):
+    for what, entry in bundle_files(manifest):
         model_file = path / entry.file
         if not model_file.is_file():
             raise BundleError(f"{path}: the {what} model file {entry.file} is missing; copy the whole bundle")
@@ -214,7 +223,7 @@ def write_manifest(path: Path, manifest: Manifest) -> bool:
     """Write manifest.json into a bundle folder (the converter; `leukoscreen bundle upgrade`), after
     checking that every file it lists is there with its hash. A signature (manifest.sig) of an earlier
     manifest is removed, as no device would accept it; returns True when one was."""
-    for what, entry in _file_entries(manifest):
+    for what, entry in bundle_files(manifest):
         if sha256_of(path / entry.file) != entry.sha256:
             raise BundleError(f"{path}: {entry.file} ({what}) does not match the manifest's sha256")
     text = manifest_json(manifest)

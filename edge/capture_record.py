@@ -43,8 +43,11 @@ class ModelAnswer(Record):
     counts: dict[str, int] = Field(default_factory=dict, description="cells per class (cell models)")
     blast_fraction: float | None = Field(None, description="share of cells called blast-like (cell models)")
     cells: tuple[CellRecord, ...] = Field((), description="per-cell answers (cell models)", exclude=True)
-    um_per_px: float | None = Field(None, description="the pixel size the cells were cut at (cell models)")
+    um_per_px: float | None = Field(None, description="the pixel size the cells were cut at (cell models), or the "
+                                                      "configured one the field was resampled from (field models)")
     scale_source: str = ""
+    tiles: int | None = Field(None, description="field models on a configured pixel size: the tiles of the model's "
+                                                "field the frame was read in (the most blast-like decides)")
     classify_ms: float = Field(0.0, exclude=True)
 
 
@@ -62,9 +65,10 @@ class CaptureRecord(Record):
     probabilities: dict[str, float] = Field(default_factory=dict)
     counts: dict[str, int] = Field(default_factory=dict)
     blast_fraction: float | None = None
-    um_per_px: float | None = Field(None, description="the field's pixel size in microns, as the cell model read it")
+    um_per_px: float | None = Field(None, description="the field's pixel size in microns, as the model read it")
     scale_source: str = Field("", description="configured, estimated (from the red cells), or assumed (the model's "
                                               "training scale, when the field gave no estimate)")
+    tiles: int | None = Field(None, description="the tiles a field model read the frame in (configured pixel size)")
     bundle: str = Field("", description="the deciding bundle")
     bundle_sha256: str = Field("", description="sha256 of the deciding bundle's model file")
     source: str = Field("camera", description="camera, or 'upload: NAME'")
@@ -93,7 +97,8 @@ def screened(answer: ModelAnswer, quality: QualityReport, cells: tuple[CellRecor
                          quality=quality, cells_found=len(cells), cells=answer.cells or cells,
                          probabilities=answer.probabilities, counts=answer.counts,
                          blast_fraction=answer.blast_fraction, um_per_px=answer.um_per_px,
-                         scale_source=answer.scale_source, bundle=answer.bundle, bundle_sha256=bundle_sha256,
+                         scale_source=answer.scale_source, tiles=answer.tiles, bundle=answer.bundle,
+                         bundle_sha256=bundle_sha256,
                          compared=compared, **values)
 
 

@@ -28,7 +28,8 @@ INTENDED_USE = "Research use only. Not for use in diagnostic procedures."
 PRINTABLE = r"^[^\x00-\x1f\x7f]{1,80}$"
 Format = Literal["tflite-int8", "tflite-dynamic", "tflite-fp32", "onnx-int8", "onnx-fp32"]
 FORMATS = get_args(Format)
-REFERENCE_METRICS = "keras-fp32"  # the float model on the desktop, beside the formats
+REFERENCE_METRICS = "keras-fp32"
+LATER_PARTS = ("field_px", "adaptation")   # optional parts added within schema 3  # the float model on the desktop, beside the formats
 
 
 class BundleError(ValueError):
@@ -188,6 +189,10 @@ class Adaptation(Part):
     prior_weight: float = Field(ge=0, le=1000, description="each class mean is the local images' mean shrunk towards "
                                                             "the original's as if that were this many images")
     adapted_from: str = Field(pattern=PRINTABLE, description="the name and version of the bundle it was adapted from")
+    self_test_probabilities: list[list[float]] | None = Field(None, description=(
+        "the head's probabilities (before the temperature) on the self-test's generated fields, as `adapt` computed "
+        "them; a device whose head gives others beyond the self-test's tolerance refuses the file (class means that "
+        "do not belong to the head, or in another order)"))
     before: dict[str, float | None] = Field(default_factory=dict, description="the held-out local images through the "
                                                                               "whole device pipeline, before")
     after: dict[str, float | None] = Field(default_factory=dict, description="the same images, after")
@@ -287,6 +292,10 @@ class Manifest(Part):
         "pixel size of the training images in microns per pixel (per source, the median of `leukoscreen scale`); "
         "cell bundles: crops are cut at the field's own pixel size, so this only documents the training data; "
         "none: not recorded (bundles made before it was)"))
+    field_px: int | None = Field(None, ge=8, le=8192, description=(
+        "field bundles: side in pixels of the training images' central square, at um_per_px; with both, a frame "
+        "of a configured pixel size is resampled to um_per_px and read in tiles of this side (edge/field_tiles.py); "
+        "none: every frame is read whole, as captured"))
     preprocess: PreprocessConfig = Field(description="how a field (or cell crop) becomes the model input "
                                                      "(edge/preprocessing.py)")
     output: Literal["sigmoid", "softmax"] = Field(description="sigmoid: one column, P(class_names[1]); "
@@ -315,12 +324,13 @@ class Manifest(Part):
         "would change every answer without any file hash noticing); none only in schema 1 and 2"))
 
     @model_serializer(mode="wrap")
-    def _without_absent_adaptation(self, handler):
-        """A bundle that was not adapted has no `adaptation` key, so the digest of a manifest written (or signed)
-        before the part existed stays what it was."""
+    def _without_absent_later_parts(self, handler):
+        """Parts added after schema 3 are left out when absent, so the digest of a manifest written (or signed)
+        before they existed stays what it was."""
         values = handler(self)
-        if isinstance(values, dict) and values.get("adaptation", 0) is None:
-            del values["adaptation"]
+        for key in LATER_PARTS:
+            if isinstance(values, dict) and key in values and values[key] is None:
+                del values[key]
         return values
 
     @model_validator(mode="after")
@@ -331,6 +341,8 @@ class Manifest(Part):
                                                      or min(self.preprocess.reference[3:]) <= 0):
             raise ValueError("preprocess.colour = 'reinhard' needs preprocess.reference: the L*, a*, b* means then "
                              "their (positive) standard deviations of the training images")
+        if self.field_px is not None and (self.input_kind != "field" or self.um_per_px is None):
+            raise ValueError("field_px: only a field bundle has one, and only with its um_per_px")
         if (self.input_kind == "cell") != (self.cell is not None):
             raise ValueError("input_kind = 'cell' needs the cell crop geometry (`cell`), and only a cell bundle has one"
                              if self.input_kind == "cell" else "a field bundle has no `cell` crop geometry")

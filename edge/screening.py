@@ -17,6 +17,7 @@ from leukoscreen.edge.cell_crops import cell_crop
 from leukoscreen.edge.cell_finder import CellFinderConfig
 from leukoscreen.edge.decision import Decision
 from leukoscreen.edge.field_analysis import FieldAnalysis, analyse_field
+from leukoscreen.edge.field_tiles import model_tiles
 from leukoscreen.edge.preprocessing import preprocess
 from leukoscreen.edge.quality import QualityConfig
 from leukoscreen.edge.runtimes import ModelRunner, RuntimeOptions
@@ -79,33 +80,30 @@ class ScreeningModel:
             if field.scale.um_per_px is None:  # too few red cells to tell: the training data's pixel size
                 values["um_per_px"] = manifest.um_per_px or manifest.cell.effective_um_per_px
                 values["scale_source"] = "assumed (the model's training scale)"
-            crops = [cell_crop(rgb, c, values["um_per_px"], manifest.cell) for c in field.cells]
-            probabilities, guard = self._probabilities(np.stack([preprocess(c, config) for c in crops]))
-            scores = rule.score(probabilities, names)
-            unfamiliar = guard > self.guard.threshold if guard is not None else np.zeros(len(crops), bool)
+            parts = [cell_crop(rgb, c, values["um_per_px"], manifest.cell) for c in field.cells]
+        elif field.scale.source == "configured" and manifest.field_px:   # a calibrated camera: the model's scale
+            parts = model_tiles(rgb, field.scale.um_per_px, manifest.um_per_px, manifest.field_px)
+            values |= {"um_per_px": field.scale.um_per_px, "scale_source": "configured", "tiles": len(parts)}
+        else:
+            parts = [rgb]
+        probabilities, guard = self._probabilities(np.stack([preprocess(p, config) for p in parts]))
+        scores = rule.score(probabilities, names)
+        unfamiliar = guard > self.guard.threshold if guard is not None else np.zeros(len(parts), bool)
+        familiar = ~unfamiliar
+        if manifest.input_kind == "cell":
             predicted = [names[i] for i in probabilities.argmax(axis=1)]
             values["cells"] = tuple(CellRecord(box=c.box, predicted=p, blast_score=float(s), unfamiliar=bool(u))
                                     for c, p, s, u in zip(field.cells, predicted, scores, unfamiliar))
-            familiar = ~unfamiliar
             values["counts"] = {name: sum(p == name for p, f in zip(predicted, familiar) if f) for name in names}
             read = [p for p, f in zip(predicted, familiar) if f]
             values["blast_fraction"] = float(np.mean([p not in rule.negative_classes for p in read])) if read else None
-            # one suspicious cell is enough to refer; the cells the model cannot read may hide one
-            score = float(scores[familiar].max()) if read else float(scores.max())
-            mean = probabilities[familiar].mean(axis=0) if read else probabilities.mean(axis=0)
-            decision = rule.decide(score)
-            if not read or (unfamiliar.any() and decision.code == "no_blasts"):
-                decision = Decision("unfamiliar", score)
-            values["guard_score"] = None if guard is None else float(guard.max())
-        else:
-            probabilities, guard = self._probabilities(preprocess(rgb, config)[None])
-            mean = probabilities[0]
-            score = float(rule.score(mean[None], names)[0])
-            decision = rule.decide(score)
-            if guard is not None:
-                values["guard_score"] = float(guard[0])
-                if guard[0] > self.guard.threshold:
-                    decision = Decision("unfamiliar", score)
+        # one suspicious cell (or tile) is enough to refer; those the model cannot read may hide one
+        score = float(scores[familiar].max()) if familiar.any() else float(scores.max())
+        mean = probabilities[familiar].mean(axis=0) if familiar.any() else probabilities.mean(axis=0)
+        decision = rule.decide(score)
+        if not familiar.any() or (unfamiliar.any() and decision.code == "no_blasts"):
+            decision = Decision("unfamiliar", score)
+        values["guard_score"] = None if guard is None else float(guard.max())
         if decision.code == "unfamiliar":  # the model's numbers on an image it was not made for mean nothing
             return ModelAnswer(bundle=self.title, decision=decision.code, message=decision.wording,
                                classify_ms=(time.perf_counter() - started) * 1e3, **values)

@@ -128,6 +128,10 @@ def _bundle(args) -> None:
         from leukoscreen.convert.bundle_builder import remake_onnx_int8
         remake_onnx_int8(Path(args.bundle), _path(args.data), args.bundle_version)
         return
+    if args.bundle_command == "scale":
+        from leukoscreen.convert.bundle_builder import record_field_scale
+        record_field_scale(Path(args.bundle), _path(args.data), args.bundle_version)
+        return
     if args.bundle_command == "guard":
         from leukoscreen.convert.guard_builder import add_guard
         add_guard(Path(args.bundle), _path(args.data), args.bundle_version, args.method, args.components, args.within,
@@ -480,7 +484,7 @@ def _adapt(args) -> None:
     from leukoscreen.convert.adapt import adapt
     from leukoscreen.edge.device_config import load_config
     adapt(Path(args.bundle), Path(args.data), Path(args.out), args.held_out, args.prior_weight, args.within,
-          args.bundle_version, args.seed, load_config(args.config))
+          args.bundle_version, args.seed, load_config(args.config), args.accept_disagreement)
 
 
 def _perturbed_data(args) -> None:
@@ -693,6 +697,13 @@ def _add_bundle(commands) -> None:
     guard.add_argument("--bundle-version", help="the bundle's new version (default: unchanged; give one, as the "
                                                 "answers and the recorded separation figures change)")
     guard.set_defaults(handler=_bundle)
+    field_scale = bundle_commands.add_parser(
+        "scale", help="record a field bundle's training scale (pixel size and field side) in its manifest, so a "
+                      "device with a configured pixel size reads frames at it")
+    field_scale.add_argument("bundle")
+    field_scale.add_argument("--data", required=True, help="the data folder the bundle was trained on")
+    field_scale.add_argument("--bundle-version", help="the bundle's new version (default: unchanged)")
+    field_scale.set_defaults(handler=_bundle)
 
 
 def _signature_line(bundle) -> bool:
@@ -911,13 +922,16 @@ def _add_robustness(commands) -> None:
                                                      "(fields; crops for a cell bundle), about 100 in all")
     adapt.add_argument("--out", required=True, help="a new folder for the adapted bundle")
     adapt.add_argument("--held-out", type=float, default=0.3, help="share of each class kept out of the fit and "
-                                                                   "screened before and after (default 0.3)")
+                                                                   "screened before and after (default 0.3, at most 0.5)")
     adapt.add_argument("--prior-weight", type=float, default=5.0, help="each class mean is shrunk towards the "
                                                                        "original as if that were this many images")
     adapt.add_argument("--within", type=float, default=0.99, help="share of familiar images the guard passes")
     adapt.add_argument("--bundle-version", default=None, help="the new bundle's version (default: VERSION-adapted)")
     adapt.add_argument("--seed", type=int, default=0, help="which images are held out")
     adapt.add_argument("--config", default=None, help=GATE_CONFIG_HELP)
+    adapt.add_argument("--accept-disagreement", action="store_true",
+                       help="adapt even when the original model ranks the local blast images below the others "
+                            "(AUROC < 0.7: the labels look swapped or wrong)")
     adapt.set_defaults(handler=_adapt)
 
 

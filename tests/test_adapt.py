@@ -33,14 +33,12 @@ def test_adapt_writes_a_new_bundle_whose_head_the_device_reads(bundle, tmp_path,
     names = original.class_names
     before_hash = sha256_of(bundle / "manifest.json")
     local = _local_site(tmp_path / "site", names)
-    (tmp_path / "adapted.partial").mkdir()          # as an interrupted run leaves it: cleared, never used
-    (tmp_path / "adapted.partial" / "manifest.json").write_text("{}")
     assert main(["adapt", str(bundle), "--data", str(local), "--out", str(tmp_path / "adapted"),
                  "--bundle-version", "site-1"]) == 0
     printed = capsys.readouterr().out
     assert "held-out local images (8; whole device pipeline), before -> after" in printed
     assert sha256_of(bundle / "manifest.json") == before_hash      # the original is not touched
-    assert not (tmp_path / "adapted.partial").exists()
+    assert not list(tmp_path.glob(".adapted.adapting-*"))         # built beside OUT, renamed when complete
     adapted = load_bundle(tmp_path / "adapted")
     manifest = adapted.manifest
     assert manifest.version == "site-1" and manifest.adaptation.head == "class means"
@@ -133,6 +131,9 @@ def test_data_perturbed_writes_a_labelled_folder_of_one_split_part(bundle, tmp_p
     assert all(p.stem in split for p in written)
     assert main(["data", "perturbed", "--bundle", str(bundle), "--data", str(bundle.parent / "data"),
                  "--perturb", "sepia", "--out", str(tmp_path / "x")]) == 2
+    assert main(["data", "perturbed", "--bundle", str(bundle), "--data", str(bundle.parent / "data"),
+                 "--perturb", "blur (sigma 1.5)", "--limit", "0", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.writing-*"))
 
 
 def test_an_adapted_manifest_needs_every_class_and_the_mahalanobis_guard(bundle):
@@ -144,3 +145,38 @@ def test_an_adapted_manifest_needs_every_class_and_the_mahalanobis_guard(bundle)
                             "prior_weight": 5.0, "adapted_from": "x 1"}
     with pytest.raises(ValueError, match="local images of every class"):
         Manifest.model_validate(values)
+
+
+def test_swapped_labels_are_refused_and_nothing_beside_out_is_touched(bundle, tmp_path, capsys):
+    names = load_bundle(bundle).class_names
+    swapped = _local_site(tmp_path / "swapped", names[::-1])     # the blast-like smears in the benign folder
+    (tmp_path / "a.partial").mkdir()                              # a user's folder that only looks like a leftover
+    (tmp_path / "a.partial" / "notes.txt").write_text("mine")
+    assert main(["adapt", str(bundle), "--data", str(swapped), "--out", str(tmp_path / "a")]) == 2
+    assert "check the labels" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert (tmp_path / "a.partial" / "notes.txt").read_text() == "mine"
+    assert not list(tmp_path.glob(".a.adapting-*"))               # its own temporary folder is gone
+    assert main(["adapt", str(bundle), "--data", str(swapped), "--out", str(bundle / "adapted")]) == 2
+    assert "inside" in capsys.readouterr().err and not (bundle / "adapted").exists()
+
+
+def test_class_means_that_do_not_belong_to_the_adapted_head_are_refused(bundle, tmp_path):
+    import io
+
+    from leukoscreen.edge.bundle import BundleError
+    from leukoscreen.edge.guard import save_statistics
+    names = load_bundle(bundle).class_names
+    assert main(["adapt", str(bundle), "--data", str(_local_site(tmp_path / "site", names, per_class=6)),
+                 "--out", str(tmp_path / "adapted")]) == 0
+    folder = tmp_path / "adapted"
+    with np.load(io.BytesIO((folder / "guard.npz").read_bytes())) as arrays:
+        statistics = {key: arrays[key] for key in arrays.files}
+    statistics["class_means"] = statistics["class_means"][::-1].copy()   # the classes' means swapped
+    (folder / "guard.npz").write_bytes(save_statistics(statistics))
+    values = json.loads((folder / "manifest.json").read_text())
+    values.pop("manifest_sha256")
+    values["guard"]["statistics"]["sha256"] = sha256_of(folder / "guard.npz")   # consistent hashes: a deliberate swap
+    from conftest import write_manifest_values
+    write_manifest_values(folder, values)
+    with pytest.raises(BundleError, match="adapted head"):
+        ScreeningModel.open(folder)

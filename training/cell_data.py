@@ -33,14 +33,14 @@ SCALE_SAMPLE = 200  # images per source whose red cells give the source's pixel 
 MANIFEST = "cells.json"
 
 
-def source_scale(root: Path, samples: list[Sample]) -> tuple[float, int]:
+def source_scale(root: Path, paths: list[str | Path]) -> tuple[float, int]:
     """Median microns per pixel over up to SCALE_SAMPLE of a source's images (spread evenly) and how many gave
     an estimate."""
-    step = max(1, len(samples) // SCALE_SAMPLE)
+    step = max(1, len(paths) // SCALE_SAMPLE)
     values = []
-    for sample in samples[::step]:
+    for path in paths[::step]:
         try:
-            estimate = estimate_scale(read_image(sample.path))
+            estimate = estimate_scale(read_image(path))
         except ImageReadError:
             continue
         if estimate is not None:
@@ -74,7 +74,7 @@ def build_cell_data(fields: Path | None, normal: list[Path], out: Path, geometry
             raise ValueError(f"{root} is not a folder of single-cell images")
         if not samples:
             raise ValueError(f"{root} holds no images")
-        um_per_px, estimated_on = source_scale(root, samples)
+        um_per_px, estimated_on = source_scale(root, [sample.path for sample in samples])
         plan.append((root, from_fields, samples[:: max(1, len(samples) // limit)][:limit] if limit else samples,
                      um_per_px, estimated_on))
     # every source brought to the coarsest source's resolution

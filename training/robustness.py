@@ -17,6 +17,9 @@ score >= 0.9 on a non-blast image, <= 0.1 on a blast image). Research use only.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,15 +233,25 @@ def write_perturbed(bundle_path: Path, data: Path, part: str, perturbation: str,
     rows = [row for row in load_split(Path(bundle_path) / manifest.training.split_file) if row.part == part]
     if not rows:
         raise ValueError(f"{bundle_path}: its split has no {part!r} part (train, val or test)")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit {limit}: give a number of images of 1 or more (leave it out for all)")
     if limit:
         rows = [rows[i] for i in sorted(np.random.default_rng(seed).permutation(len(rows))[:limit])]
     if out.exists():
         raise ValueError(f"{out} exists: give a new folder")
-    for row in rows:
-        rgb = PERTURBATIONS[perturbation](read_image(Path(data) / row.path))
-        target = out / row.label / (Path(row.path).stem + ".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if part == "train":
+        print("note: the model was trained on these images: a test of adapt on them says little")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    try:
+        for row in rows:
+            rgb = PERTURBATIONS[perturbation](read_image(Path(data) / row.path))
+            target = building / row.label / (Path(row.path).stem + ".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        os.rename(building, out)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     print(f"{out}: {len(rows)} images of the {part} part, {perturbation}; one folder per class")
     return len(rows)
 
