@@ -217,9 +217,9 @@ def _classify(args) -> int:
     model = ScreeningModel.open(args.bundle or DEFAULT_BUNDLE, _runtime_options(args), fallback=args.format is None)
     for note in model.notes:
         print(f"note: {note}", file=sys.stderr)
-    if args.um_per_px and model.bundle.manifest.input_kind != "cell":
-        print(f"note: --um-per-px is used by cell models only; {model.title} reads whole fields as they are",
-              file=sys.stderr)
+    if args.um_per_px and model.bundle.manifest.input_kind != "cell" and not model.bundle.manifest.field_px:
+        print(f"note: {model.title} records no training scale (`leukoscreen bundle scale` adds it): it reads whole "
+              "frames as they are, --um-per-px sets only the scale focus is measured at", file=sys.stderr)
     results, scale = [], ScaleConfig(um_per_px=args.um_per_px) if args.um_per_px else config.scale
     for path in args.images:
         try:
@@ -232,6 +232,8 @@ def _classify(args) -> int:
             counts = "".join(f", {name} {count}" for name, count in record.counts.items())
             if record.um_per_px:
                 counts += f", {record.um_per_px:.3f} um per pixel ({record.scale_source})"
+            if record.tiles:
+                counts += f", read in {record.tiles} tile{'' if record.tiles == 1 else 's'} of the model's field"
             cells = f"{record.cells_found} cell{'' if record.cells_found == 1 else 's'} found"
             print(f"{path}: {record.message}" + (f" (blast score {record.blast_score:.2f}, {cells}{counts}, "
                                                  f"model {record.bundle})"
@@ -801,8 +803,9 @@ def _add_device(commands) -> None:
     classify.add_argument("--json", action="store_true", help="print JSON")
     classify.add_argument("--config", default=None, help=GATE_CONFIG_HELP)
     classify.add_argument("--um-per-px", type=float, default=0.0,
-                          help="cell models: the camera's microns per pixel (default 0: estimated on every field "
-                               "from its red cells)")
+                          help="the camera's microns per pixel (a stage micrometer's value): cell models cut cells "
+                               "at it, field models with a training scale read frames in tiles at theirs (default 0: "
+                               "cell models estimate it on every field, field models read frames whole)")
     classify.set_defaults(handler=_classify)
     serve = commands.add_parser("serve", help="run the device: camera, button, model, results, displays")
     serve.add_argument("--config", default=None, help="TOML file (default: built-in defaults, synthetic camera)")
