@@ -1,6 +1,7 @@
 """The red-cell scale estimate and the whole-pipeline robustness command."""
 import json
 import re
+import shutil
 
 import cv2
 import numpy as np
@@ -113,7 +114,16 @@ def test_classify_um_per_px_is_checked_and_said_to_be_unused_by_field_models(tmp
     write_rgb(field, synthetic_field(1).image)
     assert main(["classify", "--um-per-px", "25", str(field)]) == 2
     assert "--um-per-px 25: give the camera's microns per pixel" in capsys.readouterr().err
-    assert main(["classify", "--um-per-px", "0.47", str(field)]) == 0
+    assert main(["classify", "--um-per-px", "0.47", str(field)]) == 0   # the default records its training scale
     captured = capsys.readouterr()
-    assert "--um-per-px is used by cell models only" in captured.err
+    assert "records no training scale" not in captured.err
     assert re.search(r"\d+ cells? found", captured.out) and " 1 cells " not in captured.out
+    from conftest import write_manifest_values
+    from leukoscreen.edge.screening import DEFAULT_BUNDLE
+    unscaled = tmp_path / "unscaled"
+    shutil.copytree(DEFAULT_BUNDLE, unscaled)
+    values = json.loads((unscaled / "manifest.json").read_text())
+    values.pop("field_px")
+    write_manifest_values(unscaled, values)
+    assert main(["classify", "--bundle", str(unscaled), "--um-per-px", "0.47", str(field)]) == 0
+    assert "records no training scale" in capsys.readouterr().err

@@ -132,6 +132,7 @@ def test_boxes_are_coloured_by_each_cells_class(page, tmp_path):
     cell_bundle = tmp_path / "cell-bundle"
     shutil.copytree(DEFAULT_BUNDLE, cell_bundle)
     manifest = json.loads((cell_bundle / "manifest.json").read_text())
+    manifest.pop("field_px", None)   # a field bundle's tile side: a cell bundle has none
     manifest["guard"]["threshold"] = 1e12   # a field model's guard finds every crop unfamiliar: pass them all here
     write_manifest_values(cell_bundle, manifest | {"input_kind": "cell", "cell": {"side_um": 24.0, "pixels": 64,
                                                                                  "effective_um_per_px": 0.47}})
