@@ -30,14 +30,15 @@ from pydantic import ValidationError
 from leukoscreen.convert.bundle_builder import ConversionError
 from leukoscreen.convert.calibration import decision_parameters
 from leukoscreen.convert.guard_builder import STATISTICS_FILE, conformal_threshold
-from leukoscreen.edge.bundle import bundle_files, write_manifest
+from leukoscreen.edge.bundle import bundle_files, load_bundle, write_manifest
 from leukoscreen.edge.field_analysis import analyse_field
 from leukoscreen.edge.quality import reason_name
 from leukoscreen.edge.device_config import DeviceConfig, load_config
 from leukoscreen.edge.guard import class_distances, class_mean_probabilities, mahalanobis, save_statistics, whiten
 from leukoscreen.edge.image_io import ImageReadError, is_image_file, read_image
-from leukoscreen.edge.manifest import Manifest, StoredFile
+from leukoscreen.edge.manifest import Manifest, StoredFile, without_formats
 from leukoscreen.edge.preprocessing import preprocess
+from leukoscreen.edge.runtimes import RuntimeOptions, RuntimeProblem
 from leukoscreen.edge.screening import ScreeningModel, screen
 from leukoscreen.edge.self_test import generated_fields
 from leukoscreen.edge.validation import describe
@@ -223,6 +224,8 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
         except ValidationError as error:
             raise ConversionError(f"the adapted manifest is not valid: {describe(error)}") from None
         write_manifest(building, new_manifest)
+        values = _keep_agreeing_formats(building, values, old.format)
+        new_manifest = Manifest.model_validate(values)
         before = after = {}
         reason_before = reason_after = None
         if len(test):
@@ -253,12 +256,42 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
                   + (f" (main reason: {reason_before or '-'} -> {reason_after or '-'})" if key == "not_screened" else ""))
         worse = [key for key in ("sensitivity", "specificity", "class accuracy among screened")
                  if None not in (before[key], after[key]) and after[key] < before[key]]
+        wrong = "confidently wrong among screened"
+        if None not in (before[wrong], after[wrong]) and after[wrong] > before[wrong]:
+            worse.append(f"more {wrong}")
         if worse:
             print(f"warning: the adapted bundle did worse than the original on the held-out images ({', '.join(worse)}):"
                   " look at the labels and the images before installing it")
     else:
         print("note: nothing was kept out to measure the adaptation (--held-out 0, or too few images per class)")
     return new_manifest
+
+
+def _keep_agreeing_formats(building: Path, values: dict, fitted: str) -> dict:
+    """The adapted manifest's values without the formats whose features the local class means do not fit (the
+    head and the guard were fitted on the `fitted` format's features; a format that computes them differently
+    fails the adapted self-test), those files removed; the manifest written again when one is left out."""
+    bundle = load_bundle(building)
+    refused = []
+    for fmt in bundle.formats:
+        if fmt == fitted:
+            continue
+        try:
+            bundle.runner(RuntimeOptions(format=fmt))
+        except RuntimeProblem:
+            refused.append(fmt)
+    if not refused:
+        return values
+    for fmt in refused:
+        entry = bundle.manifest.files[fmt]
+        for stored in (entry, entry.classifier):
+            if stored is not None:
+                (building / stored.file).unlink(missing_ok=True)
+        print(f"note: {fmt} left out of the adapted bundle: its features differ from {fitted}'s, on which the head and "
+              "the guard were fitted, beyond the self-test's tolerance")
+    values = without_formats(values, refused, fitted)
+    write_manifest(building, Manifest.model_validate(values))
+    return values
 
 
 def _read_local(folder: Path, classes: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
@@ -314,6 +347,19 @@ def _check_labels(probabilities: np.ndarray, labels: np.ndarray, manifest: Manif
     agreement = float(np.mean(probabilities.argmax(axis=1) == labels))
     print(f"the original model on the local images: its class agrees with {agreement:.0%} of the labels; its blast "
           f"score ranks the blast images above the others with AUROC {ranking:.3f}")
+    called = probabilities.argmax(axis=1)
+    mostly = {}   # a local class whose images the original calls mostly one other class
+    for i, name in enumerate(manifest.class_names):
+        mine = called[labels == i]
+        if len(mine):
+            top = int(np.bincount(mine, minlength=len(manifest.class_names)).argmax())
+            if top != i and np.mean(mine == top) > 0.5:
+                mostly[i] = top
+    for i, j in mostly.items():
+        if i < j and mostly.get(j) == i:
+            a, b = manifest.class_names[i], manifest.class_names[j]
+            print(f"warning: the original model calls most local {a} images {b} and most {b} images {a}: check "
+                  "that these two folders are not swapped (the blast score cannot tell)")
     if ranking < MIN_LABEL_AUROC and not accept:
         raise ConversionError(f"the original model ranks the local blast images above the non-blast ones with AUROC "
                               f"{ranking:.3f} only (below {MIN_LABEL_AUROC}): check the labels (a swapped folder gives "

@@ -20,7 +20,7 @@ from leukoscreen.convert.feature_outputs import FeatureOutputError, onnx_with_fe
 from leukoscreen.edge.bundle import ModelBundle, load_bundle, write_manifest
 from leukoscreen.edge.guard import energy, fit_mahalanobis, mahalanobis, save_statistics
 from leukoscreen.edge.image_io import ImageReadError, is_image_file, read_image
-from leukoscreen.edge.manifest import Manifest, StoredFile
+from leukoscreen.edge.manifest import Manifest, StoredFile, guard_scores_agree, without_formats
 from leukoscreen.edge.preprocessing import preprocess
 from leukoscreen.edge.runtimes import RuntimeOptions, open_runner
 from leukoscreen.edge.self_test import generated_fields
@@ -61,6 +61,26 @@ def _guarded_files(bundle: ModelBundle, folder: Path) -> dict[str, Path]:
             onnx_with_feature_outputs(target)
         new[fmt] = target
     return new
+
+
+def _formats_the_guard_does_not_fit(bundle: ModelBundle, new_files: dict[str, Path], fitted: str, fields, score,
+                                    expected, method: str) -> list[str]:
+    """The formats whose guard scores on the self-test fields differ from the fitted format's beyond the device's
+    tolerance (their features are not those the statistics and threshold were fitted on: the device would refuse
+    them), each named in a note; they are left out of the bundle."""
+    unfit = []
+    for name in bundle.manifest.files:
+        if name == fitted:
+            continue
+        runner = open_runner(new_files.get(name, bundle.file(name)), RuntimeOptions(format=name),
+                             bundle.classifier_file(name))
+        scores = score(runner.predict_all(fields)[1])
+        if not guard_scores_agree(method, scores, expected):
+            print(f"note: {name} left out of the bundle: its guard scores on the self-test fields "
+                  f"({', '.join(f'{v:.4g}' for v in scores)}) are not {fitted}'s, which the guard was fitted on "
+                  f"({', '.join(f'{v:.4g}' for v in expected)}); its features differ too much for the guard")
+            unfit.append(name)
+    return unfit
 
 
 def _unfamiliar_sets(folders: list[Path], test_images: list[str], limit: int, preprocess_config,
@@ -143,6 +163,8 @@ def add_guard(bundle_path: Path, data: Path, version: str | None = None, method:
         threshold = conformal_threshold(scorers[method](outputs["val"]), within)
         passed = float(np.mean(scorers[method](outputs["test"]) <= threshold))
         self_test_scores = scorers[method](runner.predict_all(fields)[1])
+        unfit = _formats_the_guard_does_not_fit(bundle, new_files, fmt, fields, scorers[method], self_test_scores,
+                                                method)
         if not unfamiliar_outputs:
             print("note: no unfamiliar images (--limit 0): the separation was not measured")
         for name, extra in unfamiliar_outputs.items():
@@ -158,6 +180,7 @@ def add_guard(bundle_path: Path, data: Path, version: str | None = None, method:
         values = manifest.model_dump()
         for name, path in new_files.items():
             values["files"][name] |= {"sha256": StoredFile.of(bundle.path, path.name).sha256, "guard_outputs": True}
+        values = without_formats(values, unfit, fmt)
         values["version"] = version or manifest.version
         values["guard"] = {
             "method": method, "statistics": statistics_entry,
@@ -176,10 +199,13 @@ def add_guard(bundle_path: Path, data: Path, version: str | None = None, method:
         for path in [*new_files.values(), bundle.path / f"{NEW}{STATISTICS_FILE}"]:
             if path.exists():
                 os.replace(path, bundle.path / path.name.removeprefix(NEW))
+        stale = {bundle.path / bundle.manifest.files[name].file for name in unfit}
     finally:
         for path in bundle.path.glob(f"{NEW}*"):
             path.unlink()
     if write_manifest(bundle.path, manifest):
         print("note: its signature was of the old manifest and was removed: sign it again (`leukoscreen sign`)")
+    for path in stale:   # after the manifest that no longer lists them
+        path.unlink(missing_ok=True)
     print(f"{bundle.path}: guard added, bundle version {manifest.version}")
     return manifest

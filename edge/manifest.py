@@ -119,6 +119,26 @@ class Calibration(Part):
 GuardMethod = Literal["mahalanobis", "energy"]
 
 
+def without_formats(values: dict, formats, fallback: str) -> dict:
+    """A manifest's values with these formats left out (their files and metrics); the default becomes
+    `fallback` when it is one of them."""
+    files = {name: entry for name, entry in values["files"].items() if name not in formats}
+    metrics = {name: table for name, table in values.get("metrics", {}).items() if name not in formats}
+    default = fallback if values["default_format"] in formats else values["default_format"]
+    return values | {"files": files, "metrics": metrics, "default_format": default}
+
+
+def guard_scores_agree(method: str, scores, expected) -> bool:
+    """Whether guard scores agree with the expected ones: Mahalanobis within a factor of 2, energy within 1 or
+    half the value."""
+    scores, expected = np.asarray(scores, np.float64), np.asarray(expected, np.float64)
+    if len(scores) != len(expected):
+        return False
+    if method == "mahalanobis":
+        return bool(np.all((scores >= expected / 2) & (scores <= expected * 2)))
+    return bool(np.all(np.abs(scores - expected) <= np.maximum(1.0, np.abs(expected) / 2)))
+
+
 class Guard(Part):
     """The unfamiliar-image guard (edge/guard.py): a score of how far an image (a field, or each cell of a cell
     bundle) is from the training images, from the model file's own features or logits; above the threshold
@@ -157,14 +177,7 @@ class Guard(Part):
 
     def agrees(self, scores: np.ndarray) -> bool:
         """Whether a device's guard scores on the self-test fields agree with the converter's."""
-        if self.self_test_scores is None:
-            return True
-        expected = np.asarray(self.self_test_scores, np.float64)
-        if len(scores) != len(expected):
-            return False
-        if self.method == "mahalanobis":
-            return bool(np.all((scores >= expected / 2) & (scores <= expected * 2)))
-        return bool(np.all(np.abs(scores - expected) <= np.maximum(1.0, np.abs(expected) / 2)))
+        return self.self_test_scores is None or guard_scores_agree(self.method, scores, self.self_test_scores)
 
     def score(self, extra: list[np.ndarray], statistics: dict[str, np.ndarray] | None) -> np.ndarray:
         """Each image's score from the model file's further outputs (`ModelRunner.predict_all`)."""

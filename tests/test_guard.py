@@ -10,13 +10,13 @@ from leukoscreen.cli import main
 from leukoscreen.edge.bundle import BundleError, load_bundle
 from leukoscreen.edge.field_analysis import analyse_field
 from leukoscreen.edge.guard import fit_mahalanobis, mahalanobis, save_statistics
-from leukoscreen.edge.manifest import sha256_of
+from leukoscreen.edge.manifest import guard_scores_agree, sha256_of
 from leukoscreen.edge.preprocessing import preprocess
 from leukoscreen.edge.runtimes import RuntimeOptions, RuntimeProblem
 from leukoscreen.edge.sample_summary import summarize
 from leukoscreen.edge.screening import ScreeningModel, screen
 
-from conftest import smear_image, write_manifest_values
+from conftest import ALL_FORMATS, left_out_formats, smear_image, write_manifest_values
 
 
 def test_every_format_outputs_what_the_guard_reads(bundle):
@@ -34,8 +34,11 @@ def test_every_format_outputs_what_the_guard_reads(bundle):
         assert extra[0].shape == (4, statistics["mean"].shape[0]) and extra[1].shape == (4, 1)  # features, logits
         scores[fmt] = guard.score(extra, statistics)
     # every format computes one network: their guard scores agree (int8 formats with each other roughly)
-    np.testing.assert_allclose(scores["tflite-fp32"], scores["onnx-fp32"], rtol=1e-3)
-    np.testing.assert_allclose(scores["tflite-int8"], scores["onnx-int8"], rtol=0.1)
+    left_out = left_out_formats((bundle.parent / "convert.log").read_text())
+    assert set(loaded.formats) == set(ALL_FORMATS) - left_out
+    for same in (("tflite-fp32", "onnx-fp32", 1e-3), ("tflite-int8", "onnx-int8", 0.1)):
+        if not left_out & set(same[:2]):
+            np.testing.assert_allclose(scores[same[0]], scores[same[1]], rtol=same[2])
 
 
 def test_the_device_refuses_an_image_unlike_its_training_images(bundle):
@@ -121,6 +124,30 @@ def test_bundle_guard_fits_another_method_into_a_bundle(bundle, tmp_path, capsys
     assert "unfamiliar-image guard: energy" in capsys.readouterr().out
     assert main(["bundle", "guard", str(copy), "--data", str(tmp_path / "nowhere")]) == 2
     assert "missing under" in capsys.readouterr().err
+
+
+def test_a_format_the_guard_does_not_fit_is_left_out_with_a_note(bundle, tmp_path, capsys, monkeypatch):
+    """A format whose guard scores on the self-test fields are not the fitted format's (a weak model's dynamic-range
+    file can compute features that far off) would be refused by the device: `bundle guard` (and so `convert`)
+    leaves it out, its file removed, and the bundle left passes its check."""
+    import leukoscreen.convert.guard_builder as guard_builder
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    original = load_bundle(bundle)
+    other = next(f for f in original.formats if f != original.manifest.default_format)
+    calls = []
+
+    def first_other_disagrees(method, scores, expected):
+        calls.append(method)
+        return len(calls) > 1 and guard_scores_agree(method, scores, expected)
+    monkeypatch.setattr(guard_builder, "guard_scores_agree", first_other_disagrees)
+    assert main(["bundle", "guard", str(copy), "--data", str(bundle.parent / "data"), "--limit", "4"]) == 0
+    assert f"note: {other} left out of the bundle: its guard scores" in capsys.readouterr().out
+    guarded = load_bundle(copy)
+    assert other not in guarded.formats and set(guarded.formats) | {other} == set(original.formats)
+    assert not (copy / original.manifest.files[other].file).exists()
+    monkeypatch.undo()
+    assert main(["bundle", "check", str(copy)]) == 0
 
 
 def test_the_mahalanobis_distance_grows_away_from_the_classes():

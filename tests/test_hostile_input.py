@@ -270,3 +270,18 @@ def test_a_model_file_changed_under_a_running_device_changes_nothing(tmp_path):
     assert daemon.classify_frame(field).probabilities == before.probabilities
     assert daemon.reload() is False and "does not match its sha256" in daemon.status.message
     daemon.close()
+
+
+def test_a_desktop_command_on_a_device_install_says_what_to_install(monkeypatch, capsys):
+    """`make run` installs the device side only: a desktop command there names what is missing, no traceback."""
+    from leukoscreen import cli
+
+    def needs_imagehash(args):
+        import importlib
+        monkeypatch.setitem(sys.modules, "imagehash", None)   # as when it is not installed
+        importlib.import_module("imagehash")
+    monkeypatch.setattr(cli, "_robustness", needs_imagehash)
+    assert cli.main(["robustness", "edge/default_bundle", "--data", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "`leukoscreen robustness` needs the desktop side (imagehash is not installed)" in err
+    assert "make install" in err
