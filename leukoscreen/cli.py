@@ -975,8 +975,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except ModuleNotFoundError as error:  # a desktop command on a device-only install (`make run`'s)
-        print(f"error: `leukoscreen {args.command}` needs the desktop side ({error.name} is not installed): run "
-              "`make install`, or `pip install -e '.[train]'`", file=sys.stderr)
+        print(f"error: `leukoscreen {args.command}` needs {error.name}, which is not installed: the desktop commands "
+              "(training, evaluation, conversion, adapt, robustness) need `make install` (`pip install -e "
+              "'.[train]'`), not only the device side", file=sys.stderr)
         return 2
     except (ValueError, OSError) as error:  # user-facing errors carry a message that says what to do
         print(f"error: {error}", file=sys.stderr)

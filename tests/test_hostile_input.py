@@ -283,5 +283,5 @@ def test_a_desktop_command_on_a_device_install_says_what_to_install(monkeypatch,
     monkeypatch.setattr(cli, "_robustness", needs_imagehash)
     assert cli.main(["robustness", "edge/default_bundle", "--data", "x"]) == 2
     err = capsys.readouterr().err
-    assert "`leukoscreen robustness` needs the desktop side (imagehash is not installed)" in err
+    assert "`leukoscreen robustness` needs imagehash, which is not installed" in err
     assert "make install" in err
