@@ -396,36 +396,48 @@ def record_field_scale(bundle_path: Path, data: Path, version: str | None = None
     manifest = bundle.manifest
     if manifest.input_kind != "field":
         raise ConversionError(f"{bundle.path}: a cell bundle cuts its crops at each field's pixel size already")
-    rows = [r for r in load_split(bundle.path / manifest.training.split_file) if r.part == "train"]
-    missing = [r.path for r in rows if not (Path(data) / r.path).is_file()]
-    if missing or not rows:
-        raise ConversionError(f"{len(missing)} of the {len(rows)} training images of {bundle.path}'s split are missing "
-                              f"under {data}; pass the data folder the bundle was trained on")
+    rows = split_rows(bundle, Path(data), "train")
     um_per_px, field_px = training_field_scale([str(Path(data) / r.path) for r in rows])
     if field_px is None:
         raise ConversionError(f"{data}: its training images differ in size or show too few red cells: no one field "
                               "scale to record")
     updated = manifest.model_copy(update={"um_per_px": um_per_px, "field_px": field_px,
                                           "version": version or manifest.version})
-    updated = Manifest.model_validate(updated.model_dump())
+    try:
+        updated = Manifest.model_validate(updated.model_dump())
+    except ValidationError as error:
+        raise ConversionError(f"the bundle was left as it was: {describe(error)}") from None
     if write_manifest(bundle.path, updated):
         print("note: its signature was of the old manifest and was removed: sign it again (`leukoscreen sign`)")
     print(f"{bundle.path}: training scale {um_per_px} um per pixel, field {field_px} px; version {updated.version}")
     return updated
 
 
-def bundle_part(bundle, data: Path, name: str) -> Part:
-    """One part ("train", "val", "test") of a bundle's split.csv, its images read under `data` (the folder the
-    bundle was trained on) and checked by sha256, preprocessed as the device does; groups: the split rows."""
+def split_rows(bundle, data: Path, name: str) -> list:
+    """The rows of one part ("train", "val", "test") of a bundle's split.csv, every image there under `data` (the
+    folder the bundle was trained on) and checked by sha256."""
     import hashlib
-    manifest, data = bundle.manifest, Path(data)
-    rows = [r for r in load_split(bundle.path / manifest.training.split_file) if r.part == name]
+    split = bundle.path / bundle.manifest.training.split_file
+    if not split.is_file():
+        raise ConversionError(f"{bundle.path} has no {split.name} (the split it was trained on): convert the run "
+                              "again, which writes it")
+    rows = [r for r in load_split(split) if r.part == name]
+    if not rows:
+        raise ConversionError(f"{split} has no {name} rows: this needs the bundle's own split")
     changed = [r.path for r in rows
                if not (data / r.path).is_file() or hashlib.sha256((data / r.path).read_bytes()).hexdigest() != r.sha256]
-    if changed or not rows:
+    if changed:
         raise ConversionError(f"{len(changed)} of the {len(rows)} {name} images of {bundle.path}'s split are missing "
-                              f"under {data} or differ from it (first: {changed[0] if changed else 'none'}); pass the "
-                              "data folder the bundle was trained on")
+                              f"under {data} or differ from it (first: {changed[0]}); pass the data folder the bundle "
+                              "was trained on")
+    return rows
+
+
+def bundle_part(bundle, data: Path, name: str) -> Part:
+    """One part ("train", "val", "test") of a bundle's split.csv, its images read under `data` and checked by
+    sha256 (`split_rows`), preprocessed as the device does; groups: the split rows."""
+    manifest, data = bundle.manifest, Path(data)
+    rows = split_rows(bundle, data, name)
     classes = manifest.class_names
     return Part(preprocessed_images([str(data / r.path) for r in rows], [r.sha256 for r in rows], manifest.preprocess),
                 np.array([classes.index(r.label) for r in rows]), [r.group for r in rows],

@@ -123,6 +123,10 @@ def add_guard(bundle_path: Path, data: Path, version: str | None = None, method:
                               "(0: the separation is not measured)")
     bundle = load_bundle(bundle_path)
     manifest = bundle.manifest
+    if manifest.adaptation:
+        raise ConversionError(f"{bundle.path} was adapted to {manifest.adaptation.adapted_on} (`leukoscreen adapt`): "
+                              "its head is the guard's class means, which a new guard would replace; fit the guard "
+                              f"on the original bundle ({manifest.adaptation.adapted_from}) and adapt that again")
     for stale in bundle.path.glob(f"{NEW}*"):   # left by an interrupted run
         stale.unlink()
     if method not in ("mahalanobis", "energy"):

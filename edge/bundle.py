@@ -229,9 +229,13 @@ def write_manifest(path: Path, manifest: Manifest) -> bool:
     text = manifest_json(manifest)
     signature = path / "manifest.sig"
     stale = signature.exists() and json.loads(text)["manifest_sha256"] not in signature.read_text(errors="replace")
-    if stale:
-        signature.unlink()
     temporary = path / "manifest.json.new"   # replaced in one step: an interrupted write leaves the old one
-    temporary.write_text(text, encoding="utf-8")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+    except OSError:   # a full disk: the old manifest and its signature stay as they were
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path / "manifest.json")
+    if stale:   # only now: a failed write above keeps a valid signature of the manifest that stays
+        signature.unlink()
     return stale

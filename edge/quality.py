@@ -4,9 +4,11 @@ A failed gate gives a retake message with the reason instead of a result.
 """
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, computed_field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, computed_field, field_validator
 from pydantic.dataclasses import dataclass
 
 
@@ -16,10 +18,10 @@ class QualityConfig:
     min_focus: StrictFloat = Field(15.0, ge=0, description="variance of the Laplacian of the grayscale field at "
                                                            "focus_um_per_px when the camera's pixel size is configured "
                                                            "([scale] um_per_px), else of the frame as captured")
-    focus_um_per_px: StrictFloat = Field(0.474, ge=0, le=10, description=(
+    focus_um_per_px: StrictFloat = Field(0.474, ge=0, le=5, description=(
         "the pixel size min_focus refers to (all-aria's, 0.474 um per pixel): a frame of a configured pixel size "
         "more than 25% away from it is resampled to it before its focus is measured, so a camera of more pixels "
-        "over the same field is not called out of focus; 0: always the frame as captured"))
+        "over the same field is not called out of focus; 0: always the frame as captured; else at least 0.02"))
     max_dark_fraction: StrictFloat = Field(0.5, ge=0, le=1, description="share of pixels with luminance < 20")
     max_clipped_fraction: StrictFloat = Field(0.15, ge=0, le=1, description="share of pixels white in all three "
                                               "channels (all-aria's fields at most 0.11; the same fields 15% "
@@ -31,6 +33,14 @@ class QualityConfig:
                                                     "the check off)")
     min_stain_fraction: StrictFloat = Field(0.0005, ge=0, le=1, description="share of stained (purple) pixels")
     min_cells: StrictInt = Field(1, ge=0, description="white cells the cell finder must find")
+
+    @field_validator("focus_um_per_px")
+    @classmethod
+    def _plausible(cls, value: float) -> float:
+        if value and value < 0.02:
+            raise ValueError(f"{value:g} um per pixel is not a blood-smear camera's (at least 0.02); 0 turns the "
+                             "resampling off")
+        return value
 
 
 class QualityReport(BaseModel):
@@ -98,6 +108,7 @@ def noise_level(gray: np.ndarray) -> float:
 
 
 FOCUS_SCALE_BAND = (0.8, 1.25)   # pixel-size ratios measured as they are (one camera's own spread)
+FOCUS_PIXELS = 4_000_000         # at most this many pixels resampled to measure focus
 
 
 def focus_at_scale(gray: np.ndarray, um_per_px: float | None, config: QualityConfig) -> tuple[float, float | None]:
@@ -108,8 +119,16 @@ def focus_at_scale(gray: np.ndarray, um_per_px: float | None, config: QualityCon
     factor = um_per_px / config.focus_um_per_px
     if FOCUS_SCALE_BAND[0] <= factor <= FOCUS_SCALE_BAND[1]:
         return _focus(gray), None
-    resampled = cv2.resize(gray, None, fx=factor, fy=factor,
-                           interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    if factor > 1:   # focus is a statistic of the texture: a central crop that stays within FOCUS_PIXELS will do
+        keep = min(1.0, math.sqrt(FOCUS_PIXELS / (gray.size * factor * factor)))
+        height, width = max(8, round(gray.shape[0] * keep)), max(8, round(gray.shape[1] * keep))
+        top, left = (gray.shape[0] - height) // 2, (gray.shape[1] - width) // 2
+        gray = gray[max(0, top):top + height, max(0, left):left + width]
+    size = (round(gray.shape[1] * factor), round(gray.shape[0] * factor))
+    if min(size) < 8:
+        raise ValueError(f"at {um_per_px:g} um per pixel this frame is {size[0]}x{size[1]} pixels at the focus "
+                         f"scale ({config.focus_um_per_px:g} um per pixel): check `[scale] um_per_px`")
+    resampled = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
     return _focus(resampled), config.focus_um_per_px
 
 

@@ -16,21 +16,31 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from pydantic import ConfigDict, Field, StrictFloat
+from pydantic import ConfigDict, Field, StrictFloat, field_validator
 from pydantic.dataclasses import dataclass as config_dataclass
 
 from leukoscreen.edge.cell_finder import CellFinderConfig, stain_mask
 
 RED_CELL_DIAMETER_UM = 7.8
 MIN_ROUND_CELLS = 3
+MIN_UM_PER_PX, MAX_UM_PER_PX = 0.02, 5.0   # a configured camera's pixel size, plausibly
 
 
 @config_dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class ScaleConfig:
     """The `[scale]` section of the device configuration: the camera's pixel size."""
     um_per_px: StrictFloat = Field(0.0, ge=0, le=10, description=(
-        "microns per pixel of the camera on this microscope (a stage micrometer's value); 0: estimate it on "
-        "every field from its red cells"))
+        "microns per pixel of the camera on this microscope (a stage micrometer's value, between 0.02 and 5); 0: "
+        "estimate it on every field from its red cells"))
+
+    @field_validator("um_per_px")
+    @classmethod
+    def _plausible(cls, value: float) -> float:
+        if value and not MIN_UM_PER_PX <= value <= MAX_UM_PER_PX:
+            raise ValueError(f"{value:g} um per pixel is not a blood-smear camera's (between {MIN_UM_PER_PX} and "
+                             f"{MAX_UM_PER_PX}: a red cell of 7.5 um is then 1.5 to 375 pixels across); measure it "
+                             "with a stage micrometer, or `leukoscreen scale` on a few fields, or give 0 to estimate it")
+        return value
 
 
 @dataclass(frozen=True)

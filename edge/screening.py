@@ -84,7 +84,7 @@ class ScreeningModel:
         elif field.scale.source == "configured" and manifest.field_px:   # a calibrated camera: the model's scale
             parts = model_tiles(rgb, field.scale.um_per_px, manifest.um_per_px, manifest.field_px)
             values |= {"um_per_px": field.scale.um_per_px, "scale_source": "configured",
-                       "tiles": None if parts[0] is rgb else len(parts)}   # None: smaller than one field, read whole
+                       "tiles": len(parts)}
         else:
             parts = [rgb]
         probabilities, guard = self._probabilities(np.stack([preprocess(p, config) for p in parts]))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import get_args
 
@@ -208,12 +210,13 @@ def _classify(args) -> int:
     from leukoscreen.edge.capture_record import failed
     from leukoscreen.edge.device_config import load_config
     from leukoscreen.edge.image_io import read_image
-    from leukoscreen.edge.scale import ScaleConfig
+    from leukoscreen.edge.scale import MAX_UM_PER_PX, MIN_UM_PER_PX, ScaleConfig
     from leukoscreen.edge.screening import DEFAULT_BUNDLE, ScreeningModel, screen
     config = load_config(args.config)
-    if not 0 <= args.um_per_px <= 10:
+    if args.um_per_px and not MIN_UM_PER_PX <= args.um_per_px <= MAX_UM_PER_PX:
         raise ValueError(f"--um-per-px {args.um_per_px:g}: give the camera's microns per pixel (a stage "
-                         "micrometer's value, between 0 and 10), or leave it out to estimate it on each field")
+                         f"micrometer's value, between {MIN_UM_PER_PX} and {MAX_UM_PER_PX}), or leave it out to "
+                         "estimate it on each field")
     model = ScreeningModel.open(args.bundle or DEFAULT_BUNDLE, _runtime_options(args), fallback=args.format is None)
     for note in model.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -970,8 +973,15 @@ def _version() -> str:
     return f"leukoscreen {__version__}"
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        # SIGTERM (systemd, `timeout`) unwinds like Ctrl-C, so a command's half-written output is removed
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return args.handler(args) or 0
     except ModuleNotFoundError as error:  # a desktop command on a device-only install (`make run`'s)

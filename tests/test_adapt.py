@@ -70,6 +70,10 @@ def test_adapt_writes_a_new_bundle_whose_head_the_device_reads(bundle, tmp_path,
     assert all((tmp_path / "adapted" / manifest.files[fmt].file).is_file() for fmt in adapted.formats)
     assert not any((tmp_path / "adapted" / original.manifest.files[fmt].file).exists() for fmt in left_out)
     assert main(["bundle", "check", str(tmp_path / "adapted")]) == 0
+    capsys.readouterr()
+    # a new guard would put the training class means back under the adapted head: refused
+    assert main(["bundle", "guard", str(tmp_path / "adapted"), "--data", str(bundle.parent / "data")]) == 2
+    assert "was adapted to" in capsys.readouterr().err
 
 
 def test_adapt_refuses_local_data_it_cannot_fit_and_writes_nothing(bundle, tmp_path, capsys):

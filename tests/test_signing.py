@@ -143,3 +143,25 @@ def test_hostile_signature_files_and_keys_give_messages(released, tmp_path):
         keygen(tmp_path / "k", name="../evil")
     with pytest.raises(SigningError, match="is a bundle"):
         keygen(bundle)
+
+
+def test_a_manifest_that_cannot_be_written_keeps_the_signature_of_the_one_that_stays(released, monkeypatch):
+    """A full disk while a command rewrites the manifest (`bundle scale`, `bundle guard`): the old manifest and its
+    signature stay valid, and no half-written file is left."""
+    import errno
+    from pathlib import Path
+
+    from leukoscreen.edge.bundle import write_manifest
+    bundle, _, public = released
+    before = (bundle / "manifest.json").read_bytes()
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError):
+        write_manifest(bundle, load_bundle(bundle).manifest.model_copy(update={"version": "6.2"}))
+    monkeypatch.undo()
+    assert (bundle / "manifest.json").read_bytes() == before and (bundle / SIGNATURE_FILE).exists()
+    assert not (bundle / "manifest.json.new").exists()
+    assert check_signature(load_bundle(bundle), (public,)) == public
+
