@@ -195,6 +195,9 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
     # a temporary folder of its own beside OUT (never one that exists), renamed to OUT only when complete
     out.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{out.name}.adapting-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(building, 0o777 & ~umask)   # mkdtemp's folder is its owner's only; a bundle folder is not
     try:
         for name in [entry.file for _, entry in bundle_files(manifest)] + [manifest.training.split_file]:
             if (bundle.path / name).is_file():

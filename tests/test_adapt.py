@@ -41,6 +41,7 @@ def test_adapt_writes_a_new_bundle_whose_head_the_device_reads(bundle, tmp_path,
     assert "held-out local images (8; whole device pipeline), before -> after" in printed
     assert sha256_of(bundle / "manifest.json") == before_hash      # the original is not touched
     assert not list(tmp_path.glob(".adapted.adapting-*"))         # built beside OUT, renamed when complete
+    assert (tmp_path / "adapted").stat().st_mode & 0o777 == 0o777 & ~_umask()   # a folder like any other
     adapted = load_bundle(tmp_path / "adapted")
     manifest = adapted.manifest
     assert manifest.version == "site-1" and manifest.adaptation.head == "class means"
@@ -205,3 +206,11 @@ def test_two_folders_the_model_reads_the_other_way_round_are_named(bundle, capsy
     assert "calls most local" in capsys.readouterr().out
     _check_labels(np.eye(2)[labels] * 0.8 + 0.1, labels, manifest, accept=True)
     assert "calls most local" not in capsys.readouterr().out
+
+
+def _umask() -> int:
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+

@@ -285,3 +285,28 @@ def test_a_desktop_command_on_a_device_install_says_what_to_install(monkeypatch,
     err = capsys.readouterr().err
     assert "`leukoscreen robustness` needs imagehash, which is not installed" in err
     assert "make install" in err
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(monkeypatch, capsys, tmp_path):
+    """systemd and `timeout` stop with SIGTERM: the command unwinds (its half-written output removed by its own
+    cleanup, as for Ctrl-C) instead of dying where it stands."""
+    import os
+    import signal
+
+    from leukoscreen import cli
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    partial = tmp_path / ".out.adapting-x"
+
+    def long_command(args):
+        partial.mkdir()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            partial.rmdir()
+    monkeypatch.setattr(cli, "_robustness", long_command)
+    try:
+        assert cli.main(["robustness", "edge/default_bundle", "--data", "x"]) == 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "stopped" in capsys.readouterr().err and not partial.exists()
