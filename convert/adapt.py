@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from leukoscreen.convert.bundle_builder import ConversionError
 from leukoscreen.convert.calibration import decision_parameters
 from leukoscreen.convert.guard_builder import STATISTICS_FILE, conformal_threshold
-from leukoscreen.edge.bundle import bundle_files, load_bundle, write_manifest
+from leukoscreen.edge.bundle import bundle_files, format_file_names, load_bundle, write_manifest
 from leukoscreen.edge.field_analysis import analyse_field
 from leukoscreen.edge.quality import reason_name
 from leukoscreen.edge.device_config import DeviceConfig, load_config
@@ -286,10 +286,8 @@ def _keep_agreeing_formats(building: Path, values: dict, fitted: str) -> dict:
     if not refused:
         return values
     for fmt in refused:
-        entry = bundle.manifest.files[fmt]
-        for stored in (entry, entry.classifier):
-            if stored is not None:
-                (building / stored.file).unlink(missing_ok=True)
+        for name in format_file_names(bundle.manifest, fmt):
+            (building / name).unlink(missing_ok=True)
         print(f"note: {fmt} left out of the adapted bundle: its features differ from {fitted}'s, on which the head and "
               "the guard were fitted, beyond the self-test's tolerance")
     values = without_formats(values, refused, fitted)

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from leukoscreen.convert.bundle_builder import TFLITE_DERIVED, ConversionError, bundle_part
 from leukoscreen.convert.feature_outputs import FeatureOutputError, onnx_with_feature_outputs, with_feature_outputs
-from leukoscreen.edge.bundle import ModelBundle, load_bundle, write_manifest
+from leukoscreen.edge.bundle import ModelBundle, format_file_names, load_bundle, write_manifest
 from leukoscreen.edge.guard import energy, fit_mahalanobis, mahalanobis, save_statistics
 from leukoscreen.edge.image_io import ImageReadError, is_image_file, read_image
 from leukoscreen.edge.manifest import Manifest, StoredFile, guard_scores_agree, without_formats
@@ -203,7 +203,7 @@ def add_guard(bundle_path: Path, data: Path, version: str | None = None, method:
         for path in [*new_files.values(), bundle.path / f"{NEW}{STATISTICS_FILE}"]:
             if path.exists():
                 os.replace(path, bundle.path / path.name.removeprefix(NEW))
-        stale = {bundle.path / bundle.manifest.files[name].file for name in unfit}
+        stale = {bundle.path / file for name in unfit for file in format_file_names(bundle.manifest, name)}
     finally:
         for path in bundle.path.glob(f"{NEW}*"):
             path.unlink()

@@ -183,6 +183,12 @@ class ModelBundle:
         raise BundleError(f"{self.path}: no model format of this bundle can be used here: " + " | ".join(refused))
 
 
+def format_file_names(manifest: Manifest, fmt: str) -> list[str]:
+    """The files of one format: its model file, and its classifier's (two-stage bundles)."""
+    entry = manifest.files[fmt]
+    return [stored.file for stored in (entry, entry.classifier) if stored is not None]
+
+
 def bundle_files(manifest: Manifest):
     """(what, StoredFile) of every file a manifest lists."""
     for fmt, entry in manifest.files.items():

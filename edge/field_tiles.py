@@ -28,13 +28,13 @@ def model_tiles(rgb: np.ndarray, um_per_px: float, model_um_per_px: float, field
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     side = min(field_px, *size)
     rows, columns = math.ceil(size[1] / side), math.ceil(size[0] / side)
+    if side < 32:
+        raise ValueError(f"at {um_per_px:g} um per pixel this {width}x{height} frame is {size[0]}x{size[1]} pixels at "
+                         "the model's scale, too small to read: check `[scale] um_per_px`")
     if rows * columns > MAX_TILES:
         raise ValueError(f"at {um_per_px:g} um per pixel this {width}x{height} frame needs {rows * columns} tiles of "
                          f"the model's field (at most {MAX_TILES}): check `[scale] um_per_px`, or capture a smaller "
                          "frame")
-    if side < 32:
-        raise ValueError(f"at {um_per_px:g} um per pixel this {width}x{height} frame is {size[0]}x{size[1]} pixels at "
-                         "the model's scale, too small to read: check `[scale] um_per_px`")
     if factor != 1.0:
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
     tops = np.linspace(0, size[1] - side, rows).round().astype(int)

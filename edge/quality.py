@@ -11,6 +11,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, computed_field, field_validator
 from pydantic.dataclasses import dataclass
 
+from leukoscreen.edge.scale import MAX_UM_PER_PX, MIN_UM_PER_PX
+
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class QualityConfig:
@@ -18,10 +20,10 @@ class QualityConfig:
     min_focus: StrictFloat = Field(15.0, ge=0, description="variance of the Laplacian of the grayscale field at "
                                                            "focus_um_per_px when the camera's pixel size is configured "
                                                            "([scale] um_per_px), else of the frame as captured")
-    focus_um_per_px: StrictFloat = Field(0.474, ge=0, le=5, description=(
+    focus_um_per_px: StrictFloat = Field(0.474, ge=0, description=(
         "the pixel size min_focus refers to (all-aria's, 0.474 um per pixel): a frame of a configured pixel size "
         "more than 25% away from it is resampled to it before its focus is measured, so a camera of more pixels "
-        "over the same field is not called out of focus; 0: always the frame as captured; else at least 0.02"))
+        "over the same field is not called out of focus; 0: always the frame as captured; else 0.02 to 5"))
     max_dark_fraction: StrictFloat = Field(0.5, ge=0, le=1, description="share of pixels with luminance < 20")
     max_clipped_fraction: StrictFloat = Field(0.15, ge=0, le=1, description="share of pixels white in all three "
                                               "channels (all-aria's fields at most 0.11; the same fields 15% "
@@ -37,9 +39,9 @@ class QualityConfig:
     @field_validator("focus_um_per_px")
     @classmethod
     def _plausible(cls, value: float) -> float:
-        if value and value < 0.02:
-            raise ValueError(f"{value:g} um per pixel is not a blood-smear camera's (at least 0.02); 0 turns the "
-                             "resampling off")
+        if value and not MIN_UM_PER_PX <= value <= MAX_UM_PER_PX:
+            raise ValueError(f"{value:g} um per pixel is not a blood-smear camera's (between {MIN_UM_PER_PX} and "
+                             f"{MAX_UM_PER_PX}); 0 turns the resampling off")
         return value
 
 

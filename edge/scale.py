@@ -29,7 +29,7 @@ MIN_UM_PER_PX, MAX_UM_PER_PX = 0.02, 5.0   # a configured camera's pixel size, p
 @config_dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class ScaleConfig:
     """The `[scale]` section of the device configuration: the camera's pixel size."""
-    um_per_px: StrictFloat = Field(0.0, ge=0, le=10, description=(
+    um_per_px: StrictFloat = Field(0.0, ge=0, description=(
         "microns per pixel of the camera on this microscope (a stage micrometer's value, between 0.02 and 5); 0: "
         "estimate it on every field from its red cells"))
 
