@@ -45,6 +45,7 @@ from leukoscreen.edge.validation import describe
 from leukoscreen.training.robustness import record_answer, summarize_answers
 
 MIN_FIT_PER_CLASS = 3
+MIN_GUARD_IMAGES = 10   # local images the gate passes, below which the guard's threshold uses them all
 MIN_LABEL_AUROC = 0.7
 SUGGESTED_IMAGES = 100
 MEASURES = ("sensitivity", "specificity", "not_screened", "possible_blasts", "no_blasts",
@@ -145,8 +146,8 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
         raise ConversionError(f"{bundle.path}: adapting needs the Mahalanobis guard's statistics (the head is built on "
                               "them): run `leukoscreen bundle guard` on it first")
     classes = manifest.class_names
-    images, labels = _read_local(Path(data), classes)
-    _note_gate(images, manifest, device)
+    images, labels, paths = _read_local(Path(data), classes)
+    passed = _gate_passes(images, manifest, device)
     fit, test = stratified_split(labels, held_out, seed)
     counts = np.bincount(labels[fit], minlength=len(classes))
     if counts.min() < MIN_FIT_PER_CLASS:
@@ -180,9 +181,18 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
                           f": {rule.threshold:.4g}) and the original bundle's ({original.threshold:.4g}); refer at "
                           "the lower of both",
         "chosen_on": where})
-    threshold = conformal_threshold(distances.min(axis=1), within)
-    rank = min(math.ceil((len(fit) + 1) * within), len(fit))
-    enough = math.ceil((len(fit) + 1) * within) <= len(fit)
+    nearest = distances.min(axis=1)
+    screened = passed[fit]   # the guard sees only fields the gate passes: a refused, blurred one must not widen it
+    if screened.sum() < MIN_GUARD_IMAGES:
+        print(f"warning: the quality gate passes {int(screened.sum())} of the {len(fit)} local images fitted on, too "
+              "few for the guard's threshold: it is fitted on all of them (set the gate for this microscope first)")
+        screened = np.ones(len(fit), bool)
+    threshold = conformal_threshold(nearest[screened], within)
+    n_guard = int(screened.sum())
+    rank = min(math.ceil((n_guard + 1) * within), n_guard)
+    enough = math.ceil((n_guard + 1) * within) <= n_guard
+    if not enough:
+        _note_farthest(nearest, screened, [paths[i] for i in fit], within)
     _note_guard(threshold, manifest.guard.threshold)
     new_statistics = statistics | {"class_means": means}
     if len(test):  # the share of the held-out local images the new guard passes (else of the fitted ones, left out)
@@ -208,9 +218,9 @@ def adapt(bundle_path: Path, data: Path, out: Path, held_out: float = 0.3, prior
         values["calibration"], values["decision"] = calibration.model_dump(), rule.model_dump()
         values["guard"] |= {
             "statistics": StoredFile.of(building, STATISTICS_FILE).model_dump(), "threshold": threshold,
-            "threshold_rule": (f"leave-one-out distance {rank} of {len(fit)} local images, counted from the lowest "
-                               f"(split-conformal, {within:.0%} of familiar images within)" if enough else
-                               f"the largest of {len(fit)} leave-one-out distances of local images (a {within:.0%} "
+            "threshold_rule": (f"leave-one-out distance {rank} of {n_guard} local images the gate passes, counted from "
+                               f"the lowest (split-conformal, {within:.0%} of familiar images within)" if enough else
+                               f"the largest of {n_guard} leave-one-out distances of local images (a {within:.0%} "
                                f"guarantee needs at least {math.ceil(within / (1 - within) - 1e-9)})"),
             "fitted_on": f"whitening: the original training part; class means and threshold: {where}",
             "separation": {}, "familiar_test_share": familiar_share,
@@ -295,10 +305,11 @@ def _keep_agreeing_formats(building: Path, values: dict, fitted: str) -> dict:
     return values
 
 
-def _read_local(folder: Path, classes: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
-    """The local images, decoded (unreadable ones and copies of the same pixels skipped, with a note)."""
+def _read_local(folder: Path, classes: list[str]) -> tuple[list[np.ndarray], np.ndarray, list[Path]]:
+    """The local images, decoded (unreadable ones and copies of the same pixels skipped, with a note), their
+    labels and their files."""
     paths, labels = local_images(folder, classes)
-    images, kept, seen = [], [], {}
+    images, kept, files, seen = [], [], [], {}
     for path, label in zip(paths, labels):
         try:
             rgb = read_image(path)
@@ -312,29 +323,48 @@ def _read_local(folder: Path, classes: list[str]) -> tuple[list[np.ndarray], np.
         seen[digest] = path
         images.append(rgb)
         kept.append(label)
+        files.append(path)
     if len(kept) < SUGGESTED_IMAGES:
         print(f"note: {len(kept)} local images; about {SUGGESTED_IMAGES} are suggested (every figure below rests on "
               "few images)")
-    return images, np.array(kept, dtype=int)
+    return images, np.array(kept, dtype=int), files
 
 
-def _note_gate(images: list[np.ndarray], manifest: Manifest, device: DeviceConfig) -> None:
-    """Say how many local fields the device's quality gate would refuse: the head learns from them all."""
+def _gate_passes(images: list[np.ndarray], manifest: Manifest, device: DeviceConfig) -> np.ndarray:
+    """Which local fields the device's quality gate passes (every image, for a cell bundle), said when not all: the
+    head learns from them all, the guard's threshold only from those passed."""
+    passed = np.ones(len(images), bool)
     if manifest.input_kind != "field":
-        return
+        return passed
     scale = device.scale if device.scale.um_per_px else None
     reasons = Counter()
-    for rgb in images:
+    for index, rgb in enumerate(images):
         try:
             report = analyse_field(rgb, device.cell_finder, device.quality, scale).quality
         except ValueError:
             continue
         if not report.passed:
+            passed[index] = False
             reasons[reason_name(report.reasons[0])] += 1
     if reasons:
         print(f"note: the quality gate (these settings) refuses {sum(reasons.values())} of the {len(images)} local "
               f"fields ({', '.join(f'{n} {r}' for r, n in reasons.most_common())}); the device will not screen such "
-              "fields, the head learns from them all: check the gate's settings for this microscope (`--config`)")
+              "fields; the head learns from them all, the guard's threshold from the others: check the gate's "
+              "settings for this microscope (`--config`)")
+    return passed
+
+
+def _note_farthest(nearest: np.ndarray, screened: np.ndarray, files: list[Path], within: float) -> None:
+    """With too few images for the conformal rank the threshold is the largest distance: name the image that sets
+    it, so one unusual or mislabelled image is checked rather than trusted."""
+    order = np.flatnonzero(screened)[np.argsort(nearest[screened])]
+    farthest = order[-1]
+    text = (f"note: too few local images for a {within:.0%} guard guarantee, so the guard's threshold is the "
+            f"largest distance, that of {files[farthest]} ({nearest[farthest]:.4g}")
+    if len(order) > 1 and nearest[farthest] > 1.5 * nearest[order[-2]]:
+        text += (f", {nearest[farthest] / nearest[order[-2]]:.1f} times the next: check that image, another kind of "
+                 "field or mislabelled? It alone lets every field up to that distance through")
+    print(text + ")")
 
 
 def _check_labels(probabilities: np.ndarray, labels: np.ndarray, manifest: Manifest, accept: bool) -> None:

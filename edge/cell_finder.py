@@ -23,13 +23,17 @@ class CellFinderConfig:
         STAINED_LOWER, description="OpenCV HSV lower bound of stained nuclei (hue 0-179, saturation, value 0-255)")
     hsv_upper: tuple[StrictInt, StrictInt, StrictInt] = Field(STAINED_UPPER, description="upper HSV bound")
     median: StrictInt = Field(5, ge=0, description="median filter aperture before thresholding (0 = off)")
-    min_area_fraction: StrictFloat = Field(0.0008, description="smallest nucleus, as a fraction of the field area")
-    max_area_fraction: StrictFloat = Field(0.08, description="largest nucleus, as a fraction of the field area")
+    min_area_fraction: StrictFloat = Field(0.0008, description=(
+        "smallest nucleus, as a fraction of the field area, where the pixel size is not known"))
+    max_area_fraction: StrictFloat = Field(0.08, description=(
+        "largest nucleus, as a fraction of the field area, where the pixel size is not known"))
     split_touching: StrictBool = Field(True, description="split touching round nuclei (distance-transform watershed)")
     box_margin: StrictFloat = Field(0.35, ge=0, le=2, description="box side = nucleus side * (1 + 2 * margin)")
     min_nucleus_um2: StrictFloat = Field(15.0, ge=0, description=(
         "smallest nucleus in square microns, where the pixel size is known (cell models): smaller stained "
         "specks (platelets, fragments) are not white cells"))
+    max_nucleus_um2: StrictFloat = Field(1150.0, description=(
+        "largest nucleus (or clump) in square microns, where the pixel size is known (0.08 of an all-aria field)"))
 
     def __post_init__(self):
         check_hsv_bounds(self.hsv_lower, self.hsv_upper, "cell_finder")
@@ -38,6 +42,9 @@ class CellFinderConfig:
         if not 0 < self.min_area_fraction < self.max_area_fraction < 1:
             raise ValueError(f"cell_finder area limits {self.min_area_fraction}, {self.max_area_fraction}: "
                              "need 0 < min_area_fraction < max_area_fraction < 1")
+        if not 0 <= self.min_nucleus_um2 < self.max_nucleus_um2:
+            raise ValueError(f"cell_finder nucleus limits {self.min_nucleus_um2}, {self.max_nucleus_um2} um^2: "
+                             "need 0 <= min_nucleus_um2 < max_nucleus_um2")
 
 
 @dataclass(frozen=True)
@@ -70,16 +77,26 @@ def _split_touching(region: np.ndarray, min_area: float) -> list[np.ndarray]:
     return parts
 
 
+def nucleus_limits(shape: tuple[int, ...], config: CellFinderConfig = CellFinderConfig(),
+                   um_per_px: float | None = None) -> tuple[float, float]:
+    """Smallest and largest nucleus in pixels: `min_nucleus_um2` and `max_nucleus_um2` where the pixel size is
+    known (so a large frame of a coarse camera still has white cells), else shares of the field's area."""
+    if um_per_px:
+        return config.min_nucleus_um2 / um_per_px ** 2, config.max_nucleus_um2 / um_per_px ** 2
+    field_area = shape[0] * shape[1]
+    return config.min_area_fraction * field_area, config.max_area_fraction * field_area
+
+
 def find_cells(rgb: np.ndarray, config: CellFinderConfig = CellFinderConfig(),
-               mask: np.ndarray | None = None) -> list[FoundCell]:
-    """White cells in an RGB field, largest first. mask: its `stain_mask`, when already computed."""
+               mask: np.ndarray | None = None, um_per_px: float | None = None) -> list[FoundCell]:
+    """White cells in an RGB field, largest first. mask: its `stain_mask`, when already computed; um_per_px:
+    the field's pixel size, when known (see `nucleus_limits`)."""
     height, width = rgb.shape[:2]
-    field_area = height * width
     mask = stain_mask(rgb, config) if mask is None else mask
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
-    min_area = config.min_area_fraction * field_area
+    min_area, max_area = nucleus_limits(rgb.shape, config, um_per_px)
     count, labels = cv2.connectedComponents(mask)
     regions = []
     for label in range(1, count):
@@ -88,7 +105,7 @@ def find_cells(rgb: np.ndarray, config: CellFinderConfig = CellFinderConfig(),
     cells = []
     for region in regions:
         area = int(region.sum())
-        if not min_area <= area <= config.max_area_fraction * field_area:
+        if not min_area <= area <= max_area:
             continue
         x, y, w, h = cv2.boundingRect(region)
         side = int(max(w, h) * (1 + 2 * config.box_margin))
@@ -98,8 +115,3 @@ def find_cells(rgb: np.ndarray, config: CellFinderConfig = CellFinderConfig(),
         cells.append(FoundCell((x0, y0, x1 - x0, y1 - y0), area, (cx, cy)))
     return sorted(cells, key=lambda c: -c.area)
 
-
-def white_cells(cells: list[FoundCell] | tuple[FoundCell, ...], um_per_px: float,
-                config: CellFinderConfig = CellFinderConfig()) -> tuple[FoundCell, ...]:
-    """The found cells whose nucleus is at least `min_nucleus_um2` at this pixel size."""
-    return tuple(c for c in cells if c.area * um_per_px ** 2 >= config.min_nucleus_um2)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from leukoscreen.edge.cell_finder import CellFinderConfig, FoundCell, find_cells, stain_mask, white_cells
+from leukoscreen.edge.cell_finder import CellFinderConfig, FoundCell, find_cells, stain_mask
 from leukoscreen.edge.quality import QualityConfig, QualityReport, check_quality
 from leukoscreen.edge.scale import FieldScale, ScaleConfig, field_scale
 
@@ -35,23 +35,22 @@ def check_frame(rgb: np.ndarray) -> None:
 def analyse_field(rgb: np.ndarray, finder: CellFinderConfig = CellFinderConfig(),
                   quality: QualityConfig = QualityConfig(), scale: ScaleConfig | None = None) -> FieldAnalysis:
     """The white cells of an H x W x 3 uint8 RGB field and the quality gate's verdict on it. With `scale` (cell
-    models, and any model once the camera's pixel size is configured), also the field's pixel size, and nuclei
-    smaller than `finder.min_nucleus_um2` are not counted as white cells (where the pixel size is unknown, none
-    are dropped). A configured pixel size also sets the scale the focus is measured at (`quality.focus_at_scale`;
+    models, and any model once the camera's pixel size is configured), also the field's pixel size, and the
+    nucleus limits are in square microns (`cell_finder.nucleus_limits`: platelets are not white cells, and a
+    large frame of a coarse camera still has some). A configured pixel size also sets the scale the focus is measured at (`quality.focus_at_scale`;
     a per-field estimate is too rough for that: on all-aria's one camera its 5-95% range is 0.83-1.34 times the
     median)."""
     check_frame(rgb)
     started = time.perf_counter()
     mask = stain_mask(rgb, finder)
-    cells = tuple(find_cells(rgb, finder, mask))
-    found = time.perf_counter()
-    timings = {"find_cells": (found - started) * 1e3}
     pixel_size = FieldScale(None, "not measured")
+    timings = {}
     if scale is not None:
         pixel_size = field_scale(rgb, scale, finder)
-        if pixel_size.um_per_px is not None:
-            cells = white_cells(cells, pixel_size.um_per_px, finder)
-        timings["scale"] = (time.perf_counter() - found) * 1e3
+        timings["scale"] = (time.perf_counter() - started) * 1e3
+    found = time.perf_counter()
+    cells = tuple(find_cells(rgb, finder, mask, pixel_size.um_per_px))
+    timings["find_cells"] = (time.perf_counter() - found) * 1e3
     checking = time.perf_counter()
     configured = pixel_size.um_per_px if pixel_size.source == "configured" else None  # estimates: too rough
     report = check_quality(rgb, mask, len(cells), quality, configured)

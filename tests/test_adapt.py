@@ -1,6 +1,7 @@
 """Site adaptation: `leukoscreen adapt` refits the head, calibration and guard of a bundle on a site's own labelled
 images (another acquisition), keeps the original bundle as it was, and the device reads the adapted head."""
 import json
+import re
 
 import cv2
 import numpy as np
@@ -214,3 +215,20 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
+
+
+def test_the_adapted_guard_is_fitted_on_what_the_gate_passes_and_names_an_outlier(bundle, tmp_path, capsys):
+    """A local field the gate refuses never widens the guard (the device would not screen it); with too few images
+    for the conformal rank the threshold is the largest distance, and the image that sets it is named."""
+    names = load_bundle(bundle).class_names
+    local = _local_site(tmp_path / "site", names)
+    write_rgb(local / names[0] / "refused.png", np.full((224, 224, 3), 30, np.uint8))     # dark: refused
+    assert main(["adapt", str(bundle), "--data", str(local), "--out", str(tmp_path / "adapted"), "--held-out", "0",
+                 "--accept-disagreement"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    refused, total = map(int, re.search(r"the quality gate \(these settings\) refuses (\d+) of the (\d+)", printed).groups())
+    assert total == 14 * len(names) + 1 and refused >= 1 and "the guard's threshold from the others" in printed
+    rule = load_bundle(tmp_path / "adapted").manifest.guard.threshold_rule
+    assert f"the largest of {total - refused} leave-one-out distances" in rule
+    farthest = re.search(r"the guard's threshold is the largest distance, that of (\S+) \(", printed).group(1)
+    assert "site-" in farthest and "refused.png" not in farthest

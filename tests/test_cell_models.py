@@ -12,7 +12,7 @@ import pytest
 from conftest import write_rgb
 
 from leukoscreen.edge.cell_crops import CellGeometry, cell_crop
-from leukoscreen.edge.cell_finder import CellFinderConfig, FoundCell, white_cells
+from leukoscreen.edge.cell_finder import CellFinderConfig, FoundCell, find_cells
 from leukoscreen.edge.field_analysis import analyse_field
 from leukoscreen.edge.manifest import Manifest
 from leukoscreen.edge.scale import ScaleConfig, estimate_scale
@@ -40,10 +40,28 @@ def test_a_crop_covers_the_same_microns_at_any_pixel_size():
         cell_crop(field.image, found, 0.0, geometry)
 
 
-def test_specks_smaller_than_a_nucleus_are_not_white_cells():
-    cells = (FoundCell((0, 0, 10, 10), 400, (5, 5)), FoundCell((0, 0, 4, 4), 30, (2, 2)))
-    assert white_cells(cells, 0.5, CellFinderConfig(min_nucleus_um2=15)) == cells[:1]  # 100 and 7.5 um^2
-    assert white_cells(cells, 1.0, CellFinderConfig(min_nucleus_um2=15)) == cells  # 400 and 30 um^2
+def _stained_disks(side: int, radii: list[int]) -> np.ndarray:
+    """A pale field of `side` pixels with purple disks of these radii along its diagonal."""
+    rgb = np.full((side, side, 3), (235, 200, 205), np.uint8)
+    for index, radius in enumerate(radii):
+        centre = (60 + 120 * index, 60 + 120 * index)
+        cv2.circle(rgb, centre, radius, (110, 40, 150), -1)
+    return rgb
+
+
+def test_nucleus_limits_are_physical_once_the_pixel_size_is_known():
+    """At 0.3 um/px a nucleus of radius 20 px is 113 um^2 and a speck of radius 6 px is 10 um^2 (a platelet); in
+    a 3000-px frame of that camera the nucleus is under 0.08% of the area, which only the share-of-area limits
+    (no pixel size) refuse."""
+    small = _stained_disks(320, [20, 6])
+    assert len(find_cells(small)) == 2  # no pixel size: shares of the area, and the speck is kept
+    assert [c.area * 0.09 for c in find_cells(small, um_per_px=0.3)] == [pytest.approx(113, rel=0.1)]
+    large = _stained_disks(3000, [20, 6])
+    assert find_cells(large) == []
+    assert len(find_cells(large, um_per_px=0.3)) == 1
+    assert len(analyse_field(large, scale=ScaleConfig(um_per_px=0.3)).cells) == 1
+    with pytest.raises(ValueError, match="max_nucleus_um2"):
+        CellFinderConfig(min_nucleus_um2=50, max_nucleus_um2=10)
 
 
 def test_the_configured_scale_wins_over_the_estimate():

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from leukoscreen.edge.cell_crops import CellGeometry, cell_crop
-from leukoscreen.edge.cell_finder import CellFinderConfig, find_cells, white_cells
+from leukoscreen.edge.cell_finder import CellFinderConfig, find_cells
 from leukoscreen.edge.preprocessing import SCALE_BAR_CORNER, mask_corner
 from leukoscreen.edge.image_io import ImageReadError, read_image
 from leukoscreen.edge.scale import estimate_scale
@@ -81,7 +81,6 @@ def build_cell_data(fields: Path | None, normal: list[Path], out: Path, geometry
     geometry = geometry.model_copy(update={"effective_um_per_px": round(max(p[3] for p in plan), 4)})
     for label in CELL_LABELS:  # only once every source was read
         (out / label).mkdir(parents=True, exist_ok=True)
-    single = replace(finder, max_area_fraction=max(finder.max_area_fraction, SINGLE_CELL_MAX_AREA))
     for root, from_fields, samples, um_per_px, estimated_on in plan:
         name = root.name
         found, without = 0, 0
@@ -93,7 +92,9 @@ def build_cell_data(fields: Path | None, normal: list[Path], out: Path, geometry
                 continue
             if from_fields:  # all-aria's scale-bar label is stained like a nucleus: not a cell
                 rgb = mask_corner(rgb, SCALE_BAR_CORNER)
-            cells = white_cells(find_cells(rgb, finder if from_fields else single), um_per_px, finder)
+            limits = finder if from_fields else replace(finder, max_nucleus_um2=max(
+                finder.max_nucleus_um2, SINGLE_CELL_MAX_AREA * rgb.shape[0] * rgb.shape[1] * um_per_px ** 2))
+            cells = find_cells(rgb, limits, um_per_px=um_per_px)
             if not from_fields:  # a single-cell image: the cell it was taken for, at the centre
                 centre = np.array(rgb.shape[1::-1]) / 2
                 cells = sorted(cells, key=lambda c: float(np.hypot(*(np.array(c.centre) - centre))))[:1]
